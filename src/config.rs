@@ -1,0 +1,531 @@
+//! Configuration: the TOML file's types, defaults and validation.
+//!
+//! Every key is documented in `config.toml.example`. Unknown keys and bad
+//! values are refused at start with the key's name and the reason, so a typo
+//! never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where images and instances live; must be btrfs (or `loopback_size` set).
+    pub data_path: PathBuf,
+    /// SQLite, credentials and logs. Readable by root only.
+    pub state_path: PathBuf,
+    /// When `data_path` is not on btrfs: size of a sparse file formatted as
+    /// btrfs and mounted there. `None` refuses to start instead.
+    pub loopback_size: Option<ByteSize>,
+    pub public_hostname: String,
+    pub environment: Environment,
+    pub shared_secret: Option<String>,
+    pub trusted_user_email_domain: Option<String>,
+    pub min_instance_port: u16,
+    pub max_instance_port: u16,
+    /// Most decompressed bytes one image may hold.
+    pub max_image_bytes: ByteSize,
+    /// Most archive entries one image may hold.
+    pub max_image_entries: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub clean_interval: Duration,
+    pub enable_ip_whitelisting: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub whitelist_reconcile_interval: Duration,
+    pub use_x_forwarded_for: bool,
+    pub trusted_proxy_cidrs: Vec<String>,
+    pub ssh: SshConfig,
+    pub http: HttpConfig,
+    pub oauth: OauthConfig,
+    pub postgres: PostgresConfig,
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Production,
+    Development,
+    Test,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    pub listen_address: SocketAddr,
+    pub host_key_path: PathBuf,
+    pub admin_keys: Vec<String>,
+    pub authorized_keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen_address: Option<SocketAddr>,
+    pub insecure_listen_address: Option<SocketAddr>,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    pub api_version: String,
+    pub metrics: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OauthConfig {
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub redirect_url: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub userinfo_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// System user every instance postmaster runs as (created if missing).
+    pub instance_user: String,
+    /// Directory holding one `<major>/bin` per installed PostgreSQL major.
+    pub bin_root: PathBuf,
+    /// Database the anonymisation script runs in and clients connect to.
+    pub database: String,
+    /// Superuser role of uploaded data directories, used once during finalise.
+    pub superuser: String,
+    /// `listen_addresses` of instance postmasters.
+    pub listen_addresses: String,
+    /// Extra `postgresql.conf` settings written into every finalised image.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// How long a postmaster may take to accept its first connection.
+    #[serde(deserialize_with = "de_duration")]
+    pub start_timeout: Duration,
+    /// How long client certificates stay valid.
+    #[serde(deserialize_with = "de_duration")]
+    pub certificate_validity: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// SQLite file name, relative to `state_path` unless absolute.
+    pub database_file: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_path: "/var/lib/draupnir/data".into(),
+            state_path: "/var/lib/draupnir/state".into(),
+            loopback_size: None,
+            public_hostname: "localhost".into(),
+            environment: Environment::Production,
+            shared_secret: None,
+            trusted_user_email_domain: None,
+            min_instance_port: 6432,
+            max_instance_port: 7432,
+            max_image_bytes: ByteSize(1 << 40),
+            max_image_entries: 10_000_000,
+            clean_interval: Duration::from_secs(600),
+            enable_ip_whitelisting: false,
+            whitelist_reconcile_interval: Duration::from_secs(60),
+            use_x_forwarded_for: false,
+            trusted_proxy_cidrs: Vec::new(),
+            ssh: SshConfig::default(),
+            http: HttpConfig::default(),
+            oauth: OauthConfig::default(),
+            postgres: PostgresConfig::default(),
+            state: StateConfig::default(),
+        }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen_address: ([0, 0, 0, 0], 2222).into(),
+            host_key_path: "keys/ssh_host_ed25519_key".into(),
+            admin_keys: Vec::new(),
+            authorized_keys_file: None,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen_address: Some(([0, 0, 0, 0], 8443).into()),
+            insecure_listen_address: None,
+            tls_certificate: None,
+            tls_private_key: None,
+            api_version: "5.3.6".into(),
+            metrics: false,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            instance_user: "draupnir-instance".into(),
+            bin_root: "/usr/lib/postgresql".into(),
+            database: "postgres".into(),
+            superuser: "postgres".into(),
+            listen_addresses: "*".into(),
+            settings: Default::default(),
+            start_timeout: Duration::from_secs(60),
+            certificate_validity: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            database_file: "draupnir.sqlite3".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string().replace('\n', " ").trim().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.data_path.is_absolute() {
+            return Err(invalid("data_path", "must be an absolute path"));
+        }
+        if !self.state_path.is_absolute() {
+            return Err(invalid("state_path", "must be an absolute path"));
+        }
+        if self
+            .state_path
+            .starts_with(self.data_path.join("instances"))
+            || self
+                .state_path
+                .starts_with(self.data_path.join("image_uploads"))
+            || self
+                .state_path
+                .starts_with(self.data_path.join("image_snapshots"))
+        {
+            return Err(invalid(
+                "state_path",
+                "must not be inside the image or instance directories",
+            ));
+        }
+        if self.min_instance_port == 0 || self.min_instance_port >= self.max_instance_port {
+            return Err(invalid(
+                "max_instance_port",
+                format!(
+                    "must be greater than min_instance_port ({}), and min_instance_port above 0",
+                    self.min_instance_port
+                ),
+            ));
+        }
+        if self.public_hostname.trim().is_empty() {
+            return Err(invalid("public_hostname", "must not be empty"));
+        }
+        if self.max_image_bytes.0 == 0 {
+            return Err(invalid("max_image_bytes", "must be above 0"));
+        }
+        if let Some(size) = self.loopback_size {
+            if size.0 < 256 << 20 {
+                return Err(invalid(
+                    "loopback_size",
+                    "must be at least 256M (btrfs needs room)",
+                ));
+            }
+        }
+        if let Some(secret) = &self.shared_secret {
+            if secret.len() < 8 {
+                return Err(invalid(
+                    "shared_secret",
+                    "must be at least 8 characters long",
+                ));
+            }
+        }
+        if self.clean_interval.is_zero() {
+            return Err(invalid("clean_interval", "must be above 0"));
+        }
+        if self.whitelist_reconcile_interval.is_zero() {
+            return Err(invalid("whitelist_reconcile_interval", "must be above 0"));
+        }
+        let user = &self.postgres.instance_user;
+        if user.is_empty()
+            || user == "root"
+            || !user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "postgres.instance_user",
+                "must be a plain system user name other than root",
+            ));
+        }
+        if !self.postgres.bin_root.is_absolute() {
+            return Err(invalid("postgres.bin_root", "must be an absolute path"));
+        }
+        for (key, value) in [
+            ("postgres.database", &self.postgres.database),
+            ("postgres.superuser", &self.postgres.superuser),
+        ] {
+            if value.is_empty() || value.contains(['\0', '\n', '"']) {
+                let key: &'static str = if key == "postgres.database" {
+                    "postgres.database"
+                } else {
+                    "postgres.superuser"
+                };
+                return Err(invalid(key, "must be a plain identifier"));
+            }
+        }
+        for (name, value) in &self.postgres.settings {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                || value.contains(['\n', '\''])
+            {
+                return Err(invalid(
+                    "postgres.settings",
+                    format!("setting `{name}` has an invalid name or value"),
+                ));
+            }
+            if FORBIDDEN_SETTINGS.contains(&name.as_str()) {
+                return Err(invalid(
+                    "postgres.settings",
+                    format!("setting `{name}` is managed by Draupnir and cannot be set"),
+                ));
+            }
+        }
+        if self.postgres.start_timeout.is_zero() {
+            return Err(invalid("postgres.start_timeout", "must be above 0"));
+        }
+        if self.postgres.certificate_validity < Duration::from_secs(3600) {
+            return Err(invalid(
+                "postgres.certificate_validity",
+                "must be at least 1h",
+            ));
+        }
+        if self.http.tls_certificate.is_some() != self.http.tls_private_key.is_some() {
+            return Err(invalid(
+                "http.tls_private_key",
+                "tls_certificate and tls_private_key must be set together",
+            ));
+        }
+        for key in &self.ssh.admin_keys {
+            if key.split_whitespace().count() < 2 {
+                return Err(invalid(
+                    "ssh.admin_keys",
+                    "each entry must be an OpenSSH public key line (`ssh-ed25519 AAAA… comment`)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite metadata file.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_path.join(&self.state.database_file)
+    }
+}
+
+/// Settings Draupnir writes itself; refusing them in `postgres.settings`
+/// keeps the security rules of SECURITY.md out of the operator's reach.
+pub const FORBIDDEN_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_passphrase_command",
+    "hba_file",
+    "ident_file",
+    "data_directory",
+    "config_file",
+    "unix_socket_directories",
+    "archive_mode",
+    "archive_command",
+    "restore_command",
+    "shared_preload_libraries",
+    "session_preload_libraries",
+    "local_preload_libraries",
+    "log_directory",
+    "logging_collector",
+    "include",
+    "include_dir",
+    "include_if_exists",
+];
+
+/// A size in bytes, written as `20G`, `512MiB`, `1048576`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 20G or 512MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit `{other}` (use K, M, G or T)")),
+        };
+        Ok(ByteSize((num * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse a duration written as `500ms`, `30s`, `10m`, `26h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 26h"))?;
+    let secs = |m: u64| Duration::from_secs(num.saturating_mul(m));
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(num),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    })
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::parse("").expect("empty config is valid");
+        assert_eq!(c.min_instance_port, 6432);
+        assert_eq!(c.postgres.instance_user, "draupnir-instance");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.toml.example");
+        Config::parse(text).expect("config.toml.example must be valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("data_pth = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("data_pth"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse("min_instance_port = 7000\nmax_instance_port = 6000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_instance_port"), "{err}");
+        let err = Config::parse("clean_interval = \"10 parsecs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clean_interval"), "{err}");
+        let err = Config::parse("loopback_size = \"12Q\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback_size"), "{err}");
+        let err = Config::parse("[postgres]\ninstance_user = \"root\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres.instance_user"), "{err}");
+        let err = Config::parse("[postgres.settings]\nshared_preload_libraries = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared_preload_libraries"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!("20G".parse::<ByteSize>().unwrap().0, 20 << 30);
+        assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
+        assert_eq!(
+            parse_duration("26h").unwrap(),
+            Duration::from_secs(26 * 3600)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+}

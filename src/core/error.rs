@@ -1,0 +1,53 @@
+//! The core's errors: what went wrong, in words a front door can show as
+//! one line. Front doors map each variant once to their own status codes.
+
+use crate::storage::ingest::IngestError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("admin only: {0}")]
+    AdminOnly(&'static str),
+    #[error("image {id} is not ready (state: {state})")]
+    ImageNotReady { id: i64, state: &'static str },
+    #[error("image {id} has {count} instance(s); destroy them first")]
+    ImageHasInstances { id: i64, count: usize },
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("upload failed: {0}")]
+    Upload(#[from] IngestError),
+    #[error("finalise failed: {0}")]
+    Finalise(String),
+    #[error("no free port left in {min}..{max}")]
+    NoFreePort { min: u16, max: u16 },
+    #[error("out of disk space: {0}")]
+    NoSpace(String),
+    #[error("instance could not be started: {0}")]
+    InstanceStart(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        CoreError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::storage::btrfs::BtrfsError> for CoreError {
+    fn from(e: crate::storage::btrfs::BtrfsError) -> Self {
+        if e.is_no_space() {
+            CoreError::NoSpace(e.to_string())
+        } else {
+            CoreError::Internal(e.to_string())
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CoreError>;

@@ -1,0 +1,471 @@
+//! Images: create, upload into, finalise, list and destroy.
+
+use std::path::{Component, PathBuf};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Actor, CoreError, Result, Service};
+use crate::postgres::finalise::{self, FinaliseSpec, Progress};
+use crate::storage::btrfs;
+use crate::storage::ingest::{self, ChunkSender, IngestError, Limits, Options, Owner, Report};
+use crate::store::{Image, ImageState};
+
+/// Receives finalise progress as it happens.
+pub type FinaliseProgress = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What an upload stream is.
+#[derive(Debug, Clone)]
+pub enum UploadTarget {
+    /// A tar stream with no name (stdin of `upload-image`, HTTP body):
+    /// extracted at the root of the data directory.
+    Stream,
+    /// A file with a path relative to the image (`base.tar.gz`,
+    /// `pg_wal.tar`, `global/pg_control`): tarballs are extracted
+    /// (`pg_wal.tar*` into `pg_wal/`), anything else stored as it is.
+    File(PathBuf),
+}
+
+enum Plan {
+    Extract(PathBuf),
+    Plain(PathBuf),
+}
+
+const TAR_SUFFIXES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"];
+
+fn plan(target: &UploadTarget) -> Result<Plan> {
+    let rel = match target {
+        UploadTarget::Stream => return Ok(Plan::Extract(PathBuf::new())),
+        UploadTarget::File(p) => p,
+    };
+    let clean: PathBuf = rel
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(CoreError::BadInput(format!(
+                "upload path `{}` must stay inside the image",
+                rel.display()
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let name = clean
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CoreError::BadInput("upload needs a file name".into()))?;
+    let lower = name.to_ascii_lowercase();
+    if let Some(stem) = TAR_SUFFIXES.iter().find_map(|s| lower.strip_suffix(s)) {
+        if clean.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+            // A tarball inside a copied directory tree is a file like any other.
+            return Ok(Plan::Plain(clean));
+        }
+        return Ok(Plan::Extract(if stem == "pg_wal" {
+            PathBuf::from("pg_wal")
+        } else {
+            PathBuf::new()
+        }));
+    }
+    Ok(Plan::Plain(clean))
+}
+
+/// One upload stream into an image. Feed it with [`Upload::write`] and end
+/// it with [`Upload::finish`]; dropping it unfinished fails the image (the
+/// client went away mid-upload).
+pub struct Upload {
+    service: Service,
+    image_id: i64,
+    sender: Option<ChunkSender>,
+    handle: Option<tokio::task::JoinHandle<std::result::Result<Report, IngestError>>>,
+}
+
+impl Upload {
+    pub fn image_id(&self) -> i64 {
+        self.image_id
+    }
+
+    /// Pass the next bytes on. An error means the upload was refused (the
+    /// image is then `failed` with the reason).
+    pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        let Some(sender) = &self.sender else {
+            return Err(CoreError::InvalidState("upload already finished".into()));
+        };
+        if sender.send(chunk).await.is_ok() {
+            return Ok(());
+        }
+        // The extractor stopped: learn why.
+        self.sender = None;
+        match self.join().await {
+            Err(e) => Err(e),
+            Ok(_) => Err(CoreError::Upload(IngestError::Corrupt(
+                "data after the end of the archive".into(),
+            ))),
+        }
+    }
+
+    async fn join(&mut self) -> Result<Report> {
+        let Some(handle) = self.handle.take() else {
+            return Err(CoreError::InvalidState("upload already finished".into()));
+        };
+        let outcome = match handle.await {
+            Ok(r) => r.map_err(CoreError::Upload),
+            Err(e) => Err(CoreError::Internal(format!("upload task: {e}"))),
+        };
+        self.service.end_upload(self.image_id, &outcome);
+        outcome
+    }
+
+    /// End of stream: wait for the extraction to finish and check it.
+    pub async fn finish(mut self) -> Result<Report> {
+        self.sender = None;
+        self.join().await
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let (Some(sender), Some(handle)) = (self.sender.take(), self.handle.take()) else {
+            return;
+        };
+        let service = self.service.clone();
+        let id = self.image_id;
+        tokio::spawn(async move {
+            sender
+                .abort(std::io::Error::other("the upload was interrupted"))
+                .await;
+            let outcome = match handle.await {
+                Ok(Ok(_)) => Err(CoreError::Upload(IngestError::Source(
+                    std::io::Error::other("the upload was interrupted"),
+                ))),
+                Ok(Err(e)) => Err(CoreError::Upload(e)),
+                Err(e) => Err(CoreError::Internal(e.to_string())),
+            };
+            service.end_upload(id, &outcome);
+        });
+    }
+}
+
+impl Service {
+    fn image_or_404(&self, id: i64) -> Result<Image> {
+        self.inner
+            .store
+            .image(id)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "image",
+                id: id.to_string(),
+            })
+    }
+
+    /// All images (any authenticated user may list them).
+    pub fn list_images(&self, _actor: &Actor) -> Result<Vec<Image>> {
+        Ok(self.inner.store.images()?)
+    }
+
+    pub fn image(&self, _actor: &Actor, id: i64) -> Result<Image> {
+        self.image_or_404(id)
+    }
+
+    /// The newest ready image, for `latest`.
+    pub fn latest_ready_image(&self) -> Result<Option<Image>> {
+        Ok(self
+            .inner
+            .store
+            .images()?
+            .into_iter()
+            .filter(|i| i.state == ImageState::Ready)
+            .max_by_key(|i| (i.created_at, i.id)))
+    }
+
+    /// Flow 1: a row in `uploading` and an empty upload subvolume.
+    pub fn create_image(
+        &self,
+        actor: &Actor,
+        backed_up_at: Option<OffsetDateTime>,
+        script: Option<&str>,
+    ) -> Result<Image> {
+        actor.require_admin("creating images")?;
+        if script.is_some_and(|s| s.contains('\0')) {
+            return Err(CoreError::BadInput(
+                "the anonymisation script contains a NUL byte".into(),
+            ));
+        }
+        let image = self
+            .inner
+            .store
+            .insert_image(backed_up_at, script, Some(actor.user_id))?;
+        let dir = self.inner.layout.upload(image.id);
+        let made = btrfs::create_subvolume(&dir).and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .and_then(|_| {
+                    std::os::unix::fs::chown(
+                        &dir,
+                        Some(self.inner.user.uid),
+                        Some(self.inner.user.gid),
+                    )
+                })
+                .map_err(|source| btrfs::BtrfsError {
+                    op: "chown",
+                    path: dir.clone(),
+                    source,
+                })
+        });
+        if let Err(e) = made {
+            let _ = btrfs::delete_subvolume(&dir);
+            let _ = self.inner.store.delete_image(image.id);
+            return Err(e.into());
+        }
+        tracing::info!(image = image.id, user = %actor.name, "image created");
+        Ok(image)
+    }
+
+    /// Flow 2: start an upload stream into an `uploading` image.
+    pub fn begin_upload(&self, actor: &Actor, id: i64, target: UploadTarget) -> Result<Upload> {
+        actor.require_admin("uploading images")?;
+        let image = self.image_or_404(id)?;
+        let plan = plan(&target)?;
+        if !self.inner.store.begin_upload(id)? {
+            return Err(CoreError::InvalidState(format!(
+                "image {id} does not accept uploads (state: {})",
+                image.state.as_str()
+            )));
+        }
+        let budget = self
+            .inner
+            .config
+            .max_image_bytes
+            .0
+            .saturating_sub(image.size_bytes);
+        let opts = Options {
+            limits: Limits {
+                max_bytes: budget,
+                max_entries: self.inner.config.max_image_entries,
+            },
+            owner: Some(Owner {
+                uid: self.inner.user.uid,
+                gid: self.inner.user.gid,
+            }),
+        };
+        let root = self.inner.layout.upload(id);
+        let (sender, handle) = match plan {
+            Plan::Extract(subdir) => ingest::spawn_extract(root, subdir, opts),
+            Plan::Plain(rel) => ingest::spawn_write_plain(root, rel, opts),
+        };
+        Ok(Upload {
+            service: self.clone(),
+            image_id: id,
+            sender: Some(sender),
+            handle: Some(handle),
+        })
+    }
+
+    /// Upload a whole `AsyncRead` (stdin, an HTTP body) into an image.
+    pub async fn ingest<R: AsyncRead + Unpin>(
+        &self,
+        actor: &Actor,
+        id: i64,
+        target: UploadTarget,
+        mut reader: R,
+    ) -> Result<Report> {
+        let mut upload = self.begin_upload(actor, id, target)?;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = match reader.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    drop(upload);
+                    return Err(CoreError::BadInput(format!("reading the upload: {e}")));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            upload.write(buf).await?;
+        }
+        upload.finish().await
+    }
+
+    fn end_upload(&self, id: i64, outcome: &Result<Report>) {
+        match outcome {
+            Ok(report) => {
+                let _ = self.inner.store.end_upload(id, report.bytes_written);
+                tracing::info!(
+                    image = id,
+                    bytes = report.bytes_written,
+                    entries = report.entries,
+                    "upload finished"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(image = id, error = %e, "upload refused");
+                let _ = self.inner.store.fail_image(id, &e.to_string());
+                let _ = btrfs::delete_subvolume(&self.inner.layout.upload(id));
+            }
+        }
+    }
+
+    /// Flow 3. Runs to completion even when the caller goes away, so a
+    /// cancelled request never leaves the image half-finalised. An image
+    /// that is already ready is returned at once.
+    pub async fn finalise_image(
+        &self,
+        actor: &Actor,
+        id: i64,
+        progress: Option<FinaliseProgress>,
+    ) -> Result<Image> {
+        actor.require_admin("finalising images")?;
+        let image = self.image_or_404(id)?;
+        match image.state {
+            ImageState::Ready => return Ok(image),
+            ImageState::Failed => {
+                return Err(CoreError::InvalidState(format!(
+                    "image {id} failed ({}); create a new image",
+                    image.failure_reason.as_deref().unwrap_or("no reason kept")
+                )))
+            }
+            ImageState::Finalising => {
+                return Err(CoreError::InvalidState(format!(
+                    "image {id} is already being finalised"
+                )))
+            }
+            ImageState::Uploading => {}
+        }
+        if image.upload_active {
+            return Err(CoreError::InvalidState(format!(
+                "an upload into image {id} is still running"
+            )));
+        }
+        if !self
+            .inner
+            .store
+            .transition_image(id, ImageState::Uploading, ImageState::Finalising)?
+        {
+            return Err(CoreError::InvalidState(format!(
+                "image {id} changed state; try again"
+            )));
+        }
+        tracing::info!(image = id, user = %actor.name, "finalise started");
+        let svc = self.clone();
+        let task = tokio::spawn(async move { svc.run_finalise(id, image, progress).await });
+        task.await
+            .map_err(|e| CoreError::Internal(format!("finalise task: {e}")))?
+    }
+
+    async fn run_finalise(
+        &self,
+        id: i64,
+        image: Image,
+        progress: Option<FinaliseProgress>,
+    ) -> Result<Image> {
+        let started = std::time::Instant::now();
+        let upload = self.inner.layout.upload(id);
+        let cfg = &self.inner.config;
+        let spec = FinaliseSpec {
+            datadir: &upload,
+            bin_root: &cfg.postgres.bin_root,
+            user: &self.inner.user,
+            script: image.anonymisation_script.as_deref(),
+            database: &cfg.postgres.database,
+            superuser: &cfg.postgres.superuser,
+            settings: &cfg.postgres.settings,
+            log_file: self.log_file("image", id),
+            start_timeout: cfg.postgres.start_timeout,
+        };
+        let report = |p: Progress| {
+            if let Progress::Step(s) = &p {
+                tracing::debug!(image = id, step = %s, "finalise");
+            }
+            if let Some(cb) = &progress {
+                cb(p);
+            }
+        };
+        let outcome = match finalise::finalise(&spec, &report).await {
+            Ok(done) => self.seal_image(id, done.major).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    image = id,
+                    ms = started.elapsed().as_millis() as u64,
+                    "image ready"
+                );
+                report(Progress::Step("ready".into()));
+                self.image_or_404(id)
+            }
+            Err(reason) => {
+                tracing::warn!(image = id, %reason, "finalise failed");
+                self.inner.store.fail_image(id, &reason)?;
+                let _ = btrfs::delete_subvolume(&upload);
+                let _ = btrfs::delete_subvolume(&self.inner.layout.snapshot(id));
+                Err(CoreError::Finalise(reason))
+            }
+        }
+    }
+
+    /// The read-only snapshot, then `ready`.
+    fn seal_image(&self, id: i64, major: u32) -> Result<()> {
+        let upload = self.inner.layout.upload(id);
+        let snap = self.inner.layout.snapshot(id);
+        let size = btrfs::apparent_size(&upload);
+        btrfs::snapshot(&upload, &snap, true)?;
+        self.inner.store.set_image_ready(id, major, size)?;
+        btrfs::delete_subvolume(&upload)?;
+        Ok(())
+    }
+
+    /// Destroy an image. With `cascade` its instances are destroyed first;
+    /// without, an image with instances is refused.
+    pub async fn destroy_image(&self, actor: &Actor, id: i64, cascade: bool) -> Result<()> {
+        actor.require_admin("destroying images")?;
+        let image = self.image_or_404(id)?;
+        if image.state == ImageState::Finalising {
+            return Err(CoreError::InvalidState(format!(
+                "image {id} is being finalised; wait for it to finish"
+            )));
+        }
+        let instances = self.inner.store.instances(None, Some(id))?;
+        if !instances.is_empty() && !cascade {
+            return Err(CoreError::ImageHasInstances {
+                id,
+                count: instances.len(),
+            });
+        }
+        for inst in instances {
+            self.destroy_instance_unchecked(inst.id).await?;
+        }
+        btrfs::delete_subvolume(&self.inner.layout.upload(id))?;
+        btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;
+        self.inner.store.delete_image(id)?;
+        tracing::info!(image = id, user = %actor.name, "image destroyed");
+        Ok(())
+    }
+
+    /// Where an image's files are (tests, diagnostics).
+    pub fn image_path(&self, id: i64) -> (PathBuf, PathBuf) {
+        (self.inner.layout.upload(id), self.inner.layout.snapshot(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_plans() {
+        let p = |s: &str| plan(&UploadTarget::File(s.into()));
+        assert!(matches!(p("base.tar.gz").unwrap(), Plan::Extract(d) if d.as_os_str().is_empty()));
+        assert!(
+            matches!(p("./pg_wal.tar").unwrap(), Plan::Extract(d) if d == std::path::Path::new("pg_wal"))
+        );
+        assert!(matches!(p("backup.TAR.ZST").unwrap(), Plan::Extract(_)));
+        assert!(matches!(p("global/pg_control").unwrap(), Plan::Plain(_)));
+        assert!(p("../etc/passwd").is_err());
+        assert!(p("/etc/passwd").is_err());
+        assert!(matches!(
+            plan(&UploadTarget::Stream).unwrap(),
+            Plan::Extract(_)
+        ));
+    }
+}

@@ -1,0 +1,358 @@
+//! Instances: create (flow 4), show, credentials (flow 5), destroy (flow 6).
+
+use std::time::Duration;
+
+use super::{Actor, CoreError, Result, Service};
+use crate::certs;
+use crate::postgres::cluster::{self, CLIENT_ROLE};
+use crate::postgres::pgconn;
+use crate::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::storage::btrfs;
+use crate::store::{Credentials, ImageState, Instance, InstanceState, StoreError};
+
+/// Which image a new instance comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceRef {
+    Id(i64),
+    /// The newest ready image.
+    Latest,
+}
+
+/// Everything a client needs to connect to an instance.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub instance: Instance,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    pub credentials: Credentials,
+}
+
+/// Releases an instance id's lock when dropped.
+struct IdLock<'a> {
+    service: &'a Service,
+    id: i64,
+}
+
+impl Drop for IdLock<'_> {
+    fn drop(&mut self) {
+        self.service
+            .inner
+            .instance_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Service {
+    async fn lock_instance(&self, id: i64) -> IdLock<'_> {
+        loop {
+            {
+                let mut set = self
+                    .inner
+                    .instance_locks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if set.insert(id) {
+                    return IdLock { service: self, id };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The postmaster command for an instance.
+    pub(crate) fn instance_spec(&self, id: i64, port: u16, major: u32) -> Result<PostmasterSpec> {
+        let bin = cluster::find_bin(&self.inner.config.postgres.bin_root, major)
+            .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
+        let datadir = self.inner.layout.instance(id);
+        Ok(PostmasterSpec {
+            bin,
+            port,
+            settings: vec![
+                (
+                    "listen_addresses".into(),
+                    self.inner.config.postgres.listen_addresses.clone(),
+                ),
+                (
+                    "unix_socket_directories".into(),
+                    datadir.display().to_string(),
+                ),
+                ("cluster_name".into(), format!("draupnir-{id}")),
+            ],
+            datadir,
+            log_file: self.log_file("instance", id),
+            user: self.inner.user.clone(),
+        })
+    }
+
+    /// The address to probe an instance on from this host.
+    fn probe_host(&self) -> String {
+        let listen = &self.inner.config.postgres.listen_addresses;
+        let first = listen.split(',').map(str::trim).next().unwrap_or("*");
+        if listen.contains('*') || listen.contains("0.0.0.0") || listen.is_empty() {
+            "127.0.0.1".into()
+        } else if listen.contains("127.0.0.1") || listen.contains("localhost") {
+            "127.0.0.1".into()
+        } else if first == "::" {
+            "::1".into()
+        } else {
+            first.to_string()
+        }
+    }
+
+    /// Flow 4: a writable snapshot of a ready image, fresh certificates,
+    /// a supervised postmaster, ready when a certificate-authenticated
+    /// connection succeeds.
+    pub async fn create_instance(
+        &self,
+        actor: &Actor,
+        image: InstanceRef,
+    ) -> Result<ConnectionInfo> {
+        let started = std::time::Instant::now();
+        let image = match image {
+            InstanceRef::Id(id) => {
+                self.inner
+                    .store
+                    .image(id)?
+                    .ok_or_else(|| CoreError::NotFound {
+                        what: "image",
+                        id: id.to_string(),
+                    })?
+            }
+            InstanceRef::Latest => {
+                self.latest_ready_image()?
+                    .ok_or_else(|| CoreError::NotFound {
+                        what: "image",
+                        id: "latest (no image is ready)".into(),
+                    })?
+            }
+        };
+        if image.state != ImageState::Ready {
+            return Err(CoreError::ImageNotReady {
+                id: image.id,
+                state: image.state.as_str(),
+            });
+        }
+        let major = image.pg_major.ok_or_else(|| {
+            CoreError::Internal(format!("image {} has no major version", image.id))
+        })?;
+        let cfg = &self.inner.config;
+        let row = self
+            .inner
+            .store
+            .insert_instance(
+                image.id,
+                actor.user_id,
+                cfg.min_instance_port,
+                cfg.max_instance_port,
+                process::port_free,
+            )
+            .map_err(|e| match e {
+                StoreError::NoFreePort => CoreError::NoFreePort {
+                    min: cfg.min_instance_port,
+                    max: cfg.max_instance_port,
+                },
+                other => other.into(),
+            })?;
+        let id = row.id;
+        let _lock = self.lock_instance(id).await;
+        match self.bring_up(id, image.id, row.port, major).await {
+            Ok(()) => {
+                tracing::info!(instance = id, image = image.id, port = row.port, user = %actor.name,
+                    ms = started.elapsed().as_millis() as u64, "instance created");
+                self.connection_info(id)
+            }
+            Err(e) => {
+                tracing::warn!(instance = id, error = %e, "instance creation failed");
+                self.inner.supervisor.stop(id).await;
+                if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
+                    Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+                }
+                let _ = btrfs::delete_subvolume(&self.inner.layout.instance(id));
+                let _ = self.inner.store.delete_instance(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(&self, id: i64, image_id: i64, port: u16, major: u32) -> Result<()> {
+        let cfg = &self.inner.config;
+        let dir = self.inner.layout.instance(id);
+        btrfs::snapshot(&self.inner.layout.snapshot(image_id), &dir, false)?;
+        let mut names = vec![cfg.public_hostname.clone()];
+        for n in ["localhost", "127.0.0.1", "::1"] {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
+        }
+        let c = certs::issue_instance_certs(
+            &format!("instance {id}"),
+            &names,
+            CLIENT_ROLE,
+            cfg.postgres.certificate_validity,
+        )
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let user = &self.inner.user;
+        let write = |name: &str, pem: &str| {
+            cluster::write_owned(&dir, name, pem.as_bytes(), user)
+                .map_err(|e| CoreError::InstanceStart(e.to_string()))
+        };
+        write(cluster::SERVER_CERT, &c.server_cert_pem)?;
+        write(cluster::SERVER_KEY, &c.server_key_pem)?;
+        write(cluster::CA_CERT, &c.ca_cert_pem)?;
+        self.inner.store.set_instance_credentials(
+            id,
+            &Credentials {
+                ca_certificate: c.ca_cert_pem.clone(),
+                client_certificate: c.client_cert_pem.clone(),
+                client_key: c.client_key_pem.clone(),
+            },
+        )?;
+        let spec = self.instance_spec(id, port, major)?;
+        let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
+        let host = self.probe_host();
+        let ready = process::until_ready(&mut pm, cfg.postgres.start_timeout, || {
+            pgconn::connect_tls(
+                &host,
+                port,
+                CLIENT_ROLE,
+                &cfg.postgres.database,
+                &c.ca_cert_pem,
+                Some((&c.client_cert_pem, &c.client_key_pem)),
+                Duration::from_secs(5),
+            )
+        })
+        .await;
+        if let Err(last) = ready {
+            pm.stop(Duration::from_secs(10)).await;
+            let tail = process::log_tail(&spec.log_file, 5);
+            return Err(CoreError::InstanceStart(if tail.is_empty() {
+                last.map(|e| e.to_string()).unwrap_or_default()
+            } else {
+                tail
+            }));
+        }
+        self.inner.store.set_instance_pid(id, pm.pid())?;
+        self.inner
+            .store
+            .set_instance_state(id, InstanceState::Running, None)?;
+        self.inner.supervisor.watch(id, spec, pm);
+        Ok(())
+    }
+
+    fn instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {
+        let not_found = || CoreError::NotFound {
+            what: "instance",
+            id: id.to_string(),
+        };
+        let inst = self.inner.store.instance(id)?.ok_or_else(not_found)?;
+        // Someone else's instance does not exist, as far as a user can tell.
+        if inst.owner_id != actor.user_id && !actor.admin {
+            return Err(not_found());
+        }
+        Ok(inst)
+    }
+
+    /// The caller's instances; `all` (admins only) lists everyone's.
+    pub fn list_instances(&self, actor: &Actor, all: bool) -> Result<Vec<Instance>> {
+        if all {
+            actor.require_admin("listing every user's instances")?;
+            return Ok(self.inner.store.instances(None, None)?);
+        }
+        Ok(self.inner.store.instances(Some(actor.user_id), None)?)
+    }
+
+    /// One instance of the caller's (admins: anyone's).
+    pub fn instance(&self, actor: &Actor, id: i64) -> Result<Instance> {
+        self.instance_for(actor, id)
+    }
+
+    fn connection_info(&self, id: i64) -> Result<ConnectionInfo> {
+        let instance = self
+            .inner
+            .store
+            .instance(id)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "instance",
+                id: id.to_string(),
+            })?;
+        let credentials = self.inner.store.instance_credentials(id)?.ok_or_else(|| {
+            CoreError::InvalidState(format!("instance {id} has no credentials yet"))
+        })?;
+        Ok(ConnectionInfo {
+            host: self.inner.config.public_hostname.clone(),
+            port: instance.port,
+            user: CLIENT_ROLE.into(),
+            database: self.inner.config.postgres.database.clone(),
+            instance,
+            credentials,
+        })
+    }
+
+    /// Flow 5: how to connect, with the certificates. Only the owner (or
+    /// an admin) gets them.
+    pub fn instance_credentials(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+        let inst = self.instance_for(actor, id)?;
+        if inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying {
+            return Err(CoreError::InvalidState(format!(
+                "instance {id} is {}",
+                inst.state.as_str()
+            )));
+        }
+        self.connection_info(id)
+    }
+
+    /// Remember an address the owner used, for the allow-list.
+    pub fn record_address(&self, actor: &Actor, id: i64, addr: std::net::IpAddr) -> Result<()> {
+        self.instance_for(actor, id)?;
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(std::net::IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        if addr.is_unspecified() || addr.is_multicast() {
+            return Err(CoreError::BadInput(format!(
+                "{addr} cannot be allow-listed"
+            )));
+        }
+        Ok(self.inner.store.record_address(id, &addr.to_string())?)
+    }
+
+    /// Flow 6, for the owner or an admin.
+    pub async fn destroy_instance(&self, actor: &Actor, id: i64) -> Result<()> {
+        self.instance_for(actor, id)?;
+        self.destroy_instance_unchecked(id).await?;
+        tracing::info!(instance = id, user = %actor.name, "instance destroyed");
+        Ok(())
+    }
+
+    /// Stop, delete the subvolume, delete the row. The intent is written
+    /// first so a restart finishes the job.
+    pub(crate) async fn destroy_instance_unchecked(&self, id: i64) -> Result<()> {
+        let _lock = self.lock_instance(id).await;
+        if self.inner.store.instance(id)?.is_none() {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .set_instance_state(id, InstanceState::Destroying, None)?;
+        self.stop_instance_process(id).await;
+        btrfs::delete_subvolume(&self.inner.layout.instance(id))?;
+        self.inner.store.delete_instance(id)?;
+        let _ = std::fs::remove_file(self.log_file("instance", id));
+        Ok(())
+    }
+
+    /// Stop whatever postmaster serves instance `id`, supervised or not.
+    pub(crate) async fn stop_instance_process(&self, id: i64) {
+        self.inner.supervisor.stop(id).await;
+        if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
+            Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+        }
+    }
+}

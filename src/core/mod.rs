@@ -1,0 +1,178 @@
+//! The core: the one service both front doors call.
+//!
+//! Owns every decision about images, instances and users, and who may do
+//! what (admins manage images and users; users see and destroy only their
+//! own instances). Front doors parse input, call a method here with an
+//! [`Actor`], and format the result. Below the core, `store`, `storage`
+//! and `postgres` act without knowing about users.
+
+mod error;
+mod images;
+mod instances;
+mod reconcile;
+mod users;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::postgres::cluster::InstanceUser;
+use crate::postgres::supervisor::{self, RestartPolicy, Supervisor};
+use crate::storage::layout::Layout;
+use crate::storage::loopback;
+use crate::store::Store;
+
+pub use error::{CoreError, Result};
+pub use images::{FinaliseProgress, Upload, UploadTarget};
+pub use instances::{ConnectionInfo, InstanceRef};
+pub use reconcile::ReconcileReport;
+
+/// Who is asking. Front doors build one from an authenticated identity.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub user_id: i64,
+    pub name: String,
+    pub admin: bool,
+}
+
+impl Actor {
+    fn require_admin(&self, what: &'static str) -> Result<()> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(CoreError::AdminOnly(what))
+        }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Storage(#[from] loopback::LoopbackError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Cluster(#[from] crate::postgres::cluster::ClusterError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub layout: Layout,
+    pub user: InstanceUser,
+    pub supervisor: Supervisor,
+    pub logs: PathBuf,
+    /// Serialises destroy/reconcile work on one instance id.
+    pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
+}
+
+/// The service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Service {
+    /// Open everything the daemon needs: btrfs at `data_path` (mounting a
+    /// loopback file when configured), the state directory, the metadata
+    /// database, the instance user; then reconcile disk and processes with
+    /// the database and start supervising instances.
+    pub async fn open(
+        config: Config,
+    ) -> std::result::Result<(Service, ReconcileReport), StartError> {
+        let io_err = |what: &'static str, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| StartError::Io { what, path, source }
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&config.state_path)
+            .map_err(io_err("cannot create state_path", &config.state_path))?;
+        std::fs::set_permissions(&config.state_path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod state_path", &config.state_path))?;
+        let logs = config.state_path.join("logs");
+        std::fs::create_dir_all(&logs).map_err(io_err("cannot create", &logs))?;
+        let mounted = loopback::ensure_btrfs(
+            &config.data_path,
+            &config.state_path,
+            config.loopback_size.map(|s| s.0),
+        )?;
+        if let loopback::Mounted::Loopback { file, created } = &mounted {
+            tracing::info!(file = %file.display(), created, data_path = %config.data_path.display(), "mounted loopback btrfs");
+        }
+        let layout = Layout::new(&config.data_path);
+        layout
+            .create()
+            .map_err(io_err("cannot create directories under", &config.data_path))?;
+        let store = Store::open(&config.database_path())?;
+        let user = InstanceUser::ensure(&config.postgres.instance_user)?;
+        let (supervisor, events) = Supervisor::new(RestartPolicy::default());
+        let service = Service {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                layout,
+                user,
+                supervisor,
+                logs,
+                instance_locks: Default::default(),
+            }),
+        };
+        service.spawn_event_loop(events);
+        service.bootstrap_admins()?;
+        let report = service.reconcile().await;
+        Ok((service, report))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Turn supervisor events into state changes.
+    fn spawn_event_loop(
+        &self,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<supervisor::Event>,
+    ) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                match ev {
+                    supervisor::Event::Restarted { id, pid } => {
+                        tracing::info!(instance = id, pid, "postmaster restarted");
+                        let _ = inner.store.set_instance_pid(id, Some(pid));
+                    }
+                    supervisor::Event::Failed { id, reason } => {
+                        tracing::error!(instance = id, %reason, "instance failed");
+                        let _ = inner.store.set_instance_state(
+                            id,
+                            crate::store::InstanceState::Failed,
+                            Some(&reason),
+                        );
+                        let _ = inner.store.set_instance_pid(id, None);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stop supervising without stopping any instance (daemon shutdown).
+    pub fn shutdown(&self) {
+        self.inner.supervisor.detach_all();
+    }
+
+    /// The supervisor's current PID for an instance (tests, `instance ID`).
+    pub fn instance_pid(&self, id: i64) -> Option<i32> {
+        self.inner.supervisor.pid(id)
+    }
+
+    pub(crate) fn log_file(&self, kind: &str, id: i64) -> PathBuf {
+        self.inner.logs.join(format!("{kind}-{id}.log"))
+    }
+}

@@ -1,0 +1,203 @@
+//! Reconcile at start: make disk and processes agree with the database.
+//!
+//! Adopts running instance postmasters (through a verified
+//! `postmaster.pid`), restarts dead ones, finishes interrupted destroys,
+//! removes what an interrupted create left, marks interrupted uploads and
+//! finalises `failed` with a reason, and deletes subvolumes and stops
+//! postmasters that no row accounts for.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Service;
+use crate::postgres::process::{self, Postmaster};
+use crate::storage::btrfs;
+use crate::store::{ImageState, InstanceState};
+
+/// What reconcile did, for the log and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct ReconcileReport {
+    pub adopted: Vec<i64>,
+    pub restarted: Vec<i64>,
+    pub removed_instances: Vec<i64>,
+    pub failed_images: Vec<i64>,
+    pub orphan_subvolumes: Vec<String>,
+    pub orphan_processes: Vec<i32>,
+}
+
+fn ids_in(dir: &Path) -> Vec<(String, Option<i64>)> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let id = name.parse::<i64>().ok();
+                    (name, id)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Service {
+    pub(crate) async fn reconcile(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        if let Err(e) = self.reconcile_inner(&mut report).await {
+            tracing::error!(error = %e, "reconcile did not finish");
+        }
+        tracing::info!(?report, "reconciled");
+        report
+    }
+
+    async fn reconcile_inner(&self, report: &mut ReconcileReport) -> super::Result<()> {
+        let store = &self.inner.store;
+        let layout = &self.inner.layout;
+
+        // Images.
+        for image in store.images()? {
+            let upload = layout.upload(image.id);
+            match image.state {
+                ImageState::Uploading if image.upload_active => {
+                    store.fail_image(image.id, "the upload was interrupted by a daemon restart; create a new image and upload again")?;
+                    btrfs::delete_subvolume(&upload)?;
+                    report.failed_images.push(image.id);
+                }
+                ImageState::Uploading => {
+                    if !btrfs::is_subvolume(&upload) {
+                        store.fail_image(image.id, "the upload directory is missing")?;
+                        report.failed_images.push(image.id);
+                    }
+                }
+                ImageState::Finalising => {
+                    if let Some(pid) = process::running_postmaster(&upload) {
+                        Postmaster::Adopted(pid).stop(Duration::from_secs(30)).await;
+                    }
+                    store.fail_image(image.id, "finalise was interrupted by a daemon restart; create a new image and upload again")?;
+                    btrfs::delete_subvolume(&layout.snapshot(image.id))?;
+                    btrfs::delete_subvolume(&upload)?;
+                    report.failed_images.push(image.id);
+                }
+                ImageState::Ready => {
+                    if !btrfs::is_subvolume(&layout.snapshot(image.id)) {
+                        store.fail_image(image.id, "the image snapshot is missing")?;
+                        report.failed_images.push(image.id);
+                    }
+                    btrfs::delete_subvolume(&upload)?;
+                }
+                ImageState::Failed => {
+                    btrfs::delete_subvolume(&upload)?;
+                }
+            }
+        }
+
+        // Instances.
+        for inst in store.instances(None, None)? {
+            let dir = layout.instance(inst.id);
+            match inst.state {
+                InstanceState::Creating | InstanceState::Destroying => {
+                    // The client never got a created instance, or asked for it
+                    // to go: finish removing it.
+                    if let Some(pid) = process::running_postmaster(&dir) {
+                        Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+                    }
+                    btrfs::delete_subvolume(&dir)?;
+                    store.delete_instance(inst.id)?;
+                    report.removed_instances.push(inst.id);
+                }
+                InstanceState::Running => {
+                    let image = store.image(inst.image_id)?;
+                    let major = image.and_then(|i| i.pg_major).unwrap_or(0);
+                    let spec = match self.instance_spec(inst.id, inst.port, major) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            store.set_instance_state(
+                                inst.id,
+                                InstanceState::Failed,
+                                Some(&e.to_string()),
+                            )?;
+                            continue;
+                        }
+                    };
+                    if !btrfs::is_subvolume(&dir) {
+                        store.set_instance_state(
+                            inst.id,
+                            InstanceState::Failed,
+                            Some("the instance's data directory is missing"),
+                        )?;
+                        continue;
+                    }
+                    if let Some(pid) = process::running_postmaster(&dir) {
+                        store.set_instance_pid(inst.id, Some(pid))?;
+                        self.inner
+                            .supervisor
+                            .watch(inst.id, spec, Postmaster::Adopted(pid));
+                        report.adopted.push(inst.id);
+                    } else {
+                        match process::spawn(&spec) {
+                            Ok(pm) => {
+                                store.set_instance_pid(inst.id, pm.pid())?;
+                                self.inner.supervisor.watch(inst.id, spec, pm);
+                                report.restarted.push(inst.id);
+                            }
+                            Err(e) => {
+                                store.set_instance_state(
+                                    inst.id,
+                                    InstanceState::Failed,
+                                    Some(&format!("cannot start postgres: {e}")),
+                                )?;
+                            }
+                        }
+                    }
+                }
+                InstanceState::Failed => {}
+            }
+        }
+
+        // Subvolumes no row accounts for.
+        let images = store.images()?;
+        let uploading: HashSet<i64> = images
+            .iter()
+            .filter(|i| i.state == ImageState::Uploading)
+            .map(|i| i.id)
+            .collect();
+        let ready: HashSet<i64> = images
+            .iter()
+            .filter(|i| i.state == ImageState::Ready)
+            .map(|i| i.id)
+            .collect();
+        let instances: HashSet<i64> = store.instances(None, None)?.iter().map(|i| i.id).collect();
+        for (dir, keep) in [
+            (layout.uploads(), &uploading),
+            (layout.snapshots(), &ready),
+            (layout.instances(), &instances),
+        ] {
+            for (name, id) in ids_in(&dir) {
+                if id.is_some_and(|id| keep.contains(&id)) {
+                    continue;
+                }
+                let path = dir.join(&name);
+                if let Some(pid) = process::running_postmaster(&path) {
+                    Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+                }
+                btrfs::delete_subvolume(&path)?;
+                report.orphan_subvolumes.push(path.display().to_string());
+            }
+        }
+
+        // Postmasters anywhere under data_path that no running instance owns.
+        let owned: HashSet<std::path::PathBuf> = instances
+            .iter()
+            .map(|id| {
+                std::fs::canonicalize(layout.instance(*id)).unwrap_or_else(|_| layout.instance(*id))
+            })
+            .collect();
+        for (pid, cwd) in process::postmasters_beneath(layout.root()) {
+            if !owned.contains(&cwd) {
+                Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+                report.orphan_processes.push(pid);
+            }
+        }
+        Ok(())
+    }
+}

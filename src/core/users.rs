@@ -1,0 +1,396 @@
+//! Users, SSH keys and API tokens: who someone is and what they may do.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::{Actor, CoreError, Result, Service};
+use crate::store::{SshKey, User};
+
+/// An OpenSSH public key line, checked for shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub algorithm: String,
+    pub blob: Vec<u8>,
+    pub comment: Option<String>,
+}
+
+const ALGORITHMS: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+impl PublicKey {
+    /// Parse `algorithm base64 [comment]` (one line of authorized_keys,
+    /// without options).
+    pub fn parse(line: &str) -> Result<PublicKey> {
+        let line = line.trim();
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let algorithm = parts.next().unwrap_or("");
+        if !ALGORITHMS.contains(&algorithm) {
+            return Err(CoreError::BadInput(format!(
+                "not an OpenSSH public key (unknown key type `{}`)",
+                algorithm.chars().take(40).collect::<String>()
+            )));
+        }
+        let b64 = parts.next().unwrap_or("");
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| CoreError::BadInput("the public key's base64 is invalid".into()))?;
+        // The blob starts with the algorithm name as an SSH string.
+        let name_len = blob
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .unwrap_or(usize::MAX);
+        if blob.get(4..4usize.saturating_add(name_len)) != Some(algorithm.as_bytes()) {
+            return Err(CoreError::BadInput(
+                "the public key's data does not match its type".into(),
+            ));
+        }
+        let comment = parts
+            .next()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        Ok(PublicKey {
+            algorithm: algorithm.into(),
+            blob,
+            comment,
+        })
+    }
+
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(&self.blob);
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        )
+    }
+
+    /// The key without its comment.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{} {}",
+            self.algorithm,
+            base64::engine::general_purpose::STANDARD.encode(&self.blob)
+        )
+    }
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::BadInput(format!(
+            "invalid user name `{}`: use letters, digits, '.', '_', '-', '@' (up to 64)",
+            name.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// Hash of an API token as stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Service {
+    fn actor_of(user: &User) -> Actor {
+        Actor {
+            user_id: user.id,
+            name: user.name.clone(),
+            admin: user.is_admin,
+        }
+    }
+
+    /// Create admin users for the configured `[ssh] admin_keys` and
+    /// `authorized_keys_file` at start (keys already known are skipped).
+    pub(crate) fn bootstrap_admins(&self) -> std::result::Result<(), super::StartError> {
+        let cfg = &self.inner.config.ssh;
+        let mut lines: Vec<String> = cfg.admin_keys.clone();
+        if let Some(path) = &cfg.authorized_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|source| super::StartError::Io {
+                what: "cannot read [ssh] authorized_keys_file",
+                path: path.clone(),
+                source,
+            })?;
+            lines.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        for line in lines {
+            let key = match PublicKey::parse(&line) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a bootstrap admin key");
+                    continue;
+                }
+            };
+            if self
+                .inner
+                .store
+                .key_by_fingerprint(&key.fingerprint())
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                continue;
+            }
+            let name = key
+                .comment
+                .as_deref()
+                .and_then(|c| c.split('@').next())
+                .filter(|n| valid_name(n).is_ok())
+                .unwrap_or("admin")
+                .to_string();
+            let user = match self.inner.store.user_by_name(&name).ok().flatten() {
+                Some(u) => {
+                    if !u.is_admin {
+                        let _ = self.inner.store.set_user_admin(u.id, true);
+                    }
+                    u
+                }
+                None => match self.inner.store.insert_user(&name, None, true) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create bootstrap admin");
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = self
+                .inner
+                .store
+                .insert_key(user.id, &key.fingerprint(), &key.to_line())
+            {
+                tracing::warn!(error = %e, "cannot add bootstrap admin key");
+            } else {
+                tracing::info!(user = %name, fingerprint = %key.fingerprint(), "admin key from config");
+            }
+        }
+        Ok(())
+    }
+
+    /// Who owns this SSH key (by fingerprint)?
+    pub fn authenticate_key(&self, fingerprint: &str) -> Result<Option<Actor>> {
+        let Some(key) = self.inner.store.key_by_fingerprint(fingerprint)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .inner
+            .store
+            .user_by_id(key.user_id)?
+            .map(|u| Self::actor_of(&u)))
+    }
+
+    /// Who minted this API token?
+    pub fn authenticate_token(&self, token: &str) -> Result<Option<Actor>> {
+        Ok(self
+            .inner
+            .store
+            .user_by_token_hash(&token_hash(token))?
+            .map(|u| Self::actor_of(&u)))
+    }
+
+    /// The actor for a user by name (front doors with their own identity
+    /// sources, tests).
+    pub fn actor_for(&self, name: &str) -> Result<Option<Actor>> {
+        Ok(self
+            .inner
+            .store
+            .user_by_name(name)?
+            .map(|u| Self::actor_of(&u)))
+    }
+
+    /// Find or create the user behind an e-mail address.
+    pub fn actor_for_email(&self, email: &str, admin: bool) -> Result<Actor> {
+        if let Some(u) = self.inner.store.user_by_email(email)? {
+            return Ok(Self::actor_of(&u));
+        }
+        let name = email.to_string();
+        valid_name(&name)?;
+        let u = match self.inner.store.user_by_name(&name)? {
+            Some(u) => u,
+            None => self.inner.store.insert_user(&name, Some(email), admin)?,
+        };
+        Ok(Self::actor_of(&u))
+    }
+
+    pub fn whoami(&self, actor: &Actor) -> Result<User> {
+        self.inner
+            .store
+            .user_by_id(actor.user_id)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "user",
+                id: actor.name.clone(),
+            })
+    }
+
+    pub fn list_users(&self, actor: &Actor) -> Result<Vec<User>> {
+        actor.require_admin("listing users")?;
+        Ok(self.inner.store.users()?)
+    }
+
+    pub fn add_user(
+        &self,
+        actor: &Actor,
+        name: &str,
+        email: Option<&str>,
+        admin: bool,
+    ) -> Result<User> {
+        actor.require_admin("adding users")?;
+        valid_name(name)?;
+        if self.inner.store.user_by_name(name)?.is_some() {
+            return Err(CoreError::Conflict(format!("user `{name}` already exists")));
+        }
+        if let Some(e) = email {
+            if !e.contains('@') || e.len() > 254 {
+                return Err(CoreError::BadInput(format!(
+                    "`{e}` is not an e-mail address"
+                )));
+            }
+            if self.inner.store.user_by_email(e)?.is_some() {
+                return Err(CoreError::Conflict(format!(
+                    "e-mail `{e}` belongs to another user"
+                )));
+            }
+        }
+        let u = self.inner.store.insert_user(name, email, admin)?;
+        tracing::info!(user = %name, by = %actor.name, admin, "user added");
+        Ok(u)
+    }
+
+    /// Remove a user, destroying their instances first.
+    pub async fn remove_user(&self, actor: &Actor, name: &str) -> Result<()> {
+        actor.require_admin("removing users")?;
+        let user = self
+            .inner
+            .store
+            .user_by_name(name)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "user",
+                id: name.into(),
+            })?;
+        if user.id == actor.user_id {
+            return Err(CoreError::BadInput("you cannot remove yourself".into()));
+        }
+        for inst in self.inner.store.instances(Some(user.id), None)? {
+            self.destroy_instance_unchecked(inst.id).await?;
+        }
+        self.inner.store.delete_user(user.id)?;
+        tracing::info!(user = %name, by = %actor.name, "user removed");
+        Ok(())
+    }
+
+    /// Add a key to a user: admins for anyone, users for themselves.
+    pub fn add_key(&self, actor: &Actor, user: &str, key_line: &str) -> Result<String> {
+        let target = self
+            .inner
+            .store
+            .user_by_name(user)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "user",
+                id: user.into(),
+            })?;
+        if target.id != actor.user_id {
+            actor.require_admin("adding keys for other users")?;
+        }
+        let key = PublicKey::parse(key_line)?;
+        let fp = key.fingerprint();
+        if let Some(existing) = self.inner.store.key_by_fingerprint(&fp)? {
+            return Err(CoreError::Conflict(format!(
+                "key {fp} already belongs to `{}`",
+                existing.user_name
+            )));
+        }
+        self.inner
+            .store
+            .insert_key(target.id, &fp, &key.to_line())?;
+        tracing::info!(user = %user, fingerprint = %fp, by = %actor.name, "key added");
+        Ok(fp)
+    }
+
+    pub fn remove_key(&self, actor: &Actor, fingerprint: &str) -> Result<()> {
+        let key = self
+            .inner
+            .store
+            .key_by_fingerprint(fingerprint)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "key",
+                id: fingerprint.into(),
+            })?;
+        if key.user_id != actor.user_id {
+            actor.require_admin("removing other users' keys")?;
+        }
+        self.inner.store.delete_key(fingerprint)?;
+        tracing::info!(fingerprint, by = %actor.name, "key removed");
+        Ok(())
+    }
+
+    /// Keys of one user (admins: anyone's; users: their own) or all (admins).
+    pub fn list_keys(&self, actor: &Actor, user: Option<&str>) -> Result<Vec<SshKey>> {
+        match user {
+            Some(name) => {
+                let u =
+                    self.inner
+                        .store
+                        .user_by_name(name)?
+                        .ok_or_else(|| CoreError::NotFound {
+                            what: "user",
+                            id: name.into(),
+                        })?;
+                if u.id != actor.user_id {
+                    actor.require_admin("listing other users' keys")?;
+                }
+                Ok(self.inner.store.keys(Some(u.id))?)
+            }
+            None if actor.admin => Ok(self.inner.store.keys(None)?),
+            None => Ok(self.inner.store.keys(Some(actor.user_id))?),
+        }
+    }
+
+    /// Mint an API bearer token for the caller; only its hash is kept.
+    pub fn mint_token(&self, actor: &Actor) -> Result<String> {
+        let bytes: [u8; 32] = rand::random();
+        let token = format!("drp_{}", hex::encode(bytes));
+        self.inner
+            .store
+            .insert_token(actor.user_id, &token_hash(&token))?;
+        tracing::info!(user = %actor.name, "api token minted");
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
+
+    #[test]
+    fn parses_keys_and_fingerprints() {
+        let k = PublicKey::parse(KEY).unwrap();
+        assert_eq!(k.algorithm, "ssh-ed25519");
+        assert_eq!(k.comment.as_deref(), Some("alice@laptop"));
+        assert!(k.fingerprint().starts_with("SHA256:"));
+        assert!(PublicKey::parse("ssh-ed25519 notbase64!").is_err());
+        assert!(PublicKey::parse(
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        )
+        .is_err());
+        assert!(PublicKey::parse("hello world").is_err());
+    }
+}

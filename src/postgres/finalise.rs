@@ -1,0 +1,661 @@
+//! Finalise: turn an uploaded data directory into a safe, anonymised image.
+//!
+//! Owns DESIGN.md flow 3 from "validate" to "prove": detect the major,
+//! neutralise the upload, first start with no TCP listener and `fsync=off`,
+//! roles, the anonymisation script (`psql -X -v ON_ERROR_STOP=1` as the
+//! instance user), ownership to `draupnir`, dropping the temporary admin
+//! role, a clean stop, the final `pg_hba.conf`/`pg_ident.conf`, and the
+//! proof that only certificate-authenticated `draupnir` gets in. The
+//! read-only snapshot and state changes are the core's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE, CLIENT_ROLE};
+use super::pgconn::{self, PgConnError};
+use super::process::{self, Postmaster, PostmasterSpec};
+use crate::certs;
+
+/// What a finalise reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A step begins.
+    Step(String),
+    /// A line the anonymisation script printed.
+    Output(String),
+}
+
+/// Why a finalise failed; `Display` is the reason kept on the image.
+#[derive(Debug, thiserror::Error)]
+pub enum FinaliseError {
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("postgres did not start: {0}")]
+    Start(String),
+    #[error("anonymisation script failed: {0}")]
+    Script(String),
+    #[error("{step}: {message}")]
+    Sql { step: &'static str, message: String },
+    #[error("access proof failed: {0}")]
+    Proof(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Inputs of one finalise.
+pub struct FinaliseSpec<'a> {
+    pub datadir: &'a Path,
+    pub bin_root: &'a Path,
+    pub user: &'a InstanceUser,
+    pub script: Option<&'a str>,
+    pub database: &'a str,
+    pub superuser: &'a str,
+    pub settings: &'a BTreeMap<String, String>,
+    pub log_file: PathBuf,
+    pub start_timeout: Duration,
+}
+
+/// The result of a successful finalise.
+#[derive(Debug, Clone)]
+pub struct Finalised {
+    pub major: u32,
+}
+
+const SOCKET_PORT: u16 = 5432;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
+    move |e| FinaliseError::Sql {
+        step,
+        message: e.to_string(),
+    }
+}
+
+fn db_err(step: &'static str) -> impl Fn(tokio_postgres::Error) -> FinaliseError {
+    move |e| FinaliseError::Sql {
+        step,
+        message: pgconn::error_message(&e),
+    }
+}
+
+/// Quote an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Run the whole finalise on `spec.datadir`. Any postmaster it starts is
+/// stopped before it returns, success or not.
+pub async fn finalise(
+    spec: &FinaliseSpec<'_>,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Finalised, FinaliseError> {
+    let step = |s: &str| progress(Progress::Step(s.to_string()));
+    step("checking data directory");
+    let major = cluster::read_major(spec.datadir)?;
+    let bin = cluster::find_bin(spec.bin_root, major)?;
+
+    step("neutralising uploaded configuration");
+    cluster::neutralise(spec.datadir, spec.user)?;
+    let conf = cluster::durable_conf(spec.settings);
+    cluster::write_owned(spec.datadir, "postgresql.conf", conf.as_bytes(), spec.user)?;
+    cluster::write_owned(
+        spec.datadir,
+        "pg_hba.conf",
+        cluster::FIRST_START_HBA.as_bytes(),
+        spec.user,
+    )?;
+    cluster::write_owned(spec.datadir, "pg_ident.conf", b"", spec.user)?;
+
+    step("starting postgres (no TCP listener, fsync off)");
+    let first = first_start_spec(spec, &bin);
+    let mut pm = start(&first).await?;
+    let result = prepare_and_anonymise(spec, &bin, &first, &mut pm, progress).await;
+    pm.stop(Duration::from_secs(60)).await;
+    let boot_role = result?;
+
+    step("restoring durable settings");
+    for name in ["postgresql.auto.conf", "postmaster.opts", "postmaster.pid"] {
+        let _ = std::fs::remove_file(spec.datadir.join(name));
+    }
+    cluster::write_owned(spec.datadir, "postgresql.conf", conf.as_bytes(), spec.user)?;
+    cluster::write_owned(
+        spec.datadir,
+        "pg_hba.conf",
+        cluster::FINAL_HBA.as_bytes(),
+        spec.user,
+    )?;
+    cluster::write_owned(
+        spec.datadir,
+        "pg_ident.conf",
+        cluster::final_ident(&spec.user.name).as_bytes(),
+        spec.user,
+    )?;
+
+    step("proving access rules (TLS client certificate only, role draupnir only)");
+    let proof = prove(spec, &bin, &boot_role).await;
+    for name in [
+        cluster::SERVER_CERT,
+        cluster::SERVER_KEY,
+        cluster::CA_CERT,
+        "postmaster.opts",
+        "postmaster.pid",
+        "postgresql.auto.conf",
+    ] {
+        let _ = std::fs::remove_file(spec.datadir.join(name));
+    }
+    proof?;
+    sync_fs(spec.datadir);
+    Ok(Finalised { major })
+}
+
+fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
+    PostmasterSpec {
+        bin: bin.clone(),
+        datadir: spec.datadir.to_owned(),
+        port: SOCKET_PORT,
+        settings: vec![
+            ("listen_addresses".into(), String::new()),
+            (
+                "unix_socket_directories".into(),
+                spec.datadir.display().to_string(),
+            ),
+            ("ssl".into(), "off".into()),
+            ("fsync".into(), "off".into()),
+            ("full_page_writes".into(), "off".into()),
+            ("synchronous_commit".into(), "off".into()),
+        ],
+        log_file: spec.log_file.clone(),
+        user: spec.user.clone(),
+    }
+}
+
+async fn start(spec: &PostmasterSpec) -> Result<Postmaster, FinaliseError> {
+    process::spawn(spec).map_err(|e| FinaliseError::Start(e.to_string()))
+}
+
+fn start_failure(log: &Path, last: Option<PgConnError>) -> FinaliseError {
+    let tail = process::log_tail(log, 8);
+    let detail = if tail.is_empty() {
+        last.map(|e| e.to_string()).unwrap_or_default()
+    } else {
+        tail
+    };
+    FinaliseError::Start(detail)
+}
+
+/// Connect over the private socket as `role`, waiting for start-up. An
+/// authentication refusal (such as a missing role) ends the wait at once.
+async fn wait_socket(
+    spec: &FinaliseSpec<'_>,
+    pm: &mut Postmaster,
+    role: &str,
+) -> Result<tokio_postgres::Client, FinaliseError> {
+    let start = std::time::Instant::now();
+    loop {
+        match pgconn::connect_unix(
+            spec.datadir,
+            SOCKET_PORT,
+            role,
+            "template1",
+            CONNECT_TIMEOUT,
+        )
+        .await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_auth_refused() => {
+                return Err(FinaliseError::Sql {
+                    step: "connecting as the data directory's superuser",
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => {
+                let gone = pm.pid().is_none_or(|p| !process::alive(p));
+                if gone || start.elapsed() > spec.start_timeout {
+                    return Err(start_failure(&spec.log_file, Some(e)));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Everything done while the first, socket-only postmaster runs. Returns
+/// the name of the bootstrap superuser.
+async fn prepare_and_anonymise(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    first: &PostmasterSpec,
+    pm: &mut Postmaster,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<String, FinaliseError> {
+    let step = |s: &str| progress(Progress::Step(s.to_string()));
+    step("creating roles");
+    let admin = match wait_socket(spec, pm, spec.superuser).await {
+        Ok(su) => {
+            create_admin(&su).await?;
+            drop(su);
+            wait_socket(spec, pm, ADMIN_ROLE).await?
+        }
+        Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
+            // The upload's superuser has another name: create the admin
+            // role in single-user mode, which runs as the bootstrap
+            // superuser whatever its name.
+            pm.stop(Duration::from_secs(60)).await;
+            single_user_create_admin(spec, bin).await?;
+            *pm = start(first).await?;
+            wait_socket(spec, pm, ADMIN_ROLE).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let boot: String = admin
+        .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+        .await
+        .map_err(db_err("finding the bootstrap superuser"))?
+        .get(0);
+    if boot == CLIENT_ROLE {
+        return Err(FinaliseError::Other(format!(
+            "the data directory's bootstrap superuser is named `{CLIENT_ROLE}`, which Draupnir reserves for clients"
+        )));
+    }
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{CLIENT_ROLE}') THEN
+                 CREATE ROLE {CLIENT_ROLE} LOGIN;
+               END IF;
+             END $$;
+             ALTER ROLE {CLIENT_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;"
+        ))
+        .await
+        .map_err(db_err("creating role draupnir"))?;
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&spec.database],
+        )
+        .await
+        .map_err(db_err("checking the database"))?;
+    if exists.is_none() {
+        return Err(FinaliseError::Other(format!(
+            "database `{}` does not exist in the upload (set [postgres] database)",
+            spec.database
+        )));
+    }
+    let databases: Vec<String> = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(admin);
+
+    if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
+        step("running anonymisation script");
+        run_script(spec, bin, script, progress).await?;
+    }
+
+    step("reassigning ownership to draupnir");
+    for db in &databases {
+        let c = pgconn::connect_unix(spec.datadir, SOCKET_PORT, &boot, db, CONNECT_TIMEOUT)
+            .await
+            .map_err(sql_err("connecting to reassign ownership"))?;
+        c.batch_execute(&reassign_sql(db))
+            .await
+            .map_err(db_err("reassigning ownership"))?;
+    }
+
+    step("dropping temporary admin role");
+    let c = pgconn::connect_unix(
+        spec.datadir,
+        SOCKET_PORT,
+        &boot,
+        "template1",
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(sql_err("connecting to drop the admin role"))?;
+    c.batch_execute(&format!("DROP ROLE {ADMIN_ROLE}"))
+        .await
+        .map_err(db_err("dropping the admin role"))?;
+    drop(c);
+    step("stopping postgres");
+    Ok(boot)
+}
+
+async fn create_admin(su: &tokio_postgres::Client) -> Result<(), FinaliseError> {
+    su.batch_execute(&format!(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
+             CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;
+           END IF;
+         END $$;
+         ALTER ROLE {ADMIN_ROLE} SUPERUSER LOGIN;"
+    ))
+    .await
+    .map_err(db_err("creating the temporary admin role"))
+}
+
+async fn single_user_create_admin(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+) -> Result<(), FinaliseError> {
+    let mut child = tokio::process::Command::new(bin.postgres())
+        .arg("--single")
+        .arg("-D")
+        .arg(spec.datadir)
+        .args(["-c", "fsync=off", "-c", "listen_addresses="])
+        .arg("template1")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(spec.datadir)
+        .uid(spec.user.uid)
+        .gid(spec.user.gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let sql = format!("CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;\n");
+        let _ = stdin.write_all(sql.as_bytes()).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || err.contains("ERROR") {
+        return Err(FinaliseError::Start(format!(
+            "single-user mode could not create the admin role: {}",
+            err.lines().last().unwrap_or("").trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Run the script with psql as the instance user, streaming its output.
+async fn run_script(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    script: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(), FinaliseError> {
+    let psql = if bin.psql().exists() {
+        bin.psql()
+    } else {
+        PathBuf::from("psql")
+    };
+    let mut child = tokio::process::Command::new(psql)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "--no-password"])
+        .arg("-h")
+        .arg(spec.datadir)
+        .args([
+            "-p",
+            &SOCKET_PORT.to_string(),
+            "-U",
+            ADMIN_ROLE,
+            "-d",
+            spec.database,
+            "-f",
+            "-",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C.UTF-8")
+        .env("PGAPPNAME", "draupnir-anonymise")
+        .current_dir("/")
+        .uid(spec.user.uid)
+        .gid(spec.user.gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FinaliseError::Script(format!("cannot run psql: {e}")))?;
+    let stdin = child.stdin.take();
+    let script = script.to_owned();
+    let writer = tokio::spawn(async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(script.as_bytes()).await;
+        }
+    });
+    let mut errors: Vec<String> = Vec::new();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut out_lines = stdout.map(|s| BufReader::new(s).lines());
+    let mut err_lines = stderr.map(|s| BufReader::new(s).lines());
+    loop {
+        tokio::select! {
+            line = async { match out_lines.as_mut() { Some(l) => l.next_line().await, None => Ok(None) } }, if out_lines.is_some() => {
+                match line { Ok(Some(l)) => progress(Progress::Output(l)), _ => out_lines = None }
+            }
+            line = async { match err_lines.as_mut() { Some(l) => l.next_line().await, None => Ok(None) } }, if err_lines.is_some() => {
+                match line {
+                    Ok(Some(l)) => {
+                        progress(Progress::Output(l.clone()));
+                        errors.push(l);
+                        if errors.len() > 20 { errors.remove(0); }
+                    }
+                    _ => err_lines = None,
+                }
+            }
+            else => break,
+        }
+    }
+    let _ = writer.await;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| FinaliseError::Script(e.to_string()))?;
+    if status.success() {
+        return Ok(());
+    }
+    let msg: Vec<&str> = errors
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.contains("ERROR") || l.contains("FATAL") || l.starts_with("psql:"))
+        .collect();
+    let msg = if msg.is_empty() {
+        errors.join(" ")
+    } else {
+        msg.join(" ")
+    };
+    Err(FinaliseError::Script(if msg.trim().is_empty() {
+        format!("psql exited with {status}")
+    } else {
+        msg
+    }))
+}
+
+/// SQL that gives every object in the current database to `draupnir`:
+/// what other roles own is reassigned; what the bootstrap superuser owns
+/// outside the system schemas is altered one by one (REASSIGN refuses it).
+fn reassign_sql(db: &str) -> String {
+    format!(
+        r#"
+DO $draupnir$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT rolname FROM pg_roles
+           WHERE oid <> 10 AND rolname <> '{CLIENT_ROLE}' AND rolname NOT LIKE 'pg\_%'
+  LOOP
+    EXECUTE format('REASSIGN OWNED BY %I TO {CLIENT_ROLE}', r.rolname);
+  END LOOP;
+  EXECUTE 'DROP OWNED BY {ADMIN_ROLE}';
+  FOR r IN SELECT n.nspname FROM pg_namespace n
+           WHERE n.nspowner = 10 AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO {CLIENT_ROLE}', r.nspname);
+  END LOOP;
+  FOR r IN SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relowner = 10 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i'))
+  LOOP
+    EXECUTE format('ALTER %s %I.%I OWNER TO {CLIENT_ROLE}',
+      CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                     WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+      r.nspname, r.relname);
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS sig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE p.proowner = 10 AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO {CLIENT_ROLE}', r.sig);
+  END LOOP;
+END
+$draupnir$;
+ALTER DATABASE {db} OWNER TO {CLIENT_ROLE};
+"#,
+        db = quote_ident(db)
+    )
+}
+
+/// Start once more with the final rules on a loopback port and prove them.
+async fn prove(spec: &FinaliseSpec<'_>, bin: &PgBin, boot_role: &str) -> Result<(), FinaliseError> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let c = certs::issue_instance_certs("finalise", &names, CLIENT_ROLE, Duration::from_secs(3600))
+        .map_err(|e| FinaliseError::Proof(e.to_string()))?;
+    cluster::write_owned(
+        spec.datadir,
+        cluster::SERVER_CERT,
+        c.server_cert_pem.as_bytes(),
+        spec.user,
+    )?;
+    cluster::write_owned(
+        spec.datadir,
+        cluster::SERVER_KEY,
+        c.server_key_pem.as_bytes(),
+        spec.user,
+    )?;
+    cluster::write_owned(
+        spec.datadir,
+        cluster::CA_CERT,
+        c.ca_cert_pem.as_bytes(),
+        spec.user,
+    )?;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| FinaliseError::Proof(format!("no free loopback port: {e}")))?;
+    let pspec = PostmasterSpec {
+        bin: bin.clone(),
+        datadir: spec.datadir.to_owned(),
+        port,
+        settings: vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            (
+                "unix_socket_directories".into(),
+                spec.datadir.display().to_string(),
+            ),
+        ],
+        log_file: spec.log_file.clone(),
+        user: spec.user.clone(),
+    };
+    let mut pm = start(&pspec).await?;
+    let res = prove_running(spec, &mut pm, port, &c, boot_role).await;
+    pm.stop(Duration::from_secs(60)).await;
+    res
+}
+
+async fn prove_running(
+    spec: &FinaliseSpec<'_>,
+    pm: &mut Postmaster,
+    port: u16,
+    c: &certs::InstanceCerts,
+    boot_role: &str,
+) -> Result<(), FinaliseError> {
+    let host = "127.0.0.1";
+    let db = spec.database;
+    let client = process::until_ready(pm, spec.start_timeout, || {
+        pgconn::connect_tls(
+            host,
+            port,
+            CLIENT_ROLE,
+            db,
+            &c.ca_cert_pem,
+            Some((&c.client_cert_pem, &c.client_key_pem)),
+            CONNECT_TIMEOUT,
+        )
+    })
+    .await
+    .map_err(|last| match last {
+        Some(e) if e.is_auth_refused() => {
+            FinaliseError::Proof(format!("draupnir with its certificate was refused: {e}"))
+        }
+        other => start_failure(&spec.log_file, other),
+    })?;
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| FinaliseError::Proof(pgconn::error_message(&e)))?
+        .get(0);
+    if superuser {
+        return Err(FinaliseError::Proof("role draupnir is a superuser".into()));
+    }
+    drop(client);
+    if pgconn::connect_plain(host, port, CLIENT_ROLE, db, CONNECT_TIMEOUT)
+        .await
+        .is_ok()
+    {
+        return Err(FinaliseError::Proof(
+            "plain TCP without TLS was accepted".into(),
+        ));
+    }
+    if pgconn::connect_tls(
+        host,
+        port,
+        CLIENT_ROLE,
+        db,
+        &c.ca_cert_pem,
+        None,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .is_ok()
+    {
+        return Err(FinaliseError::Proof(
+            "TLS without a client certificate was accepted".into(),
+        ));
+    }
+    for role in [boot_role, "postgres"] {
+        if pgconn::connect_tls(
+            host,
+            port,
+            role,
+            db,
+            &c.ca_cert_pem,
+            Some((&c.client_cert_pem, &c.client_key_pem)),
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .is_ok()
+        {
+            return Err(FinaliseError::Proof(format!(
+                "role {role} was accepted over TCP"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Flush the file system holding `path` (the first start ran with fsync off).
+pub fn sync_fs(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = rustix::fs::syncfs(&f);
+    }
+}

@@ -1,0 +1,9 @@
+//! PostgreSQL: data directories, postmaster processes, the supervisor,
+//! finalise, and in-process client connections. Knows clusters, ports and
+//! files; not users or images.
+
+pub mod cluster;
+pub mod finalise;
+pub mod pgconn;
+pub mod process;
+pub mod supervisor;

@@ -1,0 +1,265 @@
+//! Starting, finding and stopping one `postgres` postmaster.
+//!
+//! Owns: the exact command line a postmaster runs with (as the instance
+//! user, in its own session so it outlives the daemon, with a cleared
+//! environment and its output in a log file), recognising a running
+//! postmaster from its `postmaster.pid` without trusting a stale or
+//! foreign PID, and stopping it (fast shutdown, then escalating).
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::cluster::{InstanceUser, PgBin};
+
+/// Everything needed to (re)start one postmaster.
+#[derive(Debug, Clone)]
+pub struct PostmasterSpec {
+    pub bin: PgBin,
+    pub datadir: PathBuf,
+    pub port: u16,
+    /// `-c name=value` pairs.
+    pub settings: Vec<(String, String)>,
+    pub log_file: PathBuf,
+    pub user: InstanceUser,
+}
+
+/// A running postmaster: our own child, or one adopted by PID.
+#[derive(Debug)]
+pub enum Postmaster {
+    Child(tokio::process::Child),
+    Adopted(i32),
+}
+
+impl Postmaster {
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Postmaster::Child(c) => c.id().map(|p| p as i32),
+            Postmaster::Adopted(p) => Some(*p),
+        }
+    }
+
+    /// Wait until the process has exited.
+    pub async fn wait(&mut self) {
+        match self {
+            Postmaster::Child(c) => {
+                let _ = c.wait().await;
+            }
+            Postmaster::Adopted(pid) => {
+                while alive(*pid) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Fast shutdown (SIGINT); after `grace`, immediate shutdown (SIGQUIT);
+    /// after that, SIGKILL. Returns once the process is gone.
+    pub async fn stop(&mut self, grace: Duration) {
+        for (signal, wait) in [
+            (Signal::SIGINT, grace),
+            (Signal::SIGQUIT, Duration::from_secs(5)),
+            (Signal::SIGKILL, Duration::from_secs(30)),
+        ] {
+            let Some(pid) = self.pid() else { return };
+            if kill(Pid::from_raw(pid), signal).is_err() {
+                // Already gone; reap it if it is our child.
+                self.wait().await;
+                return;
+            }
+            if tokio::time::timeout(wait, self.wait()).await.is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+/// Is the process alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The PID recorded in `datadir/postmaster.pid`, if it names a live
+/// `postgres` process whose working directory is `datadir`. A stale file or
+/// a recycled PID naming another process is never trusted.
+pub fn running_postmaster(datadir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if is_postmaster_of(pid, datadir) {
+        Some(pid)
+    } else {
+        None
+    }
+}
+
+/// Does `pid` name a live `postgres` running in `datadir`?
+pub fn is_postmaster_of(pid: i32, datadir: &Path) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(p) => p,
+        Err(_) => return false,
+    };
+    let is_postgres = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("postgres"));
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let dir = std::fs::canonicalize(datadir).unwrap_or_else(|_| datadir.to_owned());
+    is_postgres && cwd.as_deref() == Some(dir.as_path())
+}
+
+/// Every live postgres postmaster whose working directory is beneath
+/// `root` (found through /proc), with that directory.
+pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in rd.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+            continue;
+        };
+        if !cwd.starts_with(&root) {
+            continue;
+        }
+        // Only the postmaster itself: its parent is not a postgres in the
+        // same directory.
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<i32>().ok())
+            })
+            .unwrap_or(0);
+        if is_postmaster_of(pid, &cwd) && !is_postmaster_of(ppid, &cwd) {
+            found.push((pid, cwd));
+        }
+    }
+    found
+}
+
+/// Start a postmaster for `spec`. It runs as the instance user in a new
+/// session with a clean environment; stdout and stderr append to the log.
+pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&spec.log_file)?;
+    let mut cmd = tokio::process::Command::new(spec.bin.postgres());
+    cmd.arg("-D")
+        .arg(&spec.datadir)
+        .arg("-p")
+        .arg(spec.port.to_string());
+    for (name, value) in &spec.settings {
+        cmd.arg("-c").arg(format!("{name}={value}"));
+    }
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C.UTF-8")
+        .current_dir(&spec.datadir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .uid(spec.user.uid)
+        .gid(spec.user.gid);
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(Postmaster::Child(cmd.spawn()?))
+}
+
+/// The last `lines` lines of a log file (for failure reasons).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = text.len().saturating_sub(64 * 1024);
+    let text = String::from_utf8_lossy(&text[start..]);
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Is `port` free to listen on (IPv4 and, when available, IPv6 wildcard)?
+pub fn port_free(port: u16) -> bool {
+    let v4 = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+    if !v4 {
+        return false;
+    }
+    match std::net::TcpListener::bind(("::", port)) {
+        Ok(_) => true,
+        Err(e) => {
+            e.kind() == io::ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+        }
+    }
+}
+
+/// Wait until `f` says the postmaster is ready, failing early if it exits.
+pub async fn until_ready<F, Fut, T, E>(
+    pm: &mut Postmaster,
+    deadline: Duration,
+    mut f: F,
+) -> Result<T, Option<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => Some(e),
+        };
+        if start.elapsed() > deadline {
+            return Err(last);
+        }
+        if let Some(pid) = pm.pid() {
+            if !alive(pid) {
+                return Err(last);
+            }
+        } else {
+            return Err(last);
+        }
+        if let Postmaster::Child(c) = pm {
+            if let Ok(Some(_)) = c.try_wait() {
+                return Err(last);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,203 @@
+//! The supervisor: keeps one postmaster per instance running.
+//!
+//! Owns: one watcher task per instance that notices an unexpected exit and
+//! restarts the postmaster with back-off, gives up after repeated failures
+//! (reporting the log tail), and stops it on request. Instances are known
+//! by id only; the core turns the events into state changes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::process::{self, Postmaster, PostmasterSpec};
+
+/// What the supervisor tells the core.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The postmaster exited unexpectedly and was started again.
+    Restarted { id: i64, pid: i32 },
+    /// Restarting failed too often; the instance is left stopped.
+    Failed { id: i64, reason: String },
+}
+
+/// How hard to try before giving up.
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// More than this many unexpected exits within `window` → failed.
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// Fast-shutdown grace before escalating.
+    pub stop_grace: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_restarts: 5,
+            window: Duration::from_secs(120),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Watched {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    pid: Arc<Mutex<Option<i32>>>,
+}
+
+/// Cheap to clone; all clones share the watched set.
+#[derive(Clone)]
+pub struct Supervisor {
+    watched: Arc<Mutex<HashMap<i64, Watched>>>,
+    events: mpsc::UnboundedSender<Event>,
+    policy: RestartPolicy,
+}
+
+impl Supervisor {
+    pub fn new(policy: RestartPolicy) -> (Supervisor, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Supervisor {
+                watched: Arc::default(),
+                events: tx,
+                policy,
+            },
+            rx,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watch an already started (or adopted) postmaster for instance `id`.
+    pub fn watch(&self, id: i64, spec: PostmasterSpec, pm: Postmaster) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pid = Arc::new(Mutex::new(pm.pid()));
+        let task = tokio::spawn(watcher(
+            id,
+            spec,
+            pm,
+            stop_rx,
+            self.events.clone(),
+            self.policy.clone(),
+            pid.clone(),
+        ));
+        if let Some(old) = self.lock().insert(
+            id,
+            Watched {
+                stop: stop_tx,
+                task,
+                pid,
+            },
+        ) {
+            old.task.abort();
+        }
+    }
+
+    /// The current PID of instance `id`'s postmaster, if watched.
+    pub fn pid(&self, id: i64) -> Option<i32> {
+        let w = self.lock();
+        let pid = w.get(&id)?.pid.lock().unwrap_or_else(|p| p.into_inner());
+        *pid
+    }
+
+    pub fn is_watched(&self, id: i64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// Stop instance `id`'s postmaster and forget it. Returns when the
+    /// process is gone.
+    pub async fn stop(&self, id: i64) {
+        let watched = self.lock().remove(&id);
+        if let Some(w) = watched {
+            let _ = w.stop.send(true);
+            let _ = w.task.await;
+        }
+    }
+
+    /// Stop watching every instance without stopping any postmaster (the
+    /// daemon is shutting down; instances keep running).
+    pub fn detach_all(&self) {
+        for (_, w) in self.lock().drain() {
+            w.task.abort();
+        }
+    }
+}
+
+async fn watcher(
+    id: i64,
+    spec: PostmasterSpec,
+    mut pm: Postmaster,
+    mut stop: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
+    policy: RestartPolicy,
+    pid_slot: Arc<Mutex<Option<i32>>>,
+) {
+    let mut exits: VecDeque<Instant> = VecDeque::new();
+    loop {
+        tokio::select! {
+            _ = pm.wait() => {}
+            _ = stop.changed() => {
+                pm.stop(policy.stop_grace).await;
+                return;
+            }
+        }
+        // Unexpected exit.
+        tracing::warn!(instance = id, "postmaster exited unexpectedly");
+        let now = Instant::now();
+        exits.push_back(now);
+        while exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            exits.pop_front();
+        }
+        if exits.len() > policy.max_restarts {
+            let tail = process::log_tail(&spec.log_file, 15);
+            let _ = events.send(Event::Failed {
+                id,
+                reason: format!(
+                    "postgres exited {} times within {}s; last log lines:\n{tail}",
+                    exits.len(),
+                    policy.window.as_secs()
+                ),
+            });
+            return;
+        }
+        let n = exits.len().saturating_sub(1).min(16) as u32;
+        let backoff = policy
+            .first_backoff
+            .saturating_mul(1 << n)
+            .min(policy.max_backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        // Leftovers of the dead postmaster (its backends) may still hold
+        // the lock file briefly; postgres itself refuses to start then and
+        // the next round retries.
+        match process::spawn(&spec) {
+            Ok(new) => {
+                pm = new;
+                let pid = pm.pid();
+                *pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+                if let Some(pid) = pid {
+                    let _ = events.send(Event::Restarted { id, pid });
+                }
+            }
+            Err(e) => {
+                tracing::error!(instance = id, error = %e, "cannot restart postmaster");
+                pm = Postmaster::Adopted(0);
+            }
+        }
+    }
+}

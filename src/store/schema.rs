@@ -1,0 +1,63 @@
+//! Versioned schema migrations. Append only: a released migration is never
+//! edited; the index in this list (plus one) is its version.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+CREATE TABLE users (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE,
+    email       TEXT UNIQUE COLLATE NOCASE,
+    is_admin    INTEGER NOT NULL DEFAULT 0,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE ssh_keys (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL UNIQUE,
+    public_key  TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE api_tokens (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE images (
+    id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    state                TEXT NOT NULL CHECK (state IN ('uploading', 'finalising', 'ready', 'failed')),
+    failure_reason       TEXT,
+    backed_up_at         TEXT,
+    anonymisation_script TEXT,
+    pg_major             INTEGER,
+    size_bytes           INTEGER NOT NULL DEFAULT 0,
+    upload_active        INTEGER NOT NULL DEFAULT 0,
+    created_by           INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    created_at           TEXT NOT NULL,
+    updated_at           TEXT NOT NULL
+);
+CREATE TABLE instances (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id           INTEGER NOT NULL REFERENCES images(id),
+    owner_id           INTEGER NOT NULL REFERENCES users(id),
+    state              TEXT NOT NULL CHECK (state IN ('creating', 'running', 'failed', 'destroying')),
+    failure_reason     TEXT,
+    port               INTEGER NOT NULL UNIQUE,
+    pid                INTEGER,
+    ca_certificate     TEXT,
+    client_certificate TEXT,
+    client_key         TEXT,
+    created_at         TEXT NOT NULL,
+    updated_at         TEXT NOT NULL
+);
+CREATE INDEX instances_owner ON instances(owner_id);
+CREATE INDEX instances_image ON instances(image_id);
+CREATE TABLE whitelisted_addresses (
+    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    address     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (instance_id, address)
+);
+"#,
+];

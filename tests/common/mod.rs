@@ -1,0 +1,424 @@
+//! Shared fixtures for the end-to-end tests: one real `initdb`'d data
+//! directory per test binary (packed as `.tar` and `.tar.gz`), and per test
+//! a private btrfs loop mount, state directory and port range, torn down
+//! on drop even when the test fails.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use draupnir::config::Config;
+use draupnir::core::{Actor, ConnectionInfo, Service, UploadTarget};
+use draupnir::postgres::process;
+
+pub const ADMIN_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
+pub const INSTANCE_USER: &str = "draupnir-instance";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Rows the fixture's `users` table holds.
+pub const FIXTURE_USERS: i64 = 100;
+
+/// The fixture data directory, packed once per test binary.
+pub struct Fixture {
+    pub tar: Vec<u8>,
+    pub tar_gz: Vec<u8>,
+}
+
+pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(build_fixture);
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn instance_ids() -> (u32, u32) {
+    let u =
+        draupnir::postgres::cluster::InstanceUser::ensure(INSTANCE_USER).expect("instance user");
+    (u.uid, u.gid)
+}
+
+fn build_fixture() -> Fixture {
+    let (uid, gid) = instance_ids();
+    let root = tempfile::Builder::new()
+        .prefix("drp-fix-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = root.path().join("pgdata");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+    let as_user = |prog: &str| {
+        let mut c = Command::new(Path::new(PG_BIN).join(prog));
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, gid);
+        c.env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
+        c
+    };
+    run(as_user("initdb")
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-D",
+        ])
+        .arg(&data));
+    let mut pg = as_user("postgres")
+        .arg("-D")
+        .arg(&data)
+        .args(["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", data.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fixture postgres");
+    let sql = format!(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, secret text);
+         INSERT INTO users SELECT g, 'user' || g || '@example.com', md5(g::text) FROM generate_series(1, {FIXTURE_USERS}) g;
+         CREATE TABLE orders (id serial PRIMARY KEY, user_id int REFERENCES users(id), total numeric);
+         INSERT INTO orders (user_id, total) SELECT (g % {FIXTURE_USERS}) + 1, g * 1.5 FROM generate_series(1, 500) g;
+         CREATE ROLE app LOGIN;
+         CREATE TABLE app_owned (x int); ALTER TABLE app_owned OWNER TO app;
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;"
+    );
+    let mut ok = false;
+    for _ in 0..400 {
+        let out = as_user("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&data)
+            .args(["-p", "5432", "-U", "postgres", "-d", "postgres", "-c", &sql])
+            .output()
+            .expect("psql");
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No such file")
+                || err.contains("starting up")
+                || err.contains("connection"),
+            "fixture sql failed: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pg.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = pg.wait();
+    assert!(ok, "fixture postgres never accepted the setup SQL");
+    let tar = pack(&data);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let tar_gz = gz.finish().unwrap();
+    Fixture { tar, tar_gz }
+}
+
+/// Pack a directory the way `tar -C dir -cf - .` would.
+pub fn pack(dir: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).expect("pack");
+    b.into_inner().expect("pack")
+}
+
+/// A tarball of the fixture with `PG_VERSION` replaced.
+pub fn fixture_with_version(version: &str) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut ar = tar::Archive::new(&FIXTURE.tar[..]);
+    for entry in ar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_path_buf();
+        let mut header = entry.header().clone();
+        if path.ends_with("PG_VERSION") && path.components().count() <= 2 {
+            let body = format!("{version}\n");
+            header.set_size(body.len() as u64);
+            header.set_cksum();
+            out.append(&header, body.as_bytes()).unwrap();
+        } else {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+            out.append(&header, &body[..]).unwrap();
+        }
+    }
+    out.into_inner().unwrap()
+}
+
+/// One test's world: a btrfs loop mount, a state directory, a port range
+/// and a running core. Everything is removed on drop.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub service: Option<Service>,
+}
+
+pub fn port_base() -> u16 {
+    // Spread tests over 15000..60000 in blocks of 40.
+    let r: u16 = rand::random::<u16>() % 1100;
+    15000 + r * 40
+}
+
+impl TestEnv {
+    pub fn config_for(dir: &Path) -> Config {
+        let base = port_base();
+        let text = format!(
+            r#"
+data_path = "{d}/data"
+state_path = "{d}/state"
+loopback_size = "1G"
+public_hostname = "localhost"
+min_instance_port = {base}
+max_instance_port = {max}
+max_image_bytes = "512M"
+[ssh]
+admin_keys = ["{ADMIN_KEY}"]
+[postgres]
+instance_user = "{INSTANCE_USER}"
+start_timeout = "30s"
+"#,
+            d = dir.display(),
+            max = base + 40
+        );
+        Config::parse(&text).expect("test config")
+    }
+
+    pub async fn new() -> TestEnv {
+        let _ = &*FIXTURE;
+        let dir = tempfile::Builder::new()
+            .prefix("drp-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let config = Self::config_for(dir.path());
+        let mut env = TestEnv {
+            dir,
+            config: config.clone(),
+            service: None,
+        };
+        let (service, _) = Service::open(config).await.expect("service opens");
+        env.service = Some(service);
+        env
+    }
+
+    /// Open the core again on the same directories (a daemon restart).
+    pub async fn reopen(&mut self) -> draupnir::core::ReconcileReport {
+        if let Some(s) = self.service.take() {
+            s.shutdown();
+        }
+        let (service, report) = Service::open(self.config.clone()).await.expect("reopen");
+        self.service = Some(service);
+        report
+    }
+
+    pub fn svc(&self) -> &Service {
+        self.service.as_ref().expect("service")
+    }
+
+    pub fn admin(&self) -> Actor {
+        self.svc()
+            .actor_for("alice")
+            .unwrap()
+            .expect("bootstrap admin")
+    }
+
+    pub fn user(&self, name: &str) -> Actor {
+        let admin = self.admin();
+        if let Some(a) = self.svc().actor_for(name).unwrap() {
+            return a;
+        }
+        self.svc().add_user(&admin, name, None, false).unwrap();
+        self.svc().actor_for(name).unwrap().unwrap()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.config.data_path.clone()
+    }
+
+    /// Create an image, upload the fixture, finalise it.
+    pub async fn ready_image(&self, script: Option<&str>) -> i64 {
+        let admin = self.admin();
+        let img = self.svc().create_image(&admin, None, script).unwrap();
+        self.svc()
+            .ingest(
+                &admin,
+                img.id,
+                UploadTarget::File("base.tar.gz".into()),
+                &FIXTURE.tar_gz[..],
+            )
+            .await
+            .expect("upload");
+        self.svc()
+            .finalise_image(&admin, img.id, None)
+            .await
+            .expect("finalise");
+        img.id
+    }
+
+    /// Subvolume names under data_path/<kind>.
+    pub fn entries(&self, kind: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data().join(kind))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn postmasters(&self) -> Vec<(i32, PathBuf)> {
+        process::postmasters_beneath(&self.data())
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.shutdown();
+        }
+        kill_postmasters_beneath(&self.config.data_path);
+        for _ in 0..50 {
+            let out = Command::new("umount")
+                .arg(&self.config.data_path)
+                .stderr(Stdio::null())
+                .status();
+            if matches!(out, Ok(s) if s.success()) || !is_mounted(&self.config.data_path) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(p.as_str()))
+}
+
+/// Kill every postgres running beneath `root` (test teardown).
+pub fn kill_postmasters_beneath(root: &Path) {
+    for _ in 0..100 {
+        let pids = all_postgres_beneath(root);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn all_postgres_beneath(root: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.starts_with(root) && process::alive(pid) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// The three PEM files of an instance in a private directory.
+pub struct ClientFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl ClientFiles {
+    pub fn new(info: &ConnectionInfo) -> ClientFiles {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [
+            ("root.crt", &info.credentials.ca_certificate),
+            ("client.crt", &info.credentials.client_certificate),
+            ("client.key", &info.credentials.client_key),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        ClientFiles { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// Run SQL through the real `psql` with the instance's client certificate
+/// (sslmode=verify-ca), as a developer would after `env`.
+pub fn psql_cert(info: &ConnectionInfo, sql: &str) -> Result<String, String> {
+    let files = ClientFiles::new(info);
+    psql(
+        &format!(
+            "host=127.0.0.1 port={} user={} dbname={} sslmode=verify-ca sslrootcert={} sslcert={} sslkey={}",
+            info.port,
+            info.user,
+            info.database,
+            files.path("root.crt"),
+            files.path("client.crt"),
+            files.path("client.key")
+        ),
+        sql,
+    )
+}
+
+/// Run SQL through `psql` with an explicit connection string.
+pub fn psql(conninfo: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Used bytes of the file system at `path`, after flushing it.
+pub fn fs_used(path: &Path) -> u64 {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = rustix::fs::syncfs(&f);
+    }
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64
+}

@@ -1,0 +1,312 @@
+//! End to end through the core: image → upload → finalise → instances →
+//! psql with client certificates → destroy; authorisation; supervision.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use draupnir::core::{CoreError, InstanceRef, UploadTarget};
+use draupnir::postgres::finalise::Progress;
+use draupnir::store::{ImageState, InstanceState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+
+    let img = svc
+        .create_image(&admin, None, Some("DELETE FROM orders WHERE user_id > 10;\nDELETE FROM users WHERE id > 10;\nSELECT count(*) AS kept FROM users;"))
+        .unwrap();
+    assert_eq!(img.state, ImageState::Uploading);
+    assert_eq!(env.entries("image_uploads"), vec![img.id.to_string()]);
+    let report = svc
+        .ingest(
+            &admin,
+            img.id,
+            UploadTarget::File("base.tar.gz".into()),
+            &FIXTURE.tar_gz[..],
+        )
+        .await
+        .unwrap();
+    assert!(report.bytes_written > 1_000_000);
+
+    let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = events.clone();
+    let ready = svc
+        .finalise_image(
+            &admin,
+            img.id,
+            Some(Arc::new(move |p| sink.lock().unwrap().push(p))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.state, ImageState::Ready);
+    assert_eq!(ready.pg_major, Some(15));
+    let events = events.lock().unwrap().clone();
+    let steps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Step(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.contains("anonymisation script")),
+        "{steps:?}"
+    );
+    assert!(steps.iter().any(|s| s.contains("proving")), "{steps:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Progress::Output(l) if l.trim() == "10")),
+        "script output is streamed: {events:?}"
+    );
+    // The upload became a read-only snapshot; finalising again is a no-op.
+    assert!(env.entries("image_uploads").is_empty());
+    assert_eq!(env.entries("image_snapshots"), vec![img.id.to_string()]);
+    let snap = env.data().join("image_snapshots").join(img.id.to_string());
+    assert!(
+        std::fs::write(snap.join("x"), b"x").is_err(),
+        "snapshot is read-only"
+    );
+    assert!(
+        !snap.join("server.key").exists(),
+        "no finalise key left in the image"
+    );
+    assert_eq!(
+        svc.finalise_image(&admin, img.id, None)
+            .await
+            .unwrap()
+            .state,
+        ImageState::Ready
+    );
+    // Ready images take no more bytes.
+    let err = svc
+        .ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not accept uploads"), "{err}");
+
+    let a = svc
+        .create_instance(&admin, InstanceRef::Id(img.id))
+        .await
+        .unwrap();
+    let b = svc
+        .create_instance(&admin, InstanceRef::Latest)
+        .await
+        .unwrap();
+    assert_ne!(a.port, b.port);
+    assert_eq!(a.instance.state, InstanceState::Running);
+    assert_eq!(a.host, "localhost");
+    assert_eq!(a.user, "draupnir");
+
+    // The script ran; draupnir owns the data; writes stay private.
+    assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "10");
+    psql_cert(&a, "INSERT INTO users VALUES (1000, 'new@example.com', 'x'); DROP TABLE orders CASCADE; ALTER TABLE app_owned ADD COLUMN y int").unwrap();
+    assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "11");
+    assert_eq!(psql_cert(&b, "SELECT count(*) FROM users").unwrap(), "10");
+    assert_eq!(psql_cert(&b, "SELECT count(*) FROM orders").unwrap(), "50");
+    assert_eq!(psql_cert(&b, "SELECT current_user").unwrap(), "draupnir");
+    assert_eq!(
+        psql_cert(
+            &b,
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        .unwrap(),
+        "f"
+    );
+    assert_eq!(
+        psql_cert(
+            &b,
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'draupnir_finalise'"
+        )
+        .unwrap(),
+        "0"
+    );
+    let c = svc
+        .create_instance(&admin, InstanceRef::Id(img.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        psql_cert(&c, "SELECT count(*) FROM users").unwrap(),
+        "10",
+        "image unchanged"
+    );
+
+    // Without the client certificate, or in plain text, or as another role: refused.
+    let files = ClientFiles::new(&a);
+    let base = format!("host=127.0.0.1 port={} dbname=postgres", a.port);
+    let no_cert = psql(
+        &format!(
+            "{base} user=draupnir sslmode=verify-ca sslrootcert={}",
+            files.path("root.crt")
+        ),
+        "SELECT 1",
+    );
+    assert!(no_cert.is_err(), "no client cert must be refused");
+    assert!(psql(&format!("{base} user=draupnir sslmode=disable"), "SELECT 1").is_err());
+    let as_postgres = psql(
+        &format!(
+            "{base} user=postgres sslmode=verify-ca sslrootcert={} sslcert={} sslkey={}",
+            files.path("root.crt"),
+            files.path("client.crt"),
+            files.path("client.key")
+        ),
+        "SELECT 1",
+    );
+    assert!(
+        as_postgres.is_err(),
+        "role postgres must be refused over TCP"
+    );
+    // Another instance's certificate does not open this one.
+    let other = ClientFiles::new(&b);
+    let cross = psql(
+        &format!(
+            "{base} user=draupnir sslmode=require sslcert={} sslkey={}",
+            other.path("client.crt"),
+            other.path("client.key")
+        ),
+        "SELECT 1",
+    );
+    assert!(
+        cross.is_err(),
+        "another instance's certificate must be refused"
+    );
+
+    // Destroy: rows, subvolumes and processes go.
+    for info in [&a, &b, &c] {
+        svc.destroy_instance(&admin, info.instance.id)
+            .await
+            .unwrap();
+    }
+    assert!(env.entries("instances").is_empty());
+    assert!(svc.list_instances(&admin, true).unwrap().is_empty());
+    assert!(env.postmasters().is_empty(), "{:?}", env.postmasters());
+    svc.destroy_image(&admin, img.id, false).await.unwrap();
+    assert!(env.entries("image_snapshots").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_cheap_and_ports_unique_and_authorised() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let image_size = svc.image(&admin, image).unwrap().size_bytes;
+    assert!(image_size > 10_000_000, "{image_size}");
+
+    // A foreign process holds the first port of the range.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", env.config.min_instance_port));
+    let before = fs_used(&env.data());
+    let bob = env.user("bob");
+    let carol = env.user("carol");
+    let x = svc
+        .create_instance(&bob, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let after = fs_used(&env.data());
+    let y = svc
+        .create_instance(&carol, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    if squatter.is_ok() {
+        assert_ne!(x.port, env.config.min_instance_port);
+    }
+    assert_ne!(x.port, y.port);
+    let used = after.saturating_sub(before);
+    assert!(
+        used < image_size / 4,
+        "a new instance used {used} bytes of disk for a {image_size}-byte image"
+    );
+
+    // Users see and touch only their own instances.
+    assert_eq!(svc.list_instances(&bob, false).unwrap().len(), 1);
+    assert!(matches!(
+        svc.instance(&bob, y.instance.id),
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        svc.instance_credentials(&bob, y.instance.id),
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        svc.destroy_instance(&bob, y.instance.id).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        svc.list_instances(&bob, true),
+        Err(CoreError::AdminOnly(_))
+    ));
+    assert!(matches!(
+        svc.create_image(&bob, None, None),
+        Err(CoreError::AdminOnly(_))
+    ));
+    assert!(matches!(
+        svc.destroy_image(&bob, image, true).await,
+        Err(CoreError::AdminOnly(_))
+    ));
+    assert!(matches!(
+        svc.create_instance(&bob, InstanceRef::Id(9999)).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    // The image has instances: refused unless cascading.
+    assert!(matches!(
+        svc.destroy_image(&admin, image, false).await,
+        Err(CoreError::ImageHasInstances { count: 2, .. })
+    ));
+    svc.destroy_image(&admin, image, true).await.unwrap();
+    assert!(env.entries("instances").is_empty());
+    assert!(env.postmasters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_not_ready_is_refused() {
+    let env = TestEnv::new().await;
+    let admin = env.admin();
+    let img = env.svc().create_image(&admin, None, None).unwrap();
+    let err = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(img.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::ImageNotReady { .. }), "{err}");
+    assert!(env.entries("instances").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_restarts_a_killed_postmaster() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let info = svc
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let pid = svc.instance_pid(info.instance.id).expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut ok = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = svc.instance_pid(info.instance.id);
+        if now.is_some_and(|p| p != pid) && psql_cert(&info, "SELECT 1").is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "instance did not come back after its postmaster was killed"
+    );
+    assert_eq!(
+        svc.instance(&admin, info.instance.id).unwrap().state,
+        InstanceState::Running
+    );
+}
