@@ -164,6 +164,8 @@ pub fn fixture_with_version(version: &str) -> Vec<u8> {
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub config: Config,
+    /// The config as TOML, for child processes.
+    pub config_text: String,
     pub service: Option<Service>,
 }
 
@@ -174,9 +176,9 @@ pub fn port_base() -> u16 {
 }
 
 impl TestEnv {
-    pub fn config_for(dir: &Path) -> Config {
+    pub fn config_text(dir: &Path, extra: &str) -> String {
         let base = port_base();
-        let text = format!(
+        format!(
             r#"
 data_path = "{d}/data"
 state_path = "{d}/state"
@@ -193,20 +195,39 @@ start_timeout = "30s"
 "#,
             d = dir.display(),
             max = base + 40
-        );
-        Config::parse(&text).expect("test config")
+        )
+        .lines()
+        .filter(|l| {
+            // Keys given in `extra` replace the defaults above.
+            let key = l.split('=').next().unwrap_or("").trim();
+            key.is_empty()
+                || !extra
+                    .lines()
+                    .any(|e| e.split('=').next().unwrap_or("").trim() == key)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replacen("\n", &format!("\n{extra}\n"), 1)
     }
 
     pub async fn new() -> TestEnv {
+        Self::with("").await
+    }
+
+    /// A test world whose config has `extra` top-level keys.
+    pub async fn with(extra: &str) -> TestEnv {
         let _ = &*FIXTURE;
         let dir = tempfile::Builder::new()
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let config = Self::config_for(dir.path());
+        let config_text = Self::config_text(dir.path(), extra);
+        let config = Config::parse(&config_text).expect("test config");
+        std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
         let mut env = TestEnv {
             dir,
             config: config.clone(),
+            config_text,
             service: None,
         };
         let (service, _) = Service::open(config).await.expect("service opens");
