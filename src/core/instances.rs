@@ -92,9 +92,11 @@ impl Service {
     fn probe_host(&self) -> String {
         let listen = &self.inner.config.postgres.listen_addresses;
         let first = listen.split(',').map(str::trim).next().unwrap_or("*");
-        if listen.contains('*') || listen.contains("0.0.0.0") || listen.is_empty() {
-            "127.0.0.1".into()
-        } else if listen.contains("127.0.0.1") || listen.contains("localhost") {
+        if ["*", "0.0.0.0", "127.0.0.1", "localhost"]
+            .iter()
+            .any(|a| listen.contains(a))
+            || listen.is_empty()
+        {
             "127.0.0.1".into()
         } else if first == "::" {
             "::1".into()

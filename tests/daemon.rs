@@ -1,0 +1,114 @@
+//! The `draupnir` binary itself: config refusal, `serve` adopting running
+//! instances, and SIGTERM leaving them running.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use draupnir::core::InstanceRef;
+
+const BIN: &str = env!("CARGO_BIN_EXE_draupnir");
+
+#[test]
+fn bad_config_is_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("data_pth = \"/x\"", "data_pth"),
+        (
+            "min_instance_port = 9000\nmax_instance_port = 8000",
+            "max_instance_port",
+        ),
+        ("clean_interval = \"soon\"", "clean_interval"),
+        (
+            "[postgres]\ninstance_user = \"root\"",
+            "postgres.instance_user",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/draupnir.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/draupnir.toml"));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_adopts_instances_and_sigterm_leaves_them_running() {
+    let mut env = TestEnv::new().await;
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let info = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let pid = env.svc().instance_pid(info.instance.id).unwrap();
+    env.service.take().unwrap().shutdown();
+
+    let mut daemon = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(env.dir.path().join("config.toml"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut running = false;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        if line.contains("draupnir is running") {
+            running = true;
+            break;
+        }
+    }
+    assert!(running, "daemon did not come up");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        draupnir::postgres::process::alive(pid),
+        "SIGTERM must not stop instances"
+    );
+    assert_eq!(psql_cert(&info, "SELECT 1").unwrap(), "1");
+    let report = env.reopen().await;
+    assert_eq!(report.adopted, vec![info.instance.id]);
+}
