@@ -310,3 +310,78 @@ async fn supervisor_restarts_a_killed_postmaster() {
         InstanceState::Running
     );
 }
+
+/// The fixture with every path under one wrapping directory, as
+/// `tar czf b.tgz datadir/` makes it.
+fn wrapped_fixture(dir: &str) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut ar = tar::Archive::new(&FIXTURE.tar[..]);
+    for entry in ar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_path_buf();
+        let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+        let mut header = entry.header().clone();
+        header
+            .set_path(std::path::Path::new(dir).join(rel))
+            .unwrap();
+        header.set_cksum();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+        out.append(&header, &body[..]).unwrap();
+    }
+    out.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_upload_then_wrapped_data_dir_finalises() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let img = svc.create_image(&admin, None, None).unwrap();
+    // A broken upload fails the image…
+    let err = svc
+        .ingest(
+            &admin,
+            img.id,
+            UploadTarget::File("base.tar".into()),
+            &FIXTURE.tar[..5000],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(svc.image(&admin, img.id).unwrap().state, ImageState::Failed);
+    // …until the upload is reset; then a wrapped data dir (whose wrapper is
+    // even named like one of its children) and an empty dir go in.
+    assert_eq!(
+        svc.reset_upload(&admin, img.id).unwrap().state,
+        ImageState::Uploading
+    );
+    svc.ingest(
+        &admin,
+        img.id,
+        UploadTarget::File("b.tar".into()),
+        &wrapped_fixture("base")[..],
+    )
+    .await
+    .unwrap();
+    svc.upload_mkdir(&admin, img.id, std::path::Path::new("base/pg_extra_empty"))
+        .unwrap();
+    assert!(matches!(
+        svc.upload_mkdir(&admin, img.id, std::path::Path::new("../x")),
+        Err(CoreError::Upload(_))
+    ));
+    let ready = svc.finalise_image(&admin, img.id, None).await.unwrap();
+    assert_eq!(ready.state, ImageState::Ready);
+    assert!(matches!(
+        svc.reset_upload(&admin, img.id),
+        Err(CoreError::InvalidState(_))
+    ));
+    let info = svc
+        .create_instance(&admin, InstanceRef::Id(img.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        psql_cert(&info, "SELECT count(*) FROM users").unwrap(),
+        FIXTURE_USERS.to_string()
+    );
+}

@@ -194,26 +194,9 @@ impl Service {
             .store
             .insert_image(backed_up_at, script, Some(actor.user_id))?;
         let dir = self.inner.layout.upload(image.id);
-        let made = btrfs::create_subvolume(&dir).and_then(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .and_then(|_| {
-                    std::os::unix::fs::chown(
-                        &dir,
-                        Some(self.inner.user.uid),
-                        Some(self.inner.user.gid),
-                    )
-                })
-                .map_err(|source| btrfs::BtrfsError {
-                    op: "chown",
-                    path: dir.clone(),
-                    source,
-                })
-        });
-        if let Err(e) = made {
-            let _ = btrfs::delete_subvolume(&dir);
+        if let Err(e) = self.make_upload_dir(&dir) {
             let _ = self.inner.store.delete_image(image.id);
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(image = image.id, user = %actor.name, "image created");
         Ok(image)
@@ -236,16 +219,7 @@ impl Service {
             .max_image_bytes
             .0
             .saturating_sub(image.size_bytes);
-        let opts = Options {
-            limits: Limits {
-                max_bytes: budget,
-                max_entries: self.inner.config.max_image_entries,
-            },
-            owner: Some(Owner {
-                uid: self.inner.user.uid,
-                gid: self.inner.user.gid,
-            }),
-        };
+        let opts = self.upload_options(budget);
         let root = self.inner.layout.upload(id);
         let (sender, handle) = match plan {
             Plan::Extract(subdir) => ingest::spawn_extract(root, subdir, opts),
@@ -257,6 +231,79 @@ impl Service {
             sender: Some(sender),
             handle: Some(handle),
         })
+    }
+
+    fn upload_options(&self, budget: u64) -> Options {
+        Options {
+            limits: Limits {
+                max_bytes: budget,
+                max_entries: self.inner.config.max_image_entries,
+            },
+            owner: Some(Owner {
+                uid: self.inner.user.uid,
+                gid: self.inner.user.gid,
+            }),
+        }
+    }
+
+    /// Create an (empty) directory in an uploading image (`scp -r`, SFTP
+    /// `mkdir`).
+    pub fn upload_mkdir(&self, actor: &Actor, id: i64, rel: &std::path::Path) -> Result<()> {
+        actor.require_admin("uploading images")?;
+        let image = self.image_or_404(id)?;
+        if image.state != ImageState::Uploading {
+            return Err(CoreError::InvalidState(format!(
+                "image {id} does not accept uploads (state: {})",
+                image.state.as_str()
+            )));
+        }
+        ingest::make_dir(&self.inner.layout.upload(id), rel, &self.upload_options(0))?;
+        Ok(())
+    }
+
+    /// Make a failed (or stuck uploading) image take a fresh upload: its
+    /// upload directory is emptied and it is `uploading` again.
+    pub fn reset_upload(&self, actor: &Actor, id: i64) -> Result<Image> {
+        actor.require_admin("resetting uploads")?;
+        let image = self.image_or_404(id)?;
+        match image.state {
+            ImageState::Failed | ImageState::Uploading => {}
+            other => {
+                return Err(CoreError::InvalidState(format!(
+                    "image {id} is {}; only a failed or uploading image can be reset",
+                    other.as_str()
+                )))
+            }
+        }
+        if image.upload_active {
+            return Err(CoreError::InvalidState(format!(
+                "an upload into image {id} is still running"
+            )));
+        }
+        let dir = self.inner.layout.upload(id);
+        btrfs::delete_subvolume(&dir)?;
+        btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;
+        self.make_upload_dir(&dir)?;
+        self.inner.store.reset_upload(id)?;
+        tracing::info!(image = id, user = %actor.name, "upload reset");
+        self.image_or_404(id)
+    }
+
+    fn make_upload_dir(&self, dir: &std::path::Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        btrfs::create_subvolume(dir)?;
+        let owned =
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).and_then(|_| {
+                std::os::unix::fs::chown(dir, Some(self.inner.user.uid), Some(self.inner.user.gid))
+            });
+        if let Err(source) = owned {
+            let _ = btrfs::delete_subvolume(dir);
+            return Err(CoreError::Internal(format!(
+                "chown {}: {source}",
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Upload a whole `AsyncRead` (stdin, an HTTP body) into an image.

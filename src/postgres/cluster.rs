@@ -84,6 +84,39 @@ pub fn read_major(datadir: &Path) -> Result<u32, ClusterError> {
     }
 }
 
+/// When `datadir` has no `PG_VERSION` but holds exactly one directory that
+/// does (`tar czf b.tgz datadir/`, `scp -r datadir host:images/1/`), move
+/// that directory's contents up. Returns whether it did.
+pub fn hoist_single_subdir(datadir: &Path) -> Result<bool, ClusterError> {
+    if datadir.join("PG_VERSION").exists() {
+        return Ok(false);
+    }
+    let entries: Vec<_> = std::fs::read_dir(datadir)
+        .map_err(io_err("cannot read", datadir))?
+        .flatten()
+        .collect();
+    let [only] = entries.as_slice() else {
+        return Ok(false);
+    };
+    let inner = only.path();
+    let is_dir = std::fs::symlink_metadata(&inner)
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
+    if !is_dir || !inner.join("PG_VERSION").is_file() {
+        return Ok(false);
+    }
+    // Rename first: the wrapper may share a name with one of its children.
+    let tmp = datadir.join(".draupnir-hoist");
+    std::fs::rename(&inner, &tmp).map_err(io_err("cannot move", &inner))?;
+    for e in std::fs::read_dir(&tmp).map_err(io_err("cannot read", &tmp))? {
+        let e = e.map_err(io_err("cannot read", &tmp))?;
+        let to = datadir.join(e.file_name());
+        std::fs::rename(e.path(), &to).map_err(io_err("cannot move", &to))?;
+    }
+    std::fs::remove_dir(&tmp).map_err(io_err("cannot remove", &tmp))?;
+    Ok(true)
+}
+
 /// Majors with a `postgres` binary under `bin_root/<major>/bin`.
 pub fn installed_majors(bin_root: &Path) -> Vec<u32> {
     let mut majors: Vec<u32> = std::fs::read_dir(bin_root)

@@ -95,6 +95,9 @@ pub async fn finalise(
 ) -> Result<Finalised, FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("checking data directory");
+    if cluster::hoist_single_subdir(spec.datadir)? {
+        step("moved the data directory's contents up from its wrapping directory");
+    }
     let major = cluster::read_major(spec.datadir)?;
     let bin = cluster::find_bin(spec.bin_root, major)?;
 

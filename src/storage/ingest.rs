@@ -944,6 +944,19 @@ fn write_plain_with<R: Read>(
     Ok(report)
 }
 
+/// Create the directory `rel` (and its parents) beneath `root`: mode 0700,
+/// chowned to `opts.owner`, never through a symlink. An existing directory
+/// is fine. (`scp -r` and SFTP `mkdir` create empty directories this way.)
+pub fn make_dir(root: &Path, rel: &Path, opts: &Options) -> Result<(), IngestError> {
+    let raw = rel.as_os_str().as_bytes();
+    let norm = normalize(raw).map_err(|reason| bad_path(raw, reason))?;
+    if norm.is_empty() {
+        return Ok(());
+    }
+    let mut dest = Dest::open(root, opts.owner, Resolver::Openat2, u64::MAX)?;
+    dest.ensure_base(&norm)
+}
+
 /// Extension-header state that applies to the next real entry.
 #[derive(Default)]
 struct Pending {

@@ -375,6 +375,15 @@ impl Store {
         Ok(())
     }
 
+    /// Back to `uploading` with nothing uploaded.
+    pub fn reset_upload(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE images SET state = 'uploading', failure_reason = NULL, size_bytes = 0, upload_active = 0, pg_major = NULL, updated_at = ?1 WHERE id = ?2",
+            params![format_ts(now()), id],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_image(&self, id: i64) -> Result<()> {
         self.conn()
             .execute("DELETE FROM images WHERE id = ?1", [id])?;
