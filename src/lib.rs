@@ -11,5 +11,6 @@ pub mod certs;
 pub mod config;
 pub mod core;
 pub mod postgres;
+pub mod ssh;
 pub mod storage;
 pub mod store;
