@@ -15,6 +15,14 @@ use crate::store::{Image, ImageState};
 /// Receives finalise progress as it happens.
 pub type FinaliseProgress = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// What [`Service::start_finalise`] did.
+pub enum Finalising {
+    /// Nothing to do: the image is ready.
+    AlreadyReady(Image),
+    /// Running; the task ends with the finalised (or failed) image.
+    Started(tokio::task::JoinHandle<Result<Image>>),
+}
+
 /// What an upload stream is.
 #[derive(Debug, Clone)]
 pub enum UploadTarget {
@@ -361,13 +369,28 @@ impl Service {
         id: i64,
         progress: Option<FinaliseProgress>,
     ) -> Result<Image> {
+        match self.start_finalise(actor, id, progress)? {
+            Finalising::AlreadyReady(image) => Ok(image),
+            Finalising::Started(task) => task
+                .await
+                .map_err(|e| CoreError::Internal(format!("finalise task: {e}")))?,
+        }
+    }
+
+    /// Check and start a finalise without waiting for it (`--detach`).
+    pub fn start_finalise(
+        &self,
+        actor: &Actor,
+        id: i64,
+        progress: Option<FinaliseProgress>,
+    ) -> Result<Finalising> {
         actor.require_admin("finalising images")?;
         let image = self.image_or_404(id)?;
         match image.state {
-            ImageState::Ready => return Ok(image),
+            ImageState::Ready => return Ok(Finalising::AlreadyReady(image)),
             ImageState::Failed => {
                 return Err(CoreError::InvalidState(format!(
-                    "image {id} failed ({}); create a new image",
+                    "image {id} failed ({}); reset the upload or create a new image",
                     image.failure_reason.as_deref().unwrap_or("no reason kept")
                 )))
             }
@@ -394,9 +417,9 @@ impl Service {
         }
         tracing::info!(image = id, user = %actor.name, "finalise started");
         let svc = self.clone();
-        let task = tokio::spawn(async move { svc.run_finalise(id, image, progress).await });
-        task.await
-            .map_err(|e| CoreError::Internal(format!("finalise task: {e}")))?
+        Ok(Finalising::Started(tokio::spawn(async move {
+            svc.run_finalise(id, image, progress).await
+        })))
     }
 
     async fn run_finalise(

@@ -325,6 +325,12 @@ impl Service {
         Ok(self.inner.store.record_address(id, &addr.to_string())?)
     }
 
+    /// The addresses allowed to reach an instance.
+    pub fn allowed_addresses(&self, actor: &Actor, id: i64) -> Result<Vec<String>> {
+        self.instance_for(actor, id)?;
+        Ok(self.inner.store.addresses(id)?)
+    }
+
     /// Flow 6, for the owner or an admin.
     pub async fn destroy_instance(&self, actor: &Actor, id: i64) -> Result<()> {
         self.instance_for(actor, id)?;

@@ -23,7 +23,7 @@ use crate::storage::loopback;
 use crate::store::Store;
 
 pub use error::{CoreError, Result};
-pub use images::{FinaliseProgress, Upload, UploadTarget};
+pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef};
 pub use reconcile::ReconcileReport;
 

@@ -3,3 +3,4 @@
 //! Nothing here decides about images or instances.
 
 pub mod commands;
+mod format;

@@ -1,0 +1,169 @@
+//! Human output for SSH commands: aligned tables, ages like `3m ago`,
+//! sizes like `1.2 GiB`, and the JSON shapes `--json` prints (field names
+//! match the HTTP API's).
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::store::{format_ts, Image, Instance, SshKey, User};
+
+/// `3m ago`, `2h ago`, `5d ago`; `in 4h` for the future.
+pub fn age(t: OffsetDateTime) -> String {
+    let secs = (OffsetDateTime::now_utc() - t).whole_seconds();
+    let (future, s) = (secs < 0, secs.unsigned_abs());
+    let span = match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    };
+    if future {
+        format!("in {span}")
+    } else if s < 5 {
+        "just now".into()
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// `512 B`, `3.4 MiB`, `1.2 GiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Left-aligned columns separated by two spaces; no trailing blanks.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 2;
+                s.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// One line, at most `max` characters.
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        format!(
+            "{}…",
+            flat.chars().take(max.saturating_sub(1)).collect::<String>()
+        )
+    }
+}
+
+fn ts(t: Option<OffsetDateTime>) -> Value {
+    t.map(|t| Value::String(format_ts(t)))
+        .unwrap_or(Value::Null)
+}
+
+pub fn image_json(i: &Image) -> Value {
+    json!({
+        "id": i.id,
+        "state": i.state.as_str(),
+        "ready": i.state == crate::store::ImageState::Ready,
+        "failure_reason": i.failure_reason,
+        "backed_up_at": ts(i.backed_up_at),
+        "postgres_major": i.pg_major,
+        "size_bytes": i.size_bytes,
+        "created_at": format_ts(i.created_at),
+        "updated_at": format_ts(i.updated_at),
+    })
+}
+
+pub fn instance_json(i: &Instance, hostname: &str) -> Value {
+    json!({
+        "id": i.id,
+        "image_id": i.image_id,
+        "state": i.state.as_str(),
+        "failure_reason": i.failure_reason,
+        "hostname": hostname,
+        "port": i.port,
+        "owner": i.owner_name,
+        "created_at": format_ts(i.created_at),
+        "updated_at": format_ts(i.updated_at),
+    })
+}
+
+pub fn user_json(u: &User) -> Value {
+    json!({
+        "name": u.name,
+        "email": u.email,
+        "admin": u.is_admin,
+        "created_at": format_ts(u.created_at),
+    })
+}
+
+pub fn key_json(k: &SshKey) -> Value {
+    json!({
+        "user": k.user_name,
+        "fingerprint": k.fingerprint,
+        "type": k.public_key.split_whitespace().next().unwrap_or(""),
+        "public_key": k.public_key,
+        "created_at": format_ts(k.created_at),
+    })
+}
+
+/// Quote a string for POSIX sh: single quotes, with `'` as `'\''`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_tables_quotes() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(1288490189), "1.2 GiB");
+        let t = table(
+            &["ID", "STATE"],
+            &[
+                vec!["1".into(), "ready".into()],
+                vec!["10".into(), "uploading".into()],
+            ],
+        );
+        assert_eq!(t, "ID  STATE\n1   ready\n10  uploading\n");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(one_line("a\n  b", 10), "a b");
+        let past = OffsetDateTime::now_utc() - time::Duration::minutes(3);
+        assert_eq!(age(past), "3m ago");
+    }
+}
