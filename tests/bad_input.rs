@@ -313,33 +313,6 @@ async fn uninstalled_major_and_non_data_directories() {
     finalise_fails(&env, &b.into_inner().unwrap(), None, "PG_VERSION").await;
 }
 
-/// The fixture with extra or replaced files.
-fn fixture_with_files(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = tar::Builder::new(Vec::new());
-    let mut ar = tar::Archive::new(&FIXTURE.tar[..]);
-    for entry in ar.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_path_buf();
-        let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
-        if files.iter().any(|(n, _)| rel == Path::new(n)) {
-            continue;
-        }
-        let header = entry.header().clone();
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
-        out.append(&header, &body[..]).unwrap();
-    }
-    for (name, body) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        out.append(&h, body.as_bytes()).unwrap();
-    }
-    out.into_inner().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_config_runs_nothing() {
     let env = TestEnv::new().await;

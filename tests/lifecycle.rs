@@ -314,22 +314,14 @@ async fn supervisor_restarts_a_killed_postmaster() {
 /// The fixture with every path under one wrapping directory, as
 /// `tar czf b.tgz datadir/` makes it.
 fn wrapped_fixture(dir: &str) -> Vec<u8> {
-    let mut out = tar::Builder::new(Vec::new());
-    let mut ar = tar::Archive::new(&FIXTURE.tar[..]);
-    for entry in ar.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_path_buf();
-        let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
-        let mut header = entry.header().clone();
+    remap_fixture(|rel, header, _| {
         header
             .set_path(std::path::Path::new(dir).join(rel))
             .unwrap();
-        header.set_cksum();
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
-        out.append(&header, &body[..]).unwrap();
-    }
-    out.into_inner().unwrap()
+        true
+    })
+    .into_inner()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,7 +154,7 @@ impl Drop for Upload {
 }
 
 impl Service {
-    fn image_or_404(&self, id: i64) -> Result<Image> {
+    pub(crate) fn image_or_404(&self, id: i64) -> Result<Image> {
         self.inner
             .store
             .image(id)?

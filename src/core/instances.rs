@@ -115,15 +115,7 @@ impl Service {
     ) -> Result<ConnectionInfo> {
         let started = std::time::Instant::now();
         let image = match image {
-            InstanceRef::Id(id) => {
-                self.inner
-                    .store
-                    .image(id)?
-                    .ok_or_else(|| CoreError::NotFound {
-                        what: "image",
-                        id: id.to_string(),
-                    })?
-            }
+            InstanceRef::Id(id) => self.image_or_404(id)?,
             InstanceRef::Latest => {
                 self.latest_ready_image()?
                     .ok_or_else(|| CoreError::NotFound {

@@ -229,6 +229,16 @@ impl Service {
         Ok(Self::actor_of(&u))
     }
 
+    fn user_or_404(&self, name: &str) -> Result<User> {
+        self.inner
+            .store
+            .user_by_name(name)?
+            .ok_or_else(|| CoreError::NotFound {
+                what: "user",
+                id: name.into(),
+            })
+    }
+
     pub fn whoami(&self, actor: &Actor) -> Result<User> {
         self.inner
             .store
@@ -276,14 +286,7 @@ impl Service {
     /// Remove a user, destroying their instances first.
     pub async fn remove_user(&self, actor: &Actor, name: &str) -> Result<()> {
         actor.require_admin("removing users")?;
-        let user = self
-            .inner
-            .store
-            .user_by_name(name)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "user",
-                id: name.into(),
-            })?;
+        let user = self.user_or_404(name)?;
         if user.id == actor.user_id {
             return Err(CoreError::BadInput("you cannot remove yourself".into()));
         }
@@ -297,14 +300,7 @@ impl Service {
 
     /// Add a key to a user: admins for anyone, users for themselves.
     pub fn add_key(&self, actor: &Actor, user: &str, key_line: &str) -> Result<String> {
-        let target = self
-            .inner
-            .store
-            .user_by_name(user)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "user",
-                id: user.into(),
-            })?;
+        let target = self.user_or_404(user)?;
         if target.id != actor.user_id {
             actor.require_admin("adding keys for other users")?;
         }
@@ -344,14 +340,7 @@ impl Service {
     pub fn list_keys(&self, actor: &Actor, user: Option<&str>) -> Result<Vec<SshKey>> {
         match user {
             Some(name) => {
-                let u =
-                    self.inner
-                        .store
-                        .user_by_name(name)?
-                        .ok_or_else(|| CoreError::NotFound {
-                            what: "user",
-                            id: name.into(),
-                        })?;
+                let u = self.user_or_404(name)?;
                 if u.id != actor.user_id {
                     actor.require_admin("listing other users' keys")?;
                 }

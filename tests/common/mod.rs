@@ -137,24 +137,52 @@ pub fn pack(dir: &Path) -> Vec<u8> {
     b.into_inner().expect("pack")
 }
 
-/// A tarball of the fixture with `PG_VERSION` replaced.
-pub fn fixture_with_version(version: &str) -> Vec<u8> {
+/// Copy the fixture's entries into a new archive; `edit` sees each
+/// entry's path (without a leading `./`), header and body, and drops the
+/// entry by returning false. More entries can be appended to the result.
+pub fn remap_fixture(
+    mut edit: impl FnMut(&Path, &mut tar::Header, &mut Vec<u8>) -> bool,
+) -> tar::Builder<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
     let mut ar = tar::Archive::new(&FIXTURE.tar[..]);
     for entry in ar.entries().unwrap() {
         let mut entry = entry.unwrap();
         let path = entry.path().unwrap().to_path_buf();
+        let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
         let mut header = entry.header().clone();
-        if path.ends_with("PG_VERSION") && path.components().count() <= 2 {
-            let body = format!("{version}\n");
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+        if edit(&rel, &mut header, &mut body) {
             header.set_size(body.len() as u64);
             header.set_cksum();
-            out.append(&header, body.as_bytes()).unwrap();
-        } else {
-            let mut body = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
             out.append(&header, &body[..]).unwrap();
         }
+    }
+    out
+}
+
+/// A tarball of the fixture with `PG_VERSION` replaced.
+pub fn fixture_with_version(version: &str) -> Vec<u8> {
+    remap_fixture(|rel, _, body| {
+        if rel == Path::new("PG_VERSION") {
+            *body = format!("{version}\n").into_bytes();
+        }
+        true
+    })
+    .into_inner()
+    .unwrap()
+}
+
+/// The fixture with extra or replaced files.
+pub fn fixture_with_files(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = remap_fixture(|rel, _, _| !files.iter().any(|(n, _)| rel == Path::new(n)));
+    for (name, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        out.append(&h, body.as_bytes()).unwrap();
     }
     out.into_inner().unwrap()
 }
