@@ -1,8 +1,37 @@
 #!/usr/bin/env bash
 # Newcomer's daemon: install what Draupnir needs, build it, and run it with
-# config.toml.example (data on a 20G sparse btrfs file it makes itself).
+# a development config made from config.toml.example: data on a 20G sparse
+# btrfs file it creates itself, and your own SSH public key as the admin key
+# (one is generated in ~/.ssh/draupnir_admin if you have none), so that
+#   ssh -p 2222 localhost help
+# works right away. Run as root (sudo keeps your own ~/.ssh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/setup-debian.sh
+
+user_home="$HOME"
+if [ -n "${SUDO_USER:-}" ]; then user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"; fi
+key=""
+for k in "$user_home"/.ssh/id_ed25519.pub "$user_home"/.ssh/id_ecdsa.pub "$user_home"/.ssh/id_rsa.pub "$user_home"/.ssh/draupnir_admin.pub; do
+  if [ -f "$k" ]; then key="$k"; break; fi
+done
+if [ -z "$key" ]; then
+  mkdir -p "$user_home/.ssh"
+  ssh-keygen -q -t ed25519 -N '' -C "draupnir-admin" -f "$user_home/.ssh/draupnir_admin"
+  if [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER": "$user_home/.ssh" "$user_home"/.ssh/draupnir_admin*; fi
+  key="$user_home/.ssh/draupnir_admin.pub"
+  echo "generated an admin key: ${key%.pub} (use: ssh -i ${key%.pub} -p 2222 localhost help)"
+fi
+
+mkdir -p dev
+config=dev/config.toml
+if [ ! -f "$config" ]; then
+  pub="$(head -n1 "$key")"
+  sed -e "s|^admin_keys = \[\]|admin_keys = [\"$pub\"]|" \
+      -e "s|^environment = \"production\"|environment = \"development\"|" \
+      config.toml.example > "$config"
+  echo "wrote $config with $key as the admin key"
+fi
+
 cargo build --release
-exec ./target/release/draupnir serve --config "${1:-config.toml.example}"
+exec ./target/release/draupnir serve --config "$config"
