@@ -377,3 +377,44 @@ async fn reset_upload_then_wrapped_data_dir_finalises() {
         FIXTURE_USERS.to_string()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_basebackup_stream_and_zstd_uploads_finalise() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    // `pg_basebackup -D - -Ft -X fetch | ssh draupnir upload-image N`: a live
+    // backup with backup_label, recovered at the first start.
+    let zst = zstd::encode_all(&FIXTURE.tar[..], 3).unwrap();
+    for (name, bytes) in [("basebackup", FIXTURE.basebackup.clone()), ("zstd", zst)] {
+        let img = svc
+            .create_image(
+                &admin,
+                None,
+                Some("DELETE FROM orders; DELETE FROM users WHERE id > 3;"),
+            )
+            .unwrap();
+        svc.ingest(&admin, img.id, UploadTarget::Stream, &bytes[..])
+            .await
+            .unwrap();
+        let ready = svc
+            .finalise_image(&admin, img.id, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ready.state, ImageState::Ready);
+        let info = svc
+            .create_instance(&admin, InstanceRef::Id(img.id))
+            .await
+            .unwrap();
+        assert_eq!(
+            psql_cert(&info, "SELECT count(*) FROM users").unwrap(),
+            "3",
+            "{name}"
+        );
+        assert_eq!(
+            psql_cert(&info, "SELECT pg_is_in_recovery()").unwrap(),
+            "f",
+            "{name}"
+        );
+    }
+}

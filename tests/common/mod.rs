@@ -25,8 +25,11 @@ pub const FIXTURE_USERS: i64 = 100;
 
 /// The fixture data directory, packed once per test binary.
 pub struct Fixture {
+    /// The stopped data directory, packed.
     pub tar: Vec<u8>,
     pub tar_gz: Vec<u8>,
+    /// `pg_basebackup -D - -Ft -X fetch` of the running fixture server.
+    pub basebackup: Vec<u8>,
 }
 
 pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(build_fixture);
@@ -116,6 +119,24 @@ fn build_fixture() -> Fixture {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+    let basebackup = if ok {
+        let out = as_user("pg_basebackup")
+            .args(["-h"])
+            .arg(&data)
+            .args([
+                "-p", "5432", "-U", "postgres", "-D", "-", "-Ft", "-X", "fetch", "-c", "fast",
+            ])
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    } else {
+        Vec::new()
+    };
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pg.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -126,7 +147,11 @@ fn build_fixture() -> Fixture {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     let tar_gz = gz.finish().unwrap();
-    Fixture { tar, tar_gz }
+    Fixture {
+        tar,
+        tar_gz,
+        basebackup,
+    }
 }
 
 /// Pack a directory the way `tar -C dir -cf - .` would.
