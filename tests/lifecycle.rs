@@ -418,3 +418,35 @@ async fn pg_basebackup_stream_and_zstd_uploads_finalise() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_instance_keeps_id_port_and_credentials() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let bob = env.user("bob");
+    let info = svc
+        .create_instance(&bob, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    psql_cert(&info, "DELETE FROM orders; DELETE FROM users").unwrap();
+    assert_eq!(psql_cert(&info, "SELECT count(*) FROM users").unwrap(), "0");
+    let carol = env.user("carol");
+    assert!(matches!(
+        svc.reset_instance(&carol, info.instance.id).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    let again = svc.reset_instance(&bob, info.instance.id).await.unwrap();
+    assert_eq!(again.port, info.port);
+    assert_eq!(again.credentials.client_key, info.credentials.client_key);
+    // The old certificate files still work: nothing changed for the client.
+    assert_eq!(
+        psql_cert(&info, "SELECT count(*) FROM users").unwrap(),
+        FIXTURE_USERS.to_string()
+    );
+    assert_eq!(env.entries("instances"), vec![info.instance.id.to_string()]);
+    assert_eq!(env.postmasters().len(), 1);
+    // An admin may reset anyone's instance.
+    svc.reset_instance(&admin, info.instance.id).await.unwrap();
+}

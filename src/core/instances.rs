@@ -197,14 +197,25 @@ impl Service {
         write(cluster::SERVER_CERT, &c.server_cert_pem)?;
         write(cluster::SERVER_KEY, &c.server_key_pem)?;
         write(cluster::CA_CERT, &c.ca_cert_pem)?;
-        self.inner.store.set_instance_credentials(
-            id,
-            &Credentials {
-                ca_certificate: c.ca_cert_pem.clone(),
-                client_certificate: c.client_cert_pem.clone(),
-                client_key: c.client_key_pem.clone(),
-            },
-        )?;
+        let creds = Credentials {
+            ca_certificate: c.ca_cert_pem.clone(),
+            client_certificate: c.client_cert_pem.clone(),
+            client_key: c.client_key_pem.clone(),
+        };
+        self.inner.store.set_instance_credentials(id, &creds)?;
+        self.start_and_wait(id, port, major, &creds).await
+    }
+
+    /// Start instance `id`'s postmaster, wait for a certificate-authenticated
+    /// connection, mark it running and supervise it.
+    async fn start_and_wait(
+        &self,
+        id: i64,
+        port: u16,
+        major: u32,
+        creds: &Credentials,
+    ) -> Result<()> {
+        let cfg = &self.inner.config;
         let spec = self.instance_spec(id, port, major)?;
         let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let host = self.probe_host();
@@ -214,8 +225,8 @@ impl Service {
                 port,
                 CLIENT_ROLE,
                 &cfg.postgres.database,
-                &c.ca_cert_pem,
-                Some((&c.client_cert_pem, &c.client_key_pem)),
+                &creds.ca_certificate,
+                Some((&creds.client_certificate, &creds.client_key)),
                 Duration::from_secs(5),
             )
         })
@@ -235,6 +246,57 @@ impl Service {
             .set_instance_state(id, InstanceState::Running, None)?;
         self.inner.supervisor.watch(id, spec, pm);
         Ok(())
+    }
+
+    /// Return an instance to its image, keeping its id, port and
+    /// credentials: a fresh snapshot is prepared beside the old one, then
+    /// the postmaster is stopped, the snapshots swapped and it is started.
+    pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+        let started = std::time::Instant::now();
+        let inst = self.instance_for(actor, id)?;
+        let _lock = self.lock_instance(id).await;
+        if !matches!(inst.state, InstanceState::Running | InstanceState::Failed) {
+            return Err(CoreError::InvalidState(format!(
+                "instance {id} is {}",
+                inst.state.as_str()
+            )));
+        }
+        let image = self.image_or_404(inst.image_id)?;
+        let major = image.pg_major.ok_or_else(|| {
+            CoreError::Internal(format!("image {} has no major version", image.id))
+        })?;
+        let creds =
+            self.inner.store.instance_credentials(id)?.ok_or_else(|| {
+                CoreError::InvalidState(format!("instance {id} has no credentials"))
+            })?;
+        let dir = self.inner.layout.instance(id);
+        let fresh = self.inner.layout.instances().join(format!("{id}.reset"));
+        btrfs::delete_subvolume(&fresh)?;
+        btrfs::snapshot(&self.inner.layout.snapshot(inst.image_id), &fresh, false)?;
+        for name in [cluster::SERVER_CERT, cluster::SERVER_KEY, cluster::CA_CERT] {
+            let copied = std::fs::read(dir.join(name))
+                .map_err(|e| CoreError::Internal(format!("reading {name}: {e}")))
+                .and_then(|pem| {
+                    cluster::write_owned(&fresh, name, &pem, &self.inner.user)
+                        .map_err(|e| CoreError::Internal(e.to_string()))
+                });
+            if let Err(e) = copied {
+                let _ = btrfs::delete_subvolume(&fresh);
+                return Err(e);
+            }
+        }
+        self.stop_instance_process(id).await;
+        btrfs::delete_subvolume(&dir)?;
+        std::fs::rename(&fresh, &dir)
+            .map_err(|e| CoreError::Internal(format!("swapping in the fresh snapshot: {e}")))?;
+        if let Err(e) = self.start_and_wait(id, inst.port, major, &creds).await {
+            self.inner
+                .store
+                .set_instance_state(id, InstanceState::Failed, Some(&e.to_string()))?;
+            return Err(e);
+        }
+        tracing::info!(instance = id, user = %actor.name, ms = started.elapsed().as_millis() as u64, "instance reset");
+        self.connection_info(id)
     }
 
     fn instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {

@@ -45,6 +45,7 @@ Instances
   new-instance IMAGE_ID|latest   create an instance of a ready image
   instance ID                    show one instance
   env ID                         print shell exports to connect: eval \"$(ssh draupnir env ID)\"
+  reset-instance ID              return an instance to its image (same port and credentials)
   destroy-instance ID            stop and delete an instance
 
 Images
@@ -181,6 +182,11 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Return an instance to its image (same id, port and credentials).
+    ResetInstance {
+        #[arg(value_parser = parse_id)]
+        id: i64,
     },
     /// Stop and delete an instance.
     DestroyInstance {
@@ -639,6 +645,18 @@ async fn dispatch(
                 .await;
             }
             say(out, env_script(&info)).await
+        }
+        Cmd::ResetInstance { id } => {
+            let started = std::time::Instant::now();
+            svc.reset_instance(me, id).await?;
+            say(
+                out,
+                format!(
+                    "instance {id} is back to its image ({} ms); same port and credentials\n",
+                    started.elapsed().as_millis()
+                ),
+            )
+            .await
         }
         Cmd::DestroyInstance { id } => {
             svc.destroy_instance(me, id).await?;
