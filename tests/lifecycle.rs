@@ -450,3 +450,49 @@ async fn reset_instance_keeps_id_port_and_credentials() {
     // An admin may reset anyone's instance.
     svc.reset_instance(&admin, info.instance.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_crashes_mark_the_instance_failed_with_the_log_tail() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let info = svc
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let id = info.instance.id;
+    // Break the instance so that every restart fails, then kill it.
+    let conf = env
+        .data()
+        .join("instances")
+        .join(id.to_string())
+        .join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("shared_buffers = 'lots'\n");
+    std::fs::write(&conf, text).unwrap();
+    let pid = svc.instance_pid(id).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut inst = svc.instance(&admin, id).unwrap();
+    for _ in 0..600 {
+        if inst.state == InstanceState::Failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        inst = svc.instance(&admin, id).unwrap();
+    }
+    assert_eq!(inst.state, InstanceState::Failed);
+    let reason = inst.failure_reason.unwrap();
+    assert!(
+        reason.contains("shared_buffers"),
+        "the log tail is kept: {reason}"
+    );
+    // A failed instance can still be destroyed cleanly.
+    svc.destroy_instance(&admin, id).await.unwrap();
+    assert!(env.postmasters().is_empty());
+    assert!(env.entries("instances").is_empty());
+}
