@@ -54,6 +54,25 @@ pub struct Config {
     pub max_image_entries: u64,
     #[serde(deserialize_with = "de_duration")]
     pub clean_interval: Duration,
+    /// Lifetime of a new instance when none is asked for (unset: forever).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub default_instance_ttl: Option<Duration>,
+    /// Longest lifetime an instance may be given or extended to.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_instance_ttl: Option<Duration>,
+    /// Destroy an instance with no client connection for this long.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub instance_idle_limit: Option<Duration>,
+    /// Keep only the newest N ready images (older ones without instances go).
+    pub image_retention: Option<u32>,
+    /// `status` is `stale` when no image became ready for this long.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub expected_image_interval: Option<Duration>,
+    pub max_instances_per_user: Option<u32>,
+    pub max_instances_total: Option<u32>,
+    /// Refuse new instances and uploads below this much free space on
+    /// `data_path`: a percentage (`5%`) or a size (`20G`).
+    pub min_free_space: FreeSpace,
     pub enable_ip_whitelisting: bool,
     #[serde(deserialize_with = "de_duration")]
     pub whitelist_reconcile_interval: Duration,
@@ -150,6 +169,14 @@ impl Default for Config {
             max_image_bytes: ByteSize(1 << 40),
             max_image_entries: 10_000_000,
             clean_interval: Duration::from_secs(600),
+            default_instance_ttl: None,
+            max_instance_ttl: None,
+            instance_idle_limit: None,
+            image_retention: None,
+            expected_image_interval: None,
+            max_instances_per_user: None,
+            max_instances_total: None,
+            min_free_space: FreeSpace::Percent(5.0),
             enable_ip_whitelisting: false,
             whitelist_reconcile_interval: Duration::from_secs(60),
             use_x_forwarded_for: false,
@@ -291,6 +318,38 @@ impl Config {
         }
         if self.clean_interval.is_zero() {
             return Err(invalid("clean_interval", "must be above 0"));
+        }
+        if let (Some(d), Some(m)) = (self.default_instance_ttl, self.max_instance_ttl) {
+            if d > m {
+                return Err(invalid(
+                    "default_instance_ttl",
+                    "must not be longer than max_instance_ttl",
+                ));
+            }
+        }
+        for (key, v) in [
+            ("default_instance_ttl", self.default_instance_ttl),
+            ("max_instance_ttl", self.max_instance_ttl),
+            ("instance_idle_limit", self.instance_idle_limit),
+            ("expected_image_interval", self.expected_image_interval),
+        ] {
+            if v.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(key, "must be above 0 (leave it unset to disable)"));
+            }
+        }
+        if self.image_retention == Some(0) {
+            return Err(invalid(
+                "image_retention",
+                "must be at least 1 (leave it unset to keep every image)",
+            ));
+        }
+        if let FreeSpace::Percent(p) = self.min_free_space {
+            if !(0.0..100.0).contains(&p) {
+                return Err(invalid(
+                    "min_free_space",
+                    "a percentage must be between 0% and 100%",
+                ));
+            }
         }
         if self.whitelist_reconcile_interval.is_zero() {
             return Err(invalid("whitelist_reconcile_interval", "must be above 0"));
@@ -464,6 +523,57 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     })
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A free-space floor: a share of the file system or an absolute size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl FreeSpace {
+    /// The floor in bytes for a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            FreeSpace::Percent(p) => (total as f64 * p / 100.0) as u64,
+            FreeSpace::Bytes(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Display for FreeSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreeSpace::Percent(p) => write!(f, "{p}%"),
+            FreeSpace::Bytes(b) => write!(f, "{b} bytes"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeSpace {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(p) = s.trim().strip_suffix('%') {
+            return p
+                .trim()
+                .parse::<f64>()
+                .map(FreeSpace::Percent)
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{s}` is not a percentage like 5%"))
+                });
+        }
+        s.parse::<ByteSize>()
+            .map(|b| FreeSpace::Bytes(b.0))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -110,6 +110,18 @@ async fn the_whole_story_through_commands() {
         "{}",
         r.out
     );
+    let r = run(&env, &bob, "extend-instance 1 4h", b"").await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("now lives until"), "{}", r.out);
+    assert_one_line_error(
+        &run(&env, &bob, "extend-instance 1 soon", b"").await,
+        2,
+        "duration",
+    );
+    let r = run(&env, &bob, "status --json", b"").await;
+    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["newest_ready_image"], 1);
     let r = run(&env, &bob, "env 1", b"").await;
     assert_eq!(r.code, 0, "{}", r.err);
     // eval it in a real POSIX shell and run psql with nothing else set.

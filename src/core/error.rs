@@ -26,6 +26,9 @@ pub enum CoreError {
     Finalise(String),
     #[error("no free port left in {min}..{max}")]
     NoFreePort { min: u16, max: u16 },
+    /// A quota or the free-space floor.
+    #[error("{0}")]
+    Quota(String),
     #[error("out of disk space: {0}")]
     NoSpace(String),
     #[error("instance could not be started: {0}")]

@@ -215,6 +215,9 @@ impl Service {
         actor.require_admin("uploading images")?;
         let image = self.image_or_404(id)?;
         let plan = plan(&target)?;
+        if image.state == ImageState::Uploading {
+            self.check_free_space("upload")?;
+        }
         if !self.inner.store.begin_upload(id)? {
             return Err(CoreError::InvalidState(format!(
                 "image {id} does not accept uploads (state: {})",
@@ -462,6 +465,9 @@ impl Service {
                     "image ready"
                 );
                 report(Progress::Step("ready".into()));
+                if let Err(e) = self.rotate_images().await {
+                    tracing::warn!(error = %e, "image rotation failed");
+                }
                 self.image_or_404(id)
             }
             Err(reason) => {
@@ -502,13 +508,19 @@ impl Service {
                 count: instances.len(),
             });
         }
-        for inst in instances {
+        self.destroy_image_unchecked(id).await?;
+        tracing::info!(image = id, user = %actor.name, "image destroyed");
+        Ok(())
+    }
+
+    /// Destroy an image's instances, files and row.
+    pub(crate) async fn destroy_image_unchecked(&self, id: i64) -> Result<()> {
+        for inst in self.inner.store.instances(None, Some(id))? {
             self.destroy_instance_unchecked(inst.id).await?;
         }
         btrfs::delete_subvolume(&self.inner.layout.upload(id))?;
         btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;
         self.inner.store.delete_image(id)?;
-        tracing::info!(image = id, user = %actor.name, "image destroyed");
         Ok(())
     }
 

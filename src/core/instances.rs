@@ -18,6 +18,13 @@ pub enum InstanceRef {
     Latest,
 }
 
+/// Options of a new instance.
+#[derive(Debug, Clone, Default)]
+pub struct NewInstance {
+    /// How long it lives (None: `default_instance_ttl`, or forever).
+    pub ttl: Option<Duration>,
+}
+
 /// Everything a client needs to connect to an instance.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -113,6 +120,18 @@ impl Service {
         actor: &Actor,
         image: InstanceRef,
     ) -> Result<ConnectionInfo> {
+        self.create_instance_with(actor, image, NewInstance::default())
+            .await
+    }
+
+    /// [`Service::create_instance`] with options.
+    pub async fn create_instance_with(
+        &self,
+        actor: &Actor,
+        image: InstanceRef,
+        opts: NewInstance,
+    ) -> Result<ConnectionInfo> {
+        let ttl = self.instance_ttl(opts.ttl)?;
         let started = std::time::Instant::now();
         let image = match image {
             InstanceRef::Id(id) => self.image_or_404(id)?,
@@ -133,6 +152,7 @@ impl Service {
         let major = image.pg_major.ok_or_else(|| {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;
+        self.check_instance_quotas(actor)?;
         let cfg = &self.inner.config;
         let row = self
             .inner
@@ -153,6 +173,10 @@ impl Service {
             })?;
         let id = row.id;
         let _lock = self.lock_instance(id).await;
+        if let Some(ttl) = ttl {
+            let until = time::OffsetDateTime::now_utc() + ttl;
+            self.inner.store.set_instance_expiry(id, Some(until))?;
+        }
         match self.bring_up(id, image.id, row.port, major).await {
             Ok(()) => {
                 tracing::info!(instance = id, image = image.id, port = row.port, user = %actor.name,

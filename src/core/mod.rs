@@ -9,6 +9,7 @@
 mod error;
 mod images;
 mod instances;
+mod policy;
 mod reconcile;
 mod users;
 
@@ -24,7 +25,8 @@ use crate::store::Store;
 
 pub use error::{CoreError, Result};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
-pub use instances::{ConnectionInfo, InstanceRef};
+pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
+pub use policy::{CleanReport, Status};
 pub use reconcile::ReconcileReport;
 
 /// Who is asking. Front doors build one from an authenticated identity.
@@ -125,6 +127,7 @@ impl Service {
             }),
         };
         service.spawn_event_loop(events);
+        service.spawn_cleaner();
         service.bootstrap_admins()?;
         let report = service.reconcile().await;
         Ok((service, report))

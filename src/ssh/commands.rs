@@ -42,10 +42,11 @@ Usage: ssh draupnir COMMAND [ARGS]     (every command takes --help; listings tak
 
 Instances
   instances [--all]              list your instances (--all: everyone's, admins)
-  new-instance IMAGE_ID|latest   create an instance of a ready image
+  new-instance IMAGE_ID|latest   create an instance of a ready image [--ttl 8h]
   instance ID                    show one instance
   env ID                         print shell exports to connect: eval \"$(ssh draupnir env ID)\"
   reset-instance ID              return an instance to its image (same port and credentials)
+  extend-instance ID DURATION    keep an instance longer (e.g. 4h)
   destroy-instance ID            stop and delete an instance
 
 Images
@@ -67,6 +68,7 @@ Users and keys
   keys [USER]                    list keys
   token                          mint a bearer token for the HTTP API
 
+  status                         image freshness (stale when the nightly image is late)
   help                           this list
   version                        the server's version
 ";
@@ -82,6 +84,10 @@ Users and keys
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 fn parse_id(s: &str) -> Result<i64, String> {
@@ -163,6 +169,9 @@ enum Cmd {
         /// An image id, or `latest`.
         #[arg(value_name = "IMAGE_ID")]
         image: String,
+        /// How long it lives (e.g. 8h, 3d); destroyed after that.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -180,6 +189,19 @@ enum Cmd {
         #[arg(value_parser = parse_id)]
         id: i64,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep an instance longer (e.g. `extend-instance 4 4h`).
+    ExtendInstance {
+        #[arg(value_parser = parse_id)]
+        id: i64,
+        #[arg(value_parser = parse_duration)]
+        by: std::time::Duration,
+    },
+    /// Image freshness: `stale` when no image became ready in time.
+    Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -573,7 +595,7 @@ async fn dispatch(
             )
             .await
         }
-        Cmd::NewInstance { image, json } => {
+        Cmd::NewInstance { image, ttl, json } => {
             let which = if image == "latest" {
                 InstanceRef::Latest
             } else {
@@ -581,7 +603,9 @@ async fn dispatch(
                     Failure::Usage(format!("{e}; usage: new-instance IMAGE_ID|latest"))
                 })?)
             };
-            let info = svc.create_instance(me, which).await?;
+            let info = svc
+                .create_instance_with(me, which, crate::core::NewInstance { ttl })
+                .await?;
             record(session, info.instance.id);
             if json {
                 return say_json(out, &format::instance_json(&info.instance, &info.host)).await;
@@ -591,11 +615,16 @@ async fn dispatch(
             say(
                 out,
                 format!(
-                    "instance {id} of image {image} is running\nhost  {h}\nport  {p}\nconnect with:\n  eval \"$({ssh} env {id})\" && psql\n",
+                    "instance {id} of image {image} is running{expiry}\nhost  {h}\nport  {p}\nconnect with:\n  eval \"$({ssh} env {id})\" && psql\n",
                     id = info.instance.id,
                     image = info.instance.image_id,
                     h = info.host,
                     p = info.port,
+                    expiry = info
+                        .instance
+                        .expires_at
+                        .map(|e| format!(" until {} ({})", format_ts(e), age(e)))
+                        .unwrap_or_default(),
                 ),
             )
             .await
@@ -645,6 +674,44 @@ async fn dispatch(
                 .await;
             }
             say(out, env_script(&info)).await
+        }
+        Cmd::ExtendInstance { id, by } => {
+            let until = svc.extend_instance(me, id, by)?;
+            say(
+                out,
+                format!(
+                    "instance {id} now lives until {} ({})\n",
+                    format_ts(until),
+                    age(until)
+                ),
+            )
+            .await
+        }
+        Cmd::Status { json } => {
+            let st = svc.status()?;
+            if json {
+                return say_json(out, &serde_json::to_value(&st).unwrap_or_default()).await;
+            }
+            let newest = match (st.newest_ready_image, st.newest_ready_image_age_seconds) {
+                (Some(id), Some(secs)) => format!(
+                    "image {id}, ready {}",
+                    age(time::OffsetDateTime::now_utc() - time::Duration::seconds(secs))
+                ),
+                _ => "none ready".into(),
+            };
+            say(
+                out,
+                format!(
+                    "status     {}\nnewest     {newest}\nexpected   {}\nimages     {}\ninstances  {}\n",
+                    st.status,
+                    st.expected_image_interval_seconds
+                        .map(|s| format!("a new image every {}h", s / 3600))
+                        .unwrap_or_else(|| "not set (expected_image_interval)".into()),
+                    st.images,
+                    st.instances
+                ),
+            )
+            .await
         }
         Cmd::ResetInstance { id } => {
             let started = std::time::Instant::now();

@@ -118,6 +118,10 @@ pub struct Instance {
     pub failure_reason: Option<String>,
     pub port: u16,
     pub pid: Option<i32>,
+    /// When the cleaner destroys it (None: never).
+    pub expires_at: Option<OffsetDateTime>,
+    /// Last time the cleaner saw a client connected.
+    pub last_active_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -179,7 +183,7 @@ fn opt_ts_col(row: &Row, idx: &str) -> rusqlite::Result<Option<OffsetDateTime>> 
 }
 
 const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at";
-const INSTANCE_COLS: &str = "i.id, i.image_id, i.owner_id, u.name AS owner_name, i.state, i.failure_reason, i.port, i.pid, i.created_at, i.updated_at";
+const INSTANCE_COLS: &str = "i.id, i.image_id, i.owner_id, u.name AS owner_name, i.state, i.failure_reason, i.port, i.pid, i.expires_at, i.last_active_at, i.created_at, i.updated_at";
 
 fn image_row(row: &Row) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -207,6 +211,8 @@ fn instance_row(row: &Row) -> rusqlite::Result<Instance> {
         failure_reason: row.get("failure_reason")?,
         port: row.get("port")?,
         pid: row.get("pid")?,
+        expires_at: opt_ts_col(row, "expires_at")?,
+        last_active_at: opt_ts_col(row, "last_active_at")?,
         created_at: ts_col(row, "created_at")?,
         updated_at: ts_col(row, "updated_at")?,
     })
@@ -491,6 +497,32 @@ impl Store {
             params![pid, id],
         )?;
         Ok(())
+    }
+
+    pub fn set_instance_expiry(&self, id: i64, expires_at: Option<OffsetDateTime>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE instances SET expires_at = ?1, updated_at = ?2 WHERE id = ?3",
+            params![expires_at.map(format_ts), format_ts(now()), id],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch_instance(&self, id: i64, at: OffsetDateTime) -> Result<()> {
+        self.conn().execute(
+            "UPDATE instances SET last_active_at = ?1 WHERE id = ?2",
+            params![format_ts(at), id],
+        )?;
+        Ok(())
+    }
+
+    /// Users with some way in: a key, an API token or an e-mail (OAuth).
+    pub fn users_with_access(&self) -> Result<std::collections::HashSet<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM users u WHERE u.email IS NOT NULL              OR EXISTS (SELECT 1 FROM ssh_keys k WHERE k.user_id = u.id)              OR EXISTS (SELECT 1 FROM api_tokens t WHERE t.user_id = u.id)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn delete_instance(&self, id: i64) -> Result<()> {

@@ -60,4 +60,9 @@ CREATE TABLE whitelisted_addresses (
     PRIMARY KEY (instance_id, address)
 );
 "#,
+    // 2: instance lifetimes and idleness.
+    r#"
+ALTER TABLE instances ADD COLUMN expires_at TEXT;
+ALTER TABLE instances ADD COLUMN last_active_at TEXT;
+"#,
 ];

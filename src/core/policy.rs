@@ -1,0 +1,282 @@
+//! Policies that keep a long-running host tidy: instance lifetimes (TTL,
+//! extend), quotas and the free-space floor, the cleaner (expired, idle,
+//! and orphaned-by-access instances), image rotation, and freshness status.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{Actor, CoreError, Result, Service};
+use crate::postgres::cluster::CLIENT_ROLE;
+use crate::postgres::pgconn;
+use crate::store::{ImageState, InstanceState};
+
+/// What the cleaner did in one pass.
+#[derive(Debug, Default, Clone)]
+pub struct CleanReport {
+    pub expired: Vec<i64>,
+    pub idle: Vec<i64>,
+    pub access_gone: Vec<i64>,
+    pub rotated_images: Vec<i64>,
+}
+
+/// Image freshness, for `status` and `GET /status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// `ok`, `stale` (no image became ready within the expected interval)
+    /// or `no_images` (none is ready yet).
+    pub status: &'static str,
+    pub newest_ready_image: Option<i64>,
+    pub newest_ready_image_age_seconds: Option<i64>,
+    pub expected_image_interval_seconds: Option<u64>,
+    pub images: usize,
+    pub instances: usize,
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(86400) {
+        format!("{}d", s / 86400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+impl Service {
+    /// The lifetime a new instance gets: the asked one or the default,
+    /// refused past `max_instance_ttl`; with only a maximum, the maximum.
+    pub(crate) fn instance_ttl(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
+        let cfg = &self.inner.config;
+        let ttl = asked.or(cfg.default_instance_ttl).or(cfg.max_instance_ttl);
+        if let (Some(t), Some(max)) = (ttl, cfg.max_instance_ttl) {
+            if t > max {
+                return Err(CoreError::BadInput(format!(
+                    "a lifetime of {} is longer than max_instance_ttl ({})",
+                    human(t),
+                    human(max)
+                )));
+            }
+        }
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return Err(CoreError::BadInput("a lifetime must be above 0".into()));
+        }
+        Ok(ttl)
+    }
+
+    /// Refuse when the free space on `data_path` is below the floor.
+    pub(crate) fn check_free_space(&self, what: &str) -> Result<()> {
+        let cfg = &self.inner.config;
+        let Ok(st) = nix::sys::statvfs::statvfs(&cfg.data_path) else {
+            return Ok(());
+        };
+        let total = st.blocks() * st.fragment_size();
+        let free = st.blocks_available() * st.fragment_size();
+        let floor = cfg.min_free_space.bytes(total);
+        if free < floor {
+            return Err(CoreError::Quota(format!(
+                "{what} refused: only {} ({:.0}%) free on data_path, below min_free_space ({}); destroy instances or images to make room (ssh draupnir instances --all, images)",
+                gib(free),
+                if total > 0 { free as f64 * 100.0 / total as f64 } else { 0.0 },
+                cfg.min_free_space
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse a new instance over a quota or the free-space floor.
+    pub(crate) fn check_instance_quotas(&self, actor: &Actor) -> Result<()> {
+        let cfg = &self.inner.config;
+        if let Some(max) = cfg.max_instances_total {
+            let n = self.inner.store.instances(None, None)?.len();
+            if n >= max as usize {
+                return Err(CoreError::Quota(format!(
+                    "this host already runs {n} instances (max_instances_total = {max}); destroy one first"
+                )));
+            }
+        }
+        if let Some(max) = cfg.max_instances_per_user {
+            let n = self.inner.store.instances(Some(actor.user_id), None)?.len();
+            if n >= max as usize {
+                return Err(CoreError::Quota(format!(
+                    "you already have {n} instances (max_instances_per_user = {max}); destroy one first (ssh draupnir instances)"
+                )));
+            }
+        }
+        self.check_free_space("new instance")
+    }
+
+    /// Push an instance's expiry `by` further (from now when it had none or
+    /// it is past), up to `max_instance_ttl` from now.
+    pub fn extend_instance(&self, actor: &Actor, id: i64, by: Duration) -> Result<OffsetDateTime> {
+        let inst = self.instance(actor, id)?;
+        if by.is_zero() {
+            return Err(CoreError::BadInput("extend by more than 0".into()));
+        }
+        let now = OffsetDateTime::now_utc();
+        let base = inst.expires_at.filter(|e| *e > now).unwrap_or(now);
+        let mut until = base + by;
+        if let Some(max) = self.inner.config.max_instance_ttl {
+            let cap = now + max;
+            if until > cap {
+                return Err(CoreError::BadInput(format!(
+                    "that would keep instance {id} past max_instance_ttl ({} from now)",
+                    human(max)
+                )));
+            }
+            until = until.min(cap);
+        }
+        self.inner.store.set_instance_expiry(id, Some(until))?;
+        tracing::info!(instance = id, user = %actor.name, until = %crate::store::format_ts(until), "instance extended");
+        Ok(until)
+    }
+
+    /// Image freshness.
+    pub fn status(&self) -> Result<Status> {
+        let images = self.inner.store.images()?;
+        let newest = images
+            .iter()
+            .filter(|i| i.state == ImageState::Ready)
+            .max_by_key(|i| (i.updated_at, i.id));
+        let age = newest.map(|i| OffsetDateTime::now_utc() - i.updated_at);
+        let expected = self.inner.config.expected_image_interval;
+        let status = match (age, expected) {
+            (None, _) => "no_images",
+            (Some(a), Some(e)) if a.whole_milliseconds() > e.as_millis() as i128 => "stale",
+            _ => "ok",
+        };
+        let age = age.map(|a| a.whole_seconds());
+        Ok(Status {
+            status,
+            newest_ready_image: newest.map(|i| i.id),
+            newest_ready_image_age_seconds: age,
+            expected_image_interval_seconds: expected.map(|e| e.as_secs()),
+            images: images.len(),
+            instances: self.inner.store.instances(None, None)?.len(),
+        })
+    }
+
+    /// Destroy ready images beyond the newest `image_retention` that have
+    /// no instances.
+    pub(crate) async fn rotate_images(&self) -> Result<Vec<i64>> {
+        let Some(keep) = self.inner.config.image_retention else {
+            return Ok(Vec::new());
+        };
+        let mut ready: Vec<_> = self
+            .inner
+            .store
+            .images()?
+            .into_iter()
+            .filter(|i| i.state == ImageState::Ready)
+            .collect();
+        ready.sort_by_key(|i| std::cmp::Reverse((i.updated_at, i.id)));
+        let mut gone = Vec::new();
+        for old in ready.into_iter().skip(keep as usize) {
+            if !self.inner.store.instances(None, Some(old.id))?.is_empty() {
+                continue;
+            }
+            self.destroy_image_unchecked(old.id).await?;
+            tracing::info!(image = old.id, retention = keep, "image rotated out");
+            gone.push(old.id);
+        }
+        Ok(gone)
+    }
+
+    /// Does anyone use instance `id` right now? Asked of Postgres itself
+    /// over the instance's private socket.
+    async fn has_clients(&self, id: i64, port: u16) -> Option<bool> {
+        let dir = self.inner.layout.instance(id);
+        let client = pgconn::connect_unix(
+            &dir,
+            port,
+            CLIENT_ROLE,
+            &self.inner.config.postgres.database,
+            Duration::from_secs(5),
+        )
+        .await
+        .ok()?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .ok()?;
+        Some(row.get::<_, i64>(0) > 0)
+    }
+
+    /// One pass of the cleaner.
+    pub async fn clean_once(&self) -> Result<CleanReport> {
+        let mut report = CleanReport::default();
+        let now = OffsetDateTime::now_utc();
+        let with_access = self.inner.store.users_with_access()?;
+        let upload_user = self.inner.config.shared_secret.is_some();
+        for inst in self.inner.store.instances(None, None)? {
+            if matches!(
+                inst.state,
+                InstanceState::Creating | InstanceState::Destroying
+            ) {
+                continue;
+            }
+            let reason = if inst.expires_at.is_some_and(|e| e <= now) {
+                report.expired.push(inst.id);
+                "its lifetime ended"
+            } else if !(with_access.contains(&inst.owner_id)
+                || upload_user && inst.owner_name == "upload")
+            {
+                report.access_gone.push(inst.id);
+                "its owner has no way in any more"
+            } else if let (Some(limit), InstanceState::Running) =
+                (self.inner.config.instance_idle_limit, inst.state)
+            {
+                match self.has_clients(inst.id, inst.port).await {
+                    Some(true) => {
+                        self.inner.store.touch_instance(inst.id, now)?;
+                        continue;
+                    }
+                    Some(false) => {
+                        let since = inst.last_active_at.unwrap_or(inst.created_at);
+                        if (now - since).whole_seconds() < limit.as_secs() as i64 {
+                            continue;
+                        }
+                        report.idle.push(inst.id);
+                        "it had no client connection for instance_idle_limit"
+                    }
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            tracing::info!(instance = inst.id, owner = %inst.owner_name, reason, "cleaner destroys instance");
+            self.destroy_instance_unchecked(inst.id).await?;
+        }
+        report.rotated_images = self.rotate_images().await?;
+        Ok(report)
+    }
+
+    /// Run the cleaner every `clean_interval` while the service lives.
+    pub(crate) fn spawn_cleaner(&self) {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let every = self.inner.config.clean_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let svc = Service { inner };
+                if let Err(e) = svc.clean_once().await {
+                    tracing::error!(error = %e, "cleaner pass failed");
+                }
+            }
+        });
+    }
+}
