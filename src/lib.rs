@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod config;
 pub mod core;
+pub mod guard;
 pub mod postgres;
 pub mod ssh;
 pub mod storage;

@@ -43,6 +43,10 @@ async fn run(env: &TestEnv, who: &Actor, line: &str, stdin: &[u8]) -> Ran {
     }
 }
 
+fn carol_probe(env: &TestEnv) -> Actor {
+    env.user("carol")
+}
+
 fn assert_one_line_error(r: &Ran, code: u32, needle: &str) {
     assert_eq!(r.code, code, "exit status; stderr: {}", r.err);
     assert_eq!(r.err.lines().count(), 1, "one line: {:?}", r.err);
@@ -178,6 +182,34 @@ async fn the_whole_story_through_commands() {
         r.out.contains("192.0.2.7"),
         "the client's address is recorded: {}",
         r.out
+    );
+    let r = run(&env, &bob, "allow-ip 1 ::ffff:198.51.100.4", b"").await;
+    assert_eq!(
+        r.out, "198.51.100.4 may now reach instance 1\n",
+        "{}",
+        r.err
+    );
+    assert_one_line_error(
+        &run(&env, &bob, "allow-ip 1 0.0.0.0", b"").await,
+        2,
+        "cannot be allow-listed",
+    );
+    assert_one_line_error(
+        &run(&env, &bob, "allow-ip 1 banana", b"").await,
+        2,
+        "not an IP address",
+    );
+    assert_one_line_error(
+        &run(&env, &carol_probe(&env), "allow-ip 1 198.51.100.9", b"").await,
+        1,
+        "not found",
+    );
+    let r = run(&env, &bob, "disallow-ip 1 198.51.100.4", b"").await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_one_line_error(
+        &run(&env, &bob, "disallow-ip 1 198.51.100.4", b"").await,
+        1,
+        "not found",
     );
     let r = run(&env, &bob, "instances --json", b"").await;
     let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();

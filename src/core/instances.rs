@@ -387,20 +387,7 @@ impl Service {
 
     /// Remember an address the owner used, for the allow-list.
     pub fn record_address(&self, actor: &Actor, id: i64, addr: std::net::IpAddr) -> Result<()> {
-        self.instance_for(actor, id)?;
-        let addr = match addr {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(std::net::IpAddr::V4)
-                .unwrap_or(std::net::IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        if addr.is_unspecified() || addr.is_multicast() {
-            return Err(CoreError::BadInput(format!(
-                "{addr} cannot be allow-listed"
-            )));
-        }
-        Ok(self.inner.store.record_address(id, &addr.to_string())?)
+        self.allow_address(actor, id, addr).map(|_| ())
     }
 
     /// The addresses allowed to reach an instance.
@@ -431,6 +418,7 @@ impl Service {
         btrfs::delete_subvolume(&self.inner.layout.instance(id))?;
         self.inner.store.delete_instance(id)?;
         let _ = std::fs::remove_file(self.log_file("instance", id));
+        self.poke_guard();
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! [`Actor`], and format the result. Below the core, `store`, `storage`
 //! and `postgres` act without knowing about users.
 
+mod allowlist;
 mod error;
 mod images;
 mod instances;
@@ -23,6 +24,7 @@ use crate::storage::layout::Layout;
 use crate::storage::loopback;
 use crate::store::Store;
 
+pub use allowlist::allowable;
 pub use error::{CoreError, Result};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
@@ -71,6 +73,8 @@ pub(crate) struct Inner {
     pub user: InstanceUser,
     pub supervisor: Supervisor,
     pub logs: PathBuf,
+    /// Wakes the allow-list reconcile loop.
+    pub guard_wake: Arc<tokio::sync::Notify>,
     /// Serialises destroy/reconcile work on one instance id.
     pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
@@ -123,6 +127,7 @@ impl Service {
                 user,
                 supervisor,
                 logs,
+                guard_wake: Arc::default(),
                 instance_locks: Default::default(),
             }),
         };
@@ -130,6 +135,7 @@ impl Service {
         service.spawn_cleaner();
         service.bootstrap_admins()?;
         let report = service.reconcile().await;
+        service.spawn_guard();
         Ok((service, report))
     }
 

@@ -47,6 +47,8 @@ Instances
   env ID                         print shell exports to connect: eval \"$(ssh draupnir env ID)\"
   reset-instance ID              return an instance to its image (same port and credentials)
   extend-instance ID DURATION    keep an instance longer (e.g. 4h)
+  allow-ip ID ADDRESS            let another address reach an instance
+  disallow-ip ID ADDRESS         take an address off an instance's allow-list
   destroy-instance ID            stop and delete an instance
 
 Images
@@ -88,6 +90,12 @@ struct Cli {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s)
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| format!("`{s}` is not an IP address"))
+        .and_then(|a| crate::core::allowable(a).map_err(|e| e.to_string()))
 }
 
 fn parse_id(s: &str) -> Result<i64, String> {
@@ -191,6 +199,20 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Let another address reach an instance (a colleague, a CI runner).
+    AllowIp {
+        #[arg(value_parser = parse_id)]
+        id: i64,
+        #[arg(value_parser = parse_ip)]
+        address: IpAddr,
+    },
+    /// Take an address off an instance's allow-list.
+    DisallowIp {
+        #[arg(value_parser = parse_id)]
+        id: i64,
+        #[arg(value_parser = parse_ip)]
+        address: IpAddr,
     },
     /// Keep an instance longer (e.g. `extend-instance 4 4h`).
     ExtendInstance {
@@ -674,6 +696,18 @@ async fn dispatch(
                 .await;
             }
             say(out, env_script(&info)).await
+        }
+        Cmd::AllowIp { id, address } => {
+            let a = svc.allow_address(me, id, address)?;
+            say(out, format!("{a} may now reach instance {id}\n")).await
+        }
+        Cmd::DisallowIp { id, address } => {
+            svc.disallow_address(me, id, address)?;
+            say(
+                out,
+                format!("{address} may no longer reach instance {id}\n"),
+            )
+            .await
         }
         Cmd::ExtendInstance { id, by } => {
             let until = svc.extend_instance(me, id, by)?;

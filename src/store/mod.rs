@@ -548,6 +548,24 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    pub fn delete_address(&self, instance_id: i64, address: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM whitelisted_addresses WHERE instance_id = ?1 AND address = ?2",
+            params![instance_id, address],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every (instance port, allowed address) pair.
+    pub fn allowed_ports(&self) -> Result<Vec<(u16, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT i.port, w.address FROM whitelisted_addresses w JOIN instances i ON i.id = w.instance_id ORDER BY i.port, w.address",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u16>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     // ----- users, keys, tokens -----
 
     pub fn insert_user(&self, name: &str, email: Option<&str>, is_admin: bool) -> Result<User> {

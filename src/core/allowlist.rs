@@ -1,0 +1,120 @@
+//! The IP allow-list: which addresses may reach which instance port, and
+//! keeping the firewall chain equal to that (after every change, debounced,
+//! and every `whitelist_reconcile_interval`). A firewall failure is logged
+//! and retried; it never fails a user's request.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{Actor, CoreError, Result, Service};
+use crate::guard::iptables::{self, Changes, Rule};
+
+/// Normalise an address for the allow-list (`::ffff:a.b.c.d` becomes
+/// IPv4) and refuse the ones a rule must never name.
+pub fn allowable(addr: IpAddr) -> Result<IpAddr> {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(CoreError::BadInput(format!(
+            "{addr} cannot be allow-listed"
+        )));
+    }
+    if let IpAddr::V4(v4) = addr {
+        if v4.is_broadcast() {
+            return Err(CoreError::BadInput(format!(
+                "{addr} cannot be allow-listed"
+            )));
+        }
+    }
+    Ok(addr)
+}
+
+impl Service {
+    /// The rules the database asks for.
+    pub fn desired_rules(&self) -> Result<BTreeSet<Rule>> {
+        Ok(self
+            .inner
+            .store
+            .allowed_ports()?
+            .into_iter()
+            .filter_map(|(port, a)| a.parse::<IpAddr>().ok().map(|source| Rule { port, source }))
+            .collect())
+    }
+
+    /// Allow `addr` to reach instance `id` (the owner, for a colleague or a
+    /// CI runner; front doors also call it with the client's address).
+    pub fn allow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<IpAddr> {
+        self.instance(actor, id)?;
+        let addr = allowable(addr)?;
+        self.inner.store.record_address(id, &addr.to_string())?;
+        self.poke_guard();
+        Ok(addr)
+    }
+
+    /// Take an address off an instance's allow-list.
+    pub fn disallow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<()> {
+        self.instance(actor, id)?;
+        let addr = allowable(addr)?;
+        if !self.inner.store.delete_address(id, &addr.to_string())? {
+            return Err(CoreError::NotFound {
+                what: "allowed address",
+                id: format!("{addr} of instance {id}"),
+            });
+        }
+        self.poke_guard();
+        Ok(())
+    }
+
+    /// Ask for a reconcile soon (debounced). A no-op when allow-listing is off.
+    pub(crate) fn poke_guard(&self) {
+        self.inner.guard_wake.notify_one();
+    }
+
+    /// Make the chain equal to the database now.
+    pub async fn reconcile_firewall(&self, dry_run: bool) -> Result<Changes> {
+        let desired = self.desired_rules()?;
+        tokio::task::spawn_blocking(move || iptables::reconcile(&desired, dry_run))
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))?
+            .map_err(|e| CoreError::Internal(format!("firewall: {e}")))
+    }
+
+    /// The reconcile loop, when `enable_ip_whitelisting` is on.
+    pub(crate) fn spawn_guard(&self) {
+        if !self.inner.config.enable_ip_whitelisting {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let every = self.inner.config.whitelist_reconcile_interval;
+        let wake = self.inner.guard_wake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                let svc = Service { inner };
+                match svc.reconcile_firewall(false).await {
+                    Ok(c) if !c.is_empty() => {
+                        tracing::info!(added = ?c.added, removed = ?c.removed, "allow-list reconciled")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "allow-list reconcile failed; will retry")
+                    }
+                }
+                drop(svc);
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = wake.notified() => {
+                        // Debounce a burst of changes into one reconcile.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+}
