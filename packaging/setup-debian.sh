@@ -6,7 +6,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in btrfs-progs postgresql iptables openssh-client openssl ca-certificates; do
+for pkg in btrfs-progs postgresql iptables iproute2 util-linux openssh-client openssl ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
