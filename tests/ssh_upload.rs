@@ -134,6 +134,9 @@ fn split_wal() -> (Vec<u8>, Vec<u8>, usize) {
         let mut body = Vec::new();
         entry.read_to_end(&mut body).unwrap();
         let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
         match rel.strip_prefix("pg_wal") {
             Ok(inner) if !inner.as_os_str().is_empty() => {
                 if header.entry_type().is_file() {
@@ -462,7 +465,11 @@ async fn exec_statuses_and_refused_shell() {
     // With a forced PTY too (the PTY is refused; nothing hangs).
     let out = s.ssh_opts(&s.admin_key, &["-tt"], &[]).await;
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("PTY allocation request failed"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("PTY allocation request failed"),
+        "{}",
+        text(&out)
+    );
     // Port forwarding is refused.
     let out = s
         .ssh_opts(

@@ -348,6 +348,9 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(StatusCode::Failure.with_message("upload already finished"));
         };
         let len = data.len() as u64;
+        if offset == 0 {
+            tracing::debug!(path = %u.shown, bytes = len, "first sftp write");
+        }
         if let Err(e) = upload.write(data).await {
             let reason = e.to_string();
             u.upload = None;
