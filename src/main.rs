@@ -97,6 +97,17 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
+    // Before anything logs "running": a SIGTERM right after must be caught.
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("draupnir: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let (service, _report) = match Service::open(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -116,16 +127,6 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(addr = %ssh.local_addr(), "ssh listening on {}", ssh.local_addr());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            eprintln!("draupnir: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
         _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
