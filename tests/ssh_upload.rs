@@ -536,3 +536,38 @@ async fn session_cap_per_user() {
     }
     assert!(ok, "the slot is released when the session ends");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_connections_are_capped_and_timed_out() {
+    use tokio::io::AsyncReadExt;
+    let s = SshEnv::with("", "auth_timeout = \"1s\"\nmax_unauthenticated = 2").await;
+    let addr = s.server.as_ref().unwrap().local_addr();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut banner = [0u8; 8];
+        c.read_exact(&mut banner).await.unwrap();
+        assert_eq!(&banner, b"SSH-2.0-");
+        idle.push(c);
+    }
+    // A third one is dropped without a banner.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("dropped at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // The silent ones are closed at the deadline...
+    for mut c in idle {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+            .await
+            .expect("closed at the auth deadline")
+            .ok();
+    }
+    // ...which frees the slots for real clients.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = s.ssh(&s.admin_key, &["help"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
