@@ -100,6 +100,22 @@ pub struct SshConfig {
     pub host_key_path: PathBuf,
     pub admin_keys: Vec<String>,
     pub authorized_keys_file: Option<PathBuf>,
+    /// Public-key attempts one connection may make before it is dropped.
+    pub max_auth_attempts: usize,
+    /// A connection must authenticate within this time (from accept).
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_timeout: Duration,
+    /// An authenticated connection with no traffic for this long is closed
+    /// (`0s` disables it).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Session channels (commands, uploads, SFTP) one user may have open at
+    /// once, over all their connections.
+    pub max_sessions_per_user: usize,
+    /// Connections that have not authenticated yet; more are dropped at once.
+    pub max_unauthenticated: usize,
+    /// Longest command line `ssh draupnir …` accepts, in bytes.
+    pub max_command_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +213,12 @@ impl Default for SshConfig {
             host_key_path: "keys/ssh_host_ed25519_key".into(),
             admin_keys: Vec::new(),
             authorized_keys_file: None,
+            max_auth_attempts: 6,
+            auth_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
+            max_sessions_per_user: 10,
+            max_unauthenticated: 64,
+            max_command_bytes: 16 * 1024,
         }
     }
 }
@@ -415,6 +437,23 @@ impl Config {
                 "tls_certificate and tls_private_key must be set together",
             ));
         }
+        let ssh = &self.ssh;
+        for (key, value, min) in [
+            ("ssh.max_auth_attempts", ssh.max_auth_attempts, 1),
+            ("ssh.max_sessions_per_user", ssh.max_sessions_per_user, 1),
+            ("ssh.max_unauthenticated", ssh.max_unauthenticated, 1),
+            ("ssh.max_command_bytes", ssh.max_command_bytes, 256),
+        ] {
+            if value < min {
+                return Err(invalid(key, format!("must be at least {min}")));
+            }
+        }
+        if ssh.auth_timeout.is_zero() {
+            return Err(invalid("ssh.auth_timeout", "must be above 0"));
+        }
+        if ssh.host_key_path.as_os_str().is_empty() {
+            return Err(invalid("ssh.host_key_path", "must not be empty"));
+        }
         for key in &self.ssh.admin_keys {
             if key.split_whitespace().count() < 2 {
                 return Err(invalid(
@@ -626,6 +665,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("shared_preload_libraries"), "{err}");
+        let err = Config::parse("[ssh]\nmax_auth_attempts = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ssh.max_auth_attempts"), "{err}");
+        let err = Config::parse("[ssh]\nauth_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ssh.auth_timeout"), "{err}");
     }
 
     #[test]

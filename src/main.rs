@@ -47,6 +47,8 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // russh and russh-sftp log through `log`; route it into tracing.
+    let _ = tracing_log::LogTracer::init();
 }
 
 fn main() -> ExitCode {
@@ -95,15 +97,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let (service, _report) = match Service::open(config).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot start: {e}");
-            eprintln!("draupnir: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
+    // Before anything logs "running": a SIGTERM right after must be caught.
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -114,10 +108,30 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (service, _report) = match Service::open(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("draupnir: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ssh = match draupnir::ssh::serve(service.clone(), &service.config().ssh).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("draupnir: cannot start: {e}");
+            service.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %ssh.local_addr(), "ssh listening on {}", ssh.local_addr());
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
         _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
     }
+    ssh.shutdown();
     service.shutdown();
     ExitCode::SUCCESS
 }

@@ -4,3 +4,25 @@
 
 pub mod commands;
 mod format;
+pub mod hostkey;
+pub mod paths;
+pub mod scp;
+pub mod server;
+pub mod sftp;
+
+pub use server::{serve, SshServer};
+
+/// Why the SSH server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("ssh host key {path}: {reason}")]
+    HostKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}

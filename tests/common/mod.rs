@@ -4,6 +4,8 @@
 //! on drop even when the test fails.
 #![allow(dead_code)]
 
+pub mod ssh;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -230,6 +232,39 @@ pub fn port_base() -> u16 {
 
 impl TestEnv {
     pub fn config_text(dir: &Path, extra: &str) -> String {
+        Self::config_text_ssh(dir, extra, "")
+    }
+
+    /// Like [`TestEnv::config_text`], with `ssh_extra` lines in `[ssh]`
+    /// (replacing the defaults of the same keys).
+    pub fn config_text_ssh(dir: &Path, extra: &str, ssh_extra: &str) -> String {
+        let text = Self::config_text_top(dir, extra);
+        let key_of = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+        let ssh_keys: Vec<String> = ssh_extra
+            .lines()
+            .map(key_of)
+            .filter(|k| !k.is_empty())
+            .collect();
+        let mut out = Vec::new();
+        let mut in_ssh = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with('[') {
+                in_ssh = line.trim() == "[ssh]";
+                out.push(line.to_string());
+                if in_ssh && !ssh_extra.is_empty() {
+                    out.push(ssh_extra.to_string());
+                }
+                continue;
+            }
+            if in_ssh && ssh_keys.contains(&key_of(line)) {
+                continue;
+            }
+            out.push(line.to_string());
+        }
+        out.join("\n")
+    }
+
+    fn config_text_top(dir: &Path, extra: &str) -> String {
         let base = port_base();
         format!(
             r#"
@@ -242,6 +277,8 @@ max_instance_port = {max}
 max_image_bytes = "512M"
 [ssh]
 admin_keys = ["{ADMIN_KEY}"]
+listen_address = "127.0.0.1:0"
+host_key_path = "{d}/keys/ssh_host_ed25519_key"
 [postgres]
 instance_user = "{INSTANCE_USER}"
 start_timeout = "30s"
@@ -269,12 +306,18 @@ start_timeout = "30s"
 
     /// A test world whose config has `extra` top-level keys.
     pub async fn with(extra: &str) -> TestEnv {
+        Self::with_ssh(extra, "").await
+    }
+
+    /// A test world with `extra` top-level keys and `ssh_extra` keys in
+    /// the `[ssh]` section.
+    pub async fn with_ssh(extra: &str, ssh_extra: &str) -> TestEnv {
         let _ = &*FIXTURE;
         let dir = tempfile::Builder::new()
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let config_text = Self::config_text(dir.path(), extra);
+        let config_text = Self::config_text_ssh(dir.path(), extra, ssh_extra);
         let config = Config::parse(&config_text).expect("test config");
         std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
         let mut env = TestEnv {

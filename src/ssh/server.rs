@@ -1,0 +1,628 @@
+//! The russh server: listening, connection limits, public-key
+//! authentication against the core, and channel dispatch. A session channel
+//! may run one `exec` (a Draupnir command, or the `scp -t` sink) or the
+//! `sftp` subsystem; shells, PTYs, forwarding, agent, X11 and env requests
+//! are refused. Each connection runs in its own task, so one that panics or
+//! misbehaves never takes the daemon down.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::HashAlg;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, SshId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::commands;
+use super::{hostkey, scp, sftp, SshError};
+use crate::config::SshConfig;
+use crate::core::{Actor, Service};
+
+/// A running SSH server. Dropping it stops accepting connections.
+pub struct SshServer {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    stop: watch::Sender<bool>,
+}
+
+impl SshServer {
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The host key's `SHA256:…` fingerprint.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Stop accepting connections. Connections already open keep running
+    /// until their clients leave (an upload in flight is not cut).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    service: Service,
+    cfg: SshConfig,
+    port: u16,
+    unauthenticated: Arc<Semaphore>,
+    /// Open session channels per user id.
+    sessions: Mutex<HashMap<i64, usize>>,
+}
+
+/// One open session channel counted against its user; released on drop.
+pub(crate) struct SessionSlot {
+    shared: Arc<Shared>,
+    user_id: i64,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.sessions.lock() {
+            if let Some(n) = m.get_mut(&self.user_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.user_id);
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn take_slot(self: &Arc<Self>, user_id: i64) -> Option<SessionSlot> {
+        let mut m = self.sessions.lock().ok()?;
+        let n = m.entry(user_id).or_insert(0);
+        if *n >= self.cfg.max_sessions_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            shared: self.clone(),
+            user_id,
+        })
+    }
+}
+
+/// Bind `cfg.listen_address`, load (or create) the host key and serve
+/// connections in background tasks until [`SshServer::shutdown`].
+pub async fn serve(service: Service, cfg: &SshConfig) -> Result<SshServer, SshError> {
+    let key = hostkey::load_or_generate(&cfg.host_key_path)?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let listener = TcpListener::bind(cfg.listen_address)
+        .await
+        .map_err(|source| SshError::Bind {
+            addr: cfg.listen_address,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| SshError::Bind {
+        addr: cfg.listen_address,
+        source,
+    })?;
+    let config = Arc::new(russh_config(cfg, key));
+    let shared = Arc::new(Shared {
+        service,
+        cfg: cfg.clone(),
+        port: local_addr.port(),
+        unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, config, shared, stopped));
+    Ok(SshServer {
+        local_addr,
+        fingerprint,
+        stop,
+    })
+}
+
+fn russh_config(cfg: &SshConfig, key: russh::keys::PrivateKey) -> russh::server::Config {
+    // AEAD ciphers only. The client's order decides which one is used
+    // (OpenSSH puts chacha20-poly1305 first); we list aes128-gcm first
+    // because with AES-NI it is the fastest here (CRATES.md: chacha20 is
+    // client-bound at upload speed), then chacha20-poly1305 for clients
+    // without AES hardware. CTR+HMAC modes are left out: slower and more
+    // negotiation surface for no client we need.
+    let preferred = russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            russh::cipher::AES_128_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_GCM,
+        ]),
+        ..Default::default()
+    };
+    russh::server::Config {
+        server_id: SshId::Standard(
+            format!("SSH-2.0-draupnir_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH probes with "none" first; do not make every login slow.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        max_auth_attempts: cfg.max_auth_attempts,
+        inactivity_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
+        // CRATES.md: a 16 MiB window and 256 KiB packets make SFTP fast;
+        // an event buffer under 128 can deadlock an upload across a rekey.
+        window_size: 16 << 20,
+        maximum_packet_size: 256 << 10,
+        event_buffer_size: 256,
+        // Per-channel queue of incoming data messages: the backpressure on
+        // uploads (russh stops reading the socket while it is full).
+        channel_buffer_size: 64,
+        nodelay: true,
+        preferred,
+        ..Default::default()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "ssh accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many unauthenticated ssh connections; dropping one");
+            drop(socket);
+            continue;
+        };
+        let (config, shared) = (config.clone(), shared.clone());
+        tokio::spawn(async move {
+            run_connection(config, shared, socket, peer, permit).await;
+        });
+    }
+    tracing::info!("ssh server stopped accepting connections");
+}
+
+async fn run_connection(
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let authed = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+    let handler = Conn {
+        shared: shared.clone(),
+        peer,
+        actor: None,
+        permit: Some(permit),
+        authed: authed.clone(),
+        channels: HashMap::new(),
+        sftp: HashSet::new(),
+    };
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "ssh handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "ssh client sent no version line in time");
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let outcome = tokio::select! {
+        r = &mut session => Some(r),
+        _ = tokio::time::sleep_until(deadline) => None,
+    };
+    let outcome = match outcome {
+        Some(r) => r,
+        None if authed.load(Ordering::SeqCst) => session.await,
+        None => {
+            tracing::info!(%peer, "ssh authentication timed out");
+            let _ = handle
+                .disconnect(
+                    Disconnect::ByApplication,
+                    "authentication timed out".into(),
+                    "en".into(),
+                )
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), session).await;
+            return;
+        }
+    };
+    match outcome {
+        Ok(()) => tracing::debug!(%peer, "ssh connection closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "ssh connection ended with an error"),
+    }
+}
+
+/// One connection's handler.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    actor: Option<Actor>,
+    /// Held until authentication succeeds (the unauthenticated cap).
+    permit: Option<OwnedSemaphorePermit>,
+    authed: Arc<AtomicBool>,
+    /// Session channels opened but not started yet.
+    channels: HashMap<ChannelId, (Channel<Msg>, SessionSlot)>,
+    /// Channels running the SFTP subsystem.
+    sftp: HashSet<ChannelId>,
+}
+
+impl Conn {
+    fn known_key(&self, key: &russh::keys::PublicKey) -> Option<Actor> {
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        match self.shared.service.authenticate_key(&fp) {
+            Ok(actor) => actor,
+            Err(e) => {
+                tracing::error!(error = %e, "key lookup failed");
+                None
+            }
+        }
+    }
+
+    fn command_session(&self, actor: Actor) -> commands::Session {
+        commands::Session {
+            service: self.shared.service.clone(),
+            actor,
+            peer: Some(self.peer.ip()),
+        }
+    }
+
+    /// Take a channel that is about to start, or refuse the request.
+    fn start(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<Option<(Channel<Msg>, SessionSlot, Actor)>, russh::Error> {
+        let Some(actor) = self.actor.clone() else {
+            session.channel_failure(id)?;
+            return Ok(None);
+        };
+        match self.channels.remove(&id) {
+            Some((chan, slot)) => {
+                session.channel_success(id)?;
+                Ok(Some((chan, slot, actor)))
+            }
+            None => {
+                // Already running something: one request per channel.
+                session.channel_failure(id)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Ask the client to sign only with a key we know.
+        Ok(if self.known_key(offer.public_key).is_some() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.known_key(key.public_key) {
+            Some(actor) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    user = %actor.name,
+                    login = %user.chars().take(64).collect::<String>(),
+                    fingerprint = %key.public_key.fingerprint(HashAlg::Sha256),
+                    "ssh login"
+                );
+                self.actor = Some(actor);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(
+                    peer = %self.peer,
+                    fingerprint = %key.public_key.fingerprint(HashAlg::Sha256),
+                    "ssh key refused"
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.authed.store(true, Ordering::SeqCst);
+        self.permit = None;
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(actor) = &self.actor else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let Some(slot) = self.shared.take_slot(actor.user_id) else {
+            tracing::warn!(user = %actor.name, peer = %self.peer, "too many ssh sessions");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        self.channels.insert(channel.id(), (channel, slot));
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        self.sftp.remove(&channel);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // CRATES.md: without an exit status at the end of an SFTP session
+        // `scp` exits 1 and `ssh -s` 255.
+        if self.sftp.remove(&channel) {
+            session.exit_status_request(channel, 0)?;
+            session.eof(channel)?;
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some((chan, slot, actor)) = self.start(channel, session)? else {
+            return Ok(());
+        };
+        let argv = parse_command(data, self.shared.cfg.max_command_bytes);
+        let cmd_session = self.command_session(actor);
+        tokio::spawn(run_exec(chan, slot, cmd_session, argv));
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        let Some((chan, slot, actor)) = self.start(channel, session)? else {
+            return Ok(());
+        };
+        self.sftp.insert(channel);
+        let handler = sftp::SftpSession::new(self.command_session(actor), slot);
+        sftp::run(chan.into_stream(), handler).await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some((chan, slot, _)) = self.start(channel, session)? else {
+            return Ok(());
+        };
+        let hint = format!(
+            "draupnir: no shell here; try `ssh -p {} {} help`\n",
+            self.shared.port,
+            self.shared.service.config().public_hostname
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut stderr = chan.make_writer_ext(Some(1));
+            let _ = stderr.write_all(hint.as_bytes()).await;
+            finish_channel(&chan, 1).await;
+        });
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Nothing here reads the environment; refuse all of it (LANG too).
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+
+/// Turn an exec request into argv, or a one-line reason it was refused.
+fn parse_command(data: &[u8], max: usize) -> Result<Vec<String>, String> {
+    if data.len() > max {
+        return Err(format!("the command line is longer than {max} bytes"));
+    }
+    let line =
+        std::str::from_utf8(data).map_err(|_| "the command line is not UTF-8".to_string())?;
+    if line.chars().any(|c| c.is_control()) {
+        return Err("the command line contains control characters".into());
+    }
+    let argv =
+        shell_words::split(line).map_err(|e| format!("cannot parse the command line: {e}"))?;
+    if argv.is_empty() {
+        return Err("empty command; try `help`".into());
+    }
+    Ok(argv)
+}
+
+/// Data first, then exit status, EOF and close: the order clients need.
+async fn finish_channel(chan: &Channel<Msg>, status: u32) {
+    let _ = chan.exit_status(status).await;
+    let _ = chan.eof().await;
+    let _ = chan.close().await;
+}
+
+async fn run_exec(
+    chan: Channel<Msg>,
+    slot: SessionSlot,
+    session: commands::Session,
+    argv: Result<Vec<String>, String>,
+) {
+    let _slot = slot;
+    let (mut read_half, write_half) = chan.split();
+    let mut stdout = write_half.make_writer();
+    let mut stderr = write_half.make_writer_ext(Some(1));
+    let status = match argv {
+        Err(reason) => {
+            let _ = stderr
+                .write_all(format!("draupnir: {reason}\n").as_bytes())
+                .await;
+            2
+        }
+        Ok(argv) => {
+            let mut stdin = read_half.make_reader();
+            if argv.first().map(String::as_str) == Some("scp") {
+                scp::sink(&session, &argv[1..], &mut stdin, &mut stdout).await
+            } else {
+                let name = argv.first().cloned().unwrap_or_default();
+                tracing::info!(user = %session.actor.name, command = %name, "ssh command");
+                commands::run(
+                    &session,
+                    argv,
+                    commands::Io {
+                        stdin: &mut stdin,
+                        stdout: &mut stdout,
+                        stderr: &mut stderr,
+                    },
+                )
+                .await
+            }
+        }
+    };
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    let _ = write_half.exit_status(status).await;
+    let _ = write_half.eof().await;
+    let _ = write_half.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            parse_command(b"upload-image 1", 100).unwrap(),
+            vec!["upload-image", "1"]
+        );
+        assert_eq!(
+            parse_command(b"new-image --script 'a b'", 100).unwrap(),
+            vec!["new-image", "--script", "a b"]
+        );
+        assert!(parse_command(b"help\nrm -rf /", 100).is_err());
+        assert!(parse_command(b"help\x1b[2J", 100).is_err());
+        assert!(parse_command(b"unterminated 'quote", 100).is_err());
+        assert!(parse_command(b"   ", 100).is_err());
+        assert!(parse_command(&[b'a'; 101], 100).is_err());
+        assert!(parse_command(b"\xff", 100).is_err());
+    }
+}
