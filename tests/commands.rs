@@ -21,6 +21,7 @@ async fn run(env: &TestEnv, who: &Actor, line: &str, stdin: &[u8]) -> Ran {
         service: env.svc().clone(),
         actor: who.clone(),
         peer: Some("192.0.2.7".parse().unwrap()),
+        ssh_port: 2222,
     };
     let argv = shell_words::split(line).unwrap();
     let mut input = stdin;

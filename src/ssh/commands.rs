@@ -24,6 +24,8 @@ pub struct Session {
     pub actor: Actor,
     /// The client's address (recorded for the instance allow-list).
     pub peer: Option<IpAddr>,
+    /// The port the SSH server listens on (for the hints commands print).
+    pub ssh_port: u16,
 }
 
 /// The channel's three streams.
@@ -435,9 +437,8 @@ async fn read_stdin(
 }
 
 fn ssh_target(session: &Session) -> (String, String) {
-    let cfg = session.service.config();
-    let port = cfg.ssh.listen_address.port();
-    let host = cfg.public_hostname.clone();
+    let port = session.ssh_port;
+    let host = session.service.config().public_hostname.clone();
     if port == 22 {
         (String::new(), host)
     } else {

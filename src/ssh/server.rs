@@ -297,6 +297,7 @@ impl Conn {
             service: self.shared.service.clone(),
             actor,
             peer: Some(self.peer.ip()),
+            ssh_port: self.shared.port,
         }
     }
 
