@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod postgres;
 pub mod ssh;
 pub mod storage;

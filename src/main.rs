@@ -103,6 +103,15 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let http = match draupnir::http::serve(service.clone(), service.config()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("cannot start the HTTP API: {e}");
+            eprintln!("draupnir: cannot start the HTTP API: {e}");
+            service.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -118,6 +127,7 @@ async fn serve(config: Config) -> ExitCode {
         _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
         _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
     }
+    http.shutdown().await;
     service.shutdown();
     ExitCode::SUCCESS
 }

@@ -7,6 +7,7 @@
 //! and `postgres` act without knowing about users.
 
 mod error;
+mod identities;
 mod images;
 mod instances;
 mod reconcile;
@@ -23,6 +24,7 @@ use crate::storage::loopback;
 use crate::store::Store;
 
 pub use error::{CoreError, Result};
+pub use identities::{Census, INTEGRATION_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef};
 pub use reconcile::ReconcileReport;

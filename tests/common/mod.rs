@@ -19,6 +19,9 @@ pub const ADMIN_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
 pub const INSTANCE_USER: &str = "draupnir-instance";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The `[http]` section tests get unless they ask for another: HTTPS on a
+/// free loopback port.
+pub const DEFAULT_HTTP: &str = "listen_address = \"127.0.0.1:0\"";
 
 /// Rows the fixture's `users` table holds.
 pub const FIXTURE_USERS: i64 = 100;
@@ -205,6 +208,21 @@ pub fn port_base() -> u16 {
 
 impl TestEnv {
     pub fn config_text(dir: &Path, extra: &str) -> String {
+        Self::config_text_with(dir, extra, DEFAULT_HTTP, "")
+    }
+
+    /// [`TestEnv::config_text`] with the `[http]` section's lines and an
+    /// optional `[oauth]` section.
+    pub fn config_text_with(dir: &Path, extra: &str, http: &str, oauth: &str) -> String {
+        let mut text = Self::base_config_text(dir, extra);
+        text.push_str(&format!("\n[http]\n{http}\n"));
+        if !oauth.is_empty() {
+            text.push_str(&format!("[oauth]\n{oauth}\n"));
+        }
+        text
+    }
+
+    fn base_config_text(dir: &Path, extra: &str) -> String {
         let base = port_base();
         format!(
             r#"
@@ -244,12 +262,18 @@ start_timeout = "30s"
 
     /// A test world whose config has `extra` top-level keys.
     pub async fn with(extra: &str) -> TestEnv {
+        Self::with_sections(extra, DEFAULT_HTTP, "").await
+    }
+
+    /// A test world with `extra` top-level keys, these `[http]` lines and,
+    /// when not empty, these `[oauth]` lines.
+    pub async fn with_sections(extra: &str, http: &str, oauth: &str) -> TestEnv {
         let _ = &*FIXTURE;
         let dir = tempfile::Builder::new()
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let config_text = Self::config_text(dir.path(), extra);
+        let config_text = Self::config_text_with(dir.path(), extra, http, oauth);
         let config = Config::parse(&config_text).expect("test config");
         std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
         let mut env = TestEnv {
