@@ -4,6 +4,8 @@
 //! on drop even when the test fails.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
