@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::http::*;
 use common::*;
 use draupnir::core::{ConnectionInfo, UploadTarget};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const BASE: &str = "shared_secret = \"the-upload-shared-secret\"\nenvironment = \"test\"\ntrusted_user_email_domain = \"@example.com\"";
@@ -575,7 +575,7 @@ async fn version_check_auth_and_bad_inputs() {
     assert_eq!(r.json()["source"], json!({"parameter": "backed_up_at"}));
     let huge = format!(
         "{{\"data\":{{\"attributes\":{{\"anonymisation_script\":\"{}\"}}}}}}",
-        "x".repeat(200 << 10)
+        "x".repeat(65 << 10)
     );
     let r = send(
         api.client
@@ -673,4 +673,322 @@ async fn version_check_auth_and_bad_inputs() {
         )
     );
     api.server.unwrap().shutdown().await;
+}
+
+/// A small OAuth provider on loopback: `/token` exchanges `good-code` and
+/// refreshes known refresh tokens (counting refreshes), `/userinfo` maps
+/// access tokens to e-mails.
+struct FakeProvider {
+    addr: std::net::SocketAddr,
+    refreshes: Arc<AtomicUsize>,
+}
+
+fn form(body: &str) -> std::collections::HashMap<String, String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%40", "@")))
+        .collect()
+}
+
+async fn fake_provider() -> FakeProvider {
+    use axum::http::{HeaderMap, StatusCode as S};
+    use axum::routing::{get, post};
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let count = refreshes.clone();
+    let token = move |body: String| {
+        let count = count.clone();
+        async move {
+            let f = form(&body);
+            let grant = f.get("grant_type").map(String::as_str);
+            let ok = |access: &str, refresh: Option<&str>| {
+                let mut v =
+                    json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600});
+                if let Some(r) = refresh {
+                    v["refresh_token"] = json!(r);
+                }
+                (S::OK, [("content-type", "application/json")], v.to_string())
+            };
+            let refused = (
+                S::BAD_REQUEST,
+                [("content-type", "application/json")],
+                json!({"error": "invalid_grant"}).to_string(),
+            );
+            match (
+                grant,
+                f.get("code").map(String::as_str),
+                f.get("refresh_token").map(String::as_str),
+            ) {
+                (Some("authorization_code"), Some("good-code"), _) => {
+                    ok("at-login", Some("rt-dev"))
+                }
+                (Some("refresh_token"), _, Some(rt)) => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    match rt {
+                        "rt-dev" => ok("at-dev", None),
+                        "rt-dave" => ok("at-dave", None),
+                        "rt-evil" => ok("at-evil", None),
+                        _ => refused,
+                    }
+                }
+                _ => refused,
+            }
+        }
+    };
+    let userinfo = |headers: HeaderMap| async move {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let email = match auth {
+            "Bearer at-dev" => "dev@example.com",
+            "Bearer at-dave" => "dave@example.com",
+            "Bearer at-evil" => "dev@evil-example.com",
+            _ => return (S::UNAUTHORIZED, String::new()),
+        };
+        (
+            S::OK,
+            json!({"email": email, "email_verified": true}).to_string(),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/auth", get(|| async { "consent" }))
+        .route("/token", post(token))
+        .route("/userinfo", get(userinfo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    FakeProvider { addr, refreshes }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_flow_against_a_fake_provider() {
+    let p = fake_provider().await;
+    let oauth = format!(
+        "client_id = \"draupnir-test\"\nclient_secret = \"s3cret\"\nredirect_url = \"https://localhost/oauth_callback\"\n\
+         auth_url = \"http://{a}/auth\"\ntoken_url = \"http://{a}/token\"\nuserinfo_url = \"http://{a}/userinfo\"\n\
+         cache_ttl = \"30s\"\ncallback_timeout = \"3s\"",
+        a = p.addr
+    );
+    let api = Arc::new(Api::start(BASE, DEFAULT_HTTP, &oauth).await);
+    let svc = api.env.svc().clone();
+    let admin = api.env.admin();
+
+    // GET /authenticate → 302 to the provider's consent page.
+    let r = send(api.client.get(api.url("/authenticate?state=abc123"))).await;
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").to_string();
+    assert!(
+        loc.starts_with(&format!("http://{}/auth?", p.addr)),
+        "{loc}"
+    );
+    for part in [
+        "state=abc123",
+        "access_type=offline",
+        "client_id=draupnir-test",
+        "response_type=code",
+        "email",
+    ] {
+        assert!(loc.contains(part), "{part} in {loc}");
+    }
+
+    // POST /access_tokens waits for the callback.
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                Method::POST,
+                "/access_tokens",
+                None,
+                Some(json!({"data": {"type": "access_tokens", "attributes": {"state": "abc123"}}})),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = send(
+        api.client
+            .get(api.url("/oauth_callback?code=good-code&state=abc123")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&r.body).contains("close this tab"));
+    let r = waiter.await.unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.assert_api_headers();
+    let token = r.json();
+    assert_eq!(token["access_token"], "at-login");
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["refresh_token"], "rt-dev");
+    assert!(is_ts(&token["expiry"]), "{token}");
+
+    // The callback may come first, too.
+    let r = send(
+        api.client
+            .get(api.url("/oauth_callback?code=good-code&state=early")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = api
+        .call(
+            Method::POST,
+            "/access_tokens",
+            None,
+            Some(json!({"data": {"type": "access_tokens", "attributes": {"state": "early"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+
+    // A bad code, and no callback at all: 400 OAuth Error.
+    let bad = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                Method::POST,
+                "/access_tokens",
+                None,
+                Some(json!({"data": {"type": "access_tokens", "attributes": {"state": "bad"}}})),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = send(
+        api.client
+            .get(api.url("/oauth_callback?code=stolen&state=bad")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = bad.await.unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["title"], "OAuth Error");
+    assert_eq!(r.json()["code"], "oauth_error");
+    let r = api
+        .call(
+            Method::POST,
+            "/access_tokens",
+            None,
+            Some(json!({"data": {"type": "access_tokens", "attributes": {"state": "never"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["title"], "OAuth Error");
+
+    // The refresh token authenticates; a burst asks the provider once.
+    let before = p.refreshes.load(Ordering::SeqCst);
+    let mut burst = Vec::new();
+    for _ in 0..8 {
+        let api = api.clone();
+        burst.push(tokio::spawn(async move {
+            api.get("/instances", "rt-dev").await.status
+        }));
+    }
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    assert_eq!(p.refreshes.load(Ordering::SeqCst) - before, 1, "cached");
+    let dev = svc
+        .actor_for("dev@example.com")
+        .unwrap()
+        .expect("OAuth user created");
+    assert!(!dev.admin);
+
+    // A user added over SSH with that e-mail is the same user.
+    svc.add_user(&admin, "dave", Some("dave@example.com"), false)
+        .unwrap();
+    assert_eq!(api.get("/instances", "rt-dave").await.status, 200);
+    assert!(
+        svc.actor_for("dave@example.com").unwrap().is_none(),
+        "no second user"
+    );
+
+    // Revoked token, untrusted domain: 401.
+    let r = api.get("/instances", "rt-revoked").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["code"], "unauthorized");
+    assert_eq!(api.get("/instances", "rt-evil").await.status, 401);
+    assert!(svc.actor_for("dev@evil-example.com").unwrap().is_none());
+
+    // Without state: 400.
+    let r = send(api.client.get(api.url("/authenticate"))).await;
+    assert_eq!(r.status, 400);
+    r.assert_api_headers();
+}
+
+fn served_fingerprint(addr: std::net::SocketAddr) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(s.contains("Fingerprint"), "no certificate served: {s}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_is_generated_kept_and_reused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut api = Api::start(BASE, DEFAULT_HTTP, "").await;
+    assert!(
+        api.server().http_addr().is_none(),
+        "no plain HTTP unless configured"
+    );
+    assert_eq!(api.server().local_addrs().len(), 1);
+    let crt = api.env.config.state_path.join("http/tls.crt");
+    let key = api.env.config.state_path.join("http/tls.key");
+    for f in [&crt, &key] {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f:?}"
+        );
+    }
+    let first = served_fingerprint(api.addr);
+    let file_fp = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert_eq!(first, String::from_utf8_lossy(&file_fp.stdout).trim());
+    // The hostname verifies against the served certificate (client_for trusts it).
+    assert_eq!(
+        send(api.client.get(api.url("/health_check"))).await.status,
+        200
+    );
+
+    // Restart: the same certificate.
+    api.server.take().unwrap().shutdown().await;
+    api.env.reopen().await;
+    let server = draupnir::http::serve(api.env.svc().clone(), &api.env.config)
+        .await
+        .unwrap();
+    let addr = server.https_addr().unwrap();
+    assert_eq!(served_fingerprint(addr), first);
+    let client = client_for(&api.env, addr);
+    let r = send(client.get(format!("https://localhost:{}/health_check", addr.port()))).await;
+    assert_eq!(r.status, 200);
+    server.shutdown().await;
+
+    // A configured certificate is served instead.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = draupnir::certs::self_signed(
+        &["other.example".to_string()],
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.pem"), &c).unwrap();
+    std::fs::write(dir.path().join("k.pem"), &k).unwrap();
+    let mut config = api.env.config.clone();
+    config.http.tls_certificate = Some(dir.path().join("c.pem"));
+    config.http.tls_private_key = Some(dir.path().join("k.pem"));
+    let server = draupnir::http::serve(api.env.svc().clone(), &config)
+        .await
+        .unwrap();
+    assert_ne!(served_fingerprint(server.https_addr().unwrap()), first);
+    server.shutdown().await;
 }
