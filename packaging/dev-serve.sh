@@ -4,7 +4,9 @@
 # btrfs file it creates itself, and your own SSH public key as the admin key
 # (one is generated in ~/.ssh/draupnir_admin if you have none), so that
 #   ssh -p 2222 localhost help
-# works right away. Run as root (sudo keeps your own ~/.ssh).
+# works right away, and the HTTPS API on https://localhost:8443 with a random
+# shared_secret (the upload user's token) in dev/config.toml. Run as root
+# (sudo keeps your own ~/.ssh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/setup-debian.sh
@@ -27,7 +29,9 @@ mkdir -p dev
 config=dev/config.toml
 if [ ! -f "$config" ]; then
   pub="$(head -n1 "$key")"
+  secret="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   sed -e "s|^admin_keys = \[\]|admin_keys = [\"$pub\"]|" \
+      -e "s|^# shared_secret = .*|shared_secret = \"$secret\"|" \
       -e "s|^environment = \"production\"|environment = \"development\"|" \
       config.toml.example > "$config"
   echo "wrote $config with $key as the admin key"

@@ -127,9 +127,14 @@ pub struct HttpConfig {
     pub tls_private_key: Option<PathBuf>,
     pub api_version: String,
     pub metrics: bool,
+    /// Largest request body accepted (larger: 413).
+    pub max_body_size: ByteSize,
+    /// How long a client may take to send a request body.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OauthConfig {
     pub client_id: Option<String>,
@@ -138,6 +143,42 @@ pub struct OauthConfig {
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
     pub userinfo_url: Option<String>,
+    /// How long a refresh token's e-mail is remembered before the provider
+    /// is asked again.
+    #[serde(deserialize_with = "de_duration")]
+    pub cache_ttl: Duration,
+    /// How long `POST /access_tokens` waits for the browser's callback.
+    #[serde(deserialize_with = "de_duration")]
+    pub callback_timeout: Duration,
+}
+
+impl Default for OauthConfig {
+    fn default() -> Self {
+        OauthConfig {
+            client_id: None,
+            client_secret: None,
+            redirect_url: None,
+            auth_url: None,
+            token_url: None,
+            userinfo_url: None,
+            cache_ttl: Duration::from_secs(60),
+            callback_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Parse `X.Y.Z` (what `Draupnir-Version` carries).
+pub fn parse_api_version(s: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = s.trim().split('.');
+    let mut next = || -> Option<u64> {
+        let p = parts.next()?;
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let v = (next()?, next()?, next()?);
+    parts.next().is_none().then_some(v)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +273,8 @@ impl Default for HttpConfig {
             tls_private_key: None,
             api_version: "5.3.6".into(),
             metrics: false,
+            max_body_size: ByteSize(10 << 20),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -453,6 +496,33 @@ impl Config {
         }
         if ssh.host_key_path.as_os_str().is_empty() {
             return Err(invalid("ssh.host_key_path", "must not be empty"));
+        }
+        if parse_api_version(&self.http.api_version).is_none() {
+            return Err(invalid("http.api_version", "must be a version like 5.3.6"));
+        }
+        if self.http.max_body_size.0 == 0 {
+            return Err(invalid("http.max_body_size", "must be above 0"));
+        }
+        if self.http.body_timeout.is_zero() {
+            return Err(invalid("http.body_timeout", "must be above 0"));
+        }
+        if self.oauth.cache_ttl.is_zero() {
+            return Err(invalid("oauth.cache_ttl", "must be above 0"));
+        }
+        if self.oauth.callback_timeout.is_zero() {
+            return Err(invalid("oauth.callback_timeout", "must be above 0"));
+        }
+        for (key, url) in [
+            ("oauth.redirect_url", &self.oauth.redirect_url),
+            ("oauth.auth_url", &self.oauth.auth_url),
+            ("oauth.token_url", &self.oauth.token_url),
+            ("oauth.userinfo_url", &self.oauth.userinfo_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    return Err(invalid(key, "must be an http:// or https:// URL"));
+                }
+            }
         }
         for key in &self.ssh.admin_keys {
             if key.split_whitespace().count() < 2 {

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod core;
 pub mod guard;
+pub mod http;
 pub mod postgres;
 pub mod ssh;
 pub mod storage;

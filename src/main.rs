@@ -126,12 +126,23 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!(addr = %ssh.local_addr(), "ssh listening on {}", ssh.local_addr());
+    let http = match draupnir::http::serve(service.clone(), service.config()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("cannot start the HTTP API: {e}");
+            eprintln!("draupnir: cannot start the HTTP API: {e}");
+            ssh.shutdown();
+            service.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
         _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
     }
     ssh.shutdown();
+    http.shutdown().await;
     service.shutdown();
     ExitCode::SUCCESS
 }

@@ -380,6 +380,30 @@ impl Service {
         }
     }
 
+    /// [`Service::finalise_image`] for clients that retry: when the image
+    /// is already being finalised (an earlier request went away), wait for
+    /// that finalise to end and answer with its outcome.
+    pub async fn finalise_or_wait(&self, actor: &Actor, id: i64) -> Result<Image> {
+        match self.finalise_image(actor, id, None).await {
+            Err(CoreError::InvalidState(msg)) => loop {
+                let image = self.image_or_404(id)?;
+                match image.state {
+                    ImageState::Finalising => {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await
+                    }
+                    ImageState::Ready => return Ok(image),
+                    ImageState::Failed => {
+                        return Err(CoreError::Finalise(
+                            image.failure_reason.unwrap_or_else(|| msg.clone()),
+                        ))
+                    }
+                    ImageState::Uploading => return Err(CoreError::InvalidState(msg)),
+                }
+            },
+            other => other,
+        }
+    }
+
     /// Check and start a finalise without waiting for it (`--detach`).
     pub fn start_finalise(
         &self,

@@ -8,6 +8,7 @@
 
 mod allowlist;
 mod error;
+mod identities;
 mod images;
 mod instances;
 mod policy;
@@ -26,6 +27,7 @@ use crate::store::Store;
 
 pub use allowlist::allowable;
 pub use error::{CoreError, Result};
+pub use identities::{Census, INTEGRATION_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use policy::{CleanReport, Status};

@@ -4,6 +4,7 @@
 //! on drop even when the test fails.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod ssh;
 
 use std::io::Write;
@@ -21,6 +22,9 @@ pub const ADMIN_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
 pub const INSTANCE_USER: &str = "draupnir-instance";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The `[http]` section tests get unless they ask for another: HTTPS on a
+/// free loopback port.
+pub const DEFAULT_HTTP: &str = "listen_address = \"127.0.0.1:0\"";
 
 /// Rows the fixture's `users` table holds.
 pub const FIXTURE_USERS: i64 = 100;
@@ -232,13 +236,31 @@ pub fn port_base() -> u16 {
 
 impl TestEnv {
     pub fn config_text(dir: &Path, extra: &str) -> String {
-        Self::config_text_ssh(dir, extra, "")
+        Self::config_text_full(dir, extra, "", DEFAULT_HTTP, "")
     }
 
     /// Like [`TestEnv::config_text`], with `ssh_extra` lines in `[ssh]`
     /// (replacing the defaults of the same keys).
     pub fn config_text_ssh(dir: &Path, extra: &str, ssh_extra: &str) -> String {
-        let text = Self::config_text_top(dir, extra);
+        Self::config_text_full(dir, extra, ssh_extra, DEFAULT_HTTP, "")
+    }
+
+    /// [`TestEnv::config_text`] with the `[http]` section's lines and an
+    /// optional `[oauth]` section.
+    pub fn config_text_with(dir: &Path, extra: &str, http: &str, oauth: &str) -> String {
+        Self::config_text_full(dir, extra, "", http, oauth)
+    }
+
+    /// Everything: top-level `extra`, `[ssh]` extras, `[http]` lines and
+    /// optional `[oauth]` lines.
+    pub fn config_text_full(
+        dir: &Path,
+        extra: &str,
+        ssh_extra: &str,
+        http: &str,
+        oauth: &str,
+    ) -> String {
+        let text = Self::base_config_text(dir, extra);
         let key_of = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
         let ssh_keys: Vec<String> = ssh_extra
             .lines()
@@ -261,10 +283,15 @@ impl TestEnv {
             }
             out.push(line.to_string());
         }
-        out.join("\n")
+        let mut text = out.join("\n");
+        text.push_str(&format!("\n[http]\n{http}\n"));
+        if !oauth.is_empty() {
+            text.push_str(&format!("[oauth]\n{oauth}\n"));
+        }
+        text
     }
 
-    fn config_text_top(dir: &Path, extra: &str) -> String {
+    fn base_config_text(dir: &Path, extra: &str) -> String {
         let base = port_base();
         format!(
             r#"
@@ -306,18 +333,29 @@ start_timeout = "30s"
 
     /// A test world whose config has `extra` top-level keys.
     pub async fn with(extra: &str) -> TestEnv {
-        Self::with_ssh(extra, "").await
+        Self::with_all(extra, "", DEFAULT_HTTP, "").await
     }
 
     /// A test world with `extra` top-level keys and `ssh_extra` keys in
     /// the `[ssh]` section.
     pub async fn with_ssh(extra: &str, ssh_extra: &str) -> TestEnv {
+        Self::with_all(extra, ssh_extra, DEFAULT_HTTP, "").await
+    }
+
+    /// A test world with `extra` top-level keys, these `[http]` lines and,
+    /// when not empty, these `[oauth]` lines.
+    pub async fn with_sections(extra: &str, http: &str, oauth: &str) -> TestEnv {
+        Self::with_all(extra, "", http, oauth).await
+    }
+
+    /// Every knob at once.
+    pub async fn with_all(extra: &str, ssh_extra: &str, http: &str, oauth: &str) -> TestEnv {
         let _ = &*FIXTURE;
         let dir = tempfile::Builder::new()
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let config_text = Self::config_text_ssh(dir.path(), extra, ssh_extra);
+        let config_text = Self::config_text_full(dir.path(), extra, ssh_extra, http, oauth);
         let config = Config::parse(&config_text).expect("test config");
         std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
         let mut env = TestEnv {

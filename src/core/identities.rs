@@ -1,0 +1,117 @@
+//! Identities of the HTTP front door that are not SSH keys: the legacy
+//! upload user behind `shared_secret`, the `environment = "test"`
+//! integration user, users who arrive by OAuth with a trusted e-mail, and
+//! the daemon itself (for read-only views such as metrics).
+//!
+//! The front door checks the credential (secret, token, provider answer);
+//! the core decides which user that is and what the user may do.
+
+use super::{Actor, CoreError, Result, Service};
+use crate::config::Environment;
+
+/// The identity string of the `shared_secret` user.
+pub const UPLOAD_USER: &str = "upload";
+
+/// Local part of the `environment = "test"` integration user.
+pub const INTEGRATION_USER: &str = "integration-test";
+
+impl Service {
+    /// The upload user (an admin), created on first use.
+    pub fn upload_actor(&self) -> Result<Actor> {
+        let store = &self.inner.store;
+        let user = match store.user_by_name(UPLOAD_USER)? {
+            Some(u) => {
+                if !u.is_admin {
+                    store.set_user_admin(u.id, true)?;
+                }
+                u
+            }
+            None => {
+                let u = store.insert_user(UPLOAD_USER, None, true)?;
+                tracing::info!(user = UPLOAD_USER, "upload user created");
+                u
+            }
+        };
+        Ok(Actor {
+            user_id: user.id,
+            name: user.name,
+            admin: true,
+        })
+    }
+
+    /// Whether destroying an image as `actor` also destroys its instances
+    /// (the legacy upload user's privilege; everyone else is refused while
+    /// instances exist).
+    pub fn destroys_image_instances(&self, actor: &Actor) -> bool {
+        actor.admin && actor.name == UPLOAD_USER
+    }
+
+    /// The integration-test user, only with `environment = "test"`.
+    pub fn integration_actor(&self) -> Result<Option<Actor>> {
+        let cfg = &self.inner.config;
+        if cfg.environment != Environment::Test {
+            return Ok(None);
+        }
+        let domain = cfg.trusted_user_email_domain.as_deref().unwrap_or("");
+        let email = format!("{INTEGRATION_USER}{domain}");
+        self.actor_for_email(&email, false).map(Some)
+    }
+
+    /// The user behind an e-mail a trusted OAuth provider vouched for: the
+    /// address must end with `trusted_user_email_domain` (no domain
+    /// configured: nobody). A user added over SSH with the same e-mail is
+    /// the same user.
+    pub fn actor_for_trusted_email(&self, email: &str) -> Result<Option<Actor>> {
+        let Some(domain) = self.inner.config.trusted_user_email_domain.as_deref() else {
+            return Ok(None);
+        };
+        let email = email.trim();
+        let lower = email.to_ascii_lowercase();
+        let domain = domain.to_ascii_lowercase();
+        let local = lower.strip_suffix(&domain).unwrap_or("");
+        // "@example.com" must not admit "x@evil-example.com"; a domain given
+        // without '@' is matched at a label boundary.
+        let boundary = domain.starts_with('@') || local.ends_with('@') || local.ends_with('.');
+        if domain.is_empty() || local.is_empty() || !boundary || !email.contains('@') {
+            return Ok(None);
+        }
+        match self.actor_for_email(email, false) {
+            Ok(a) => Ok(Some(a)),
+            Err(CoreError::BadInput(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The daemon itself: an admin that is no stored user, for read-only
+    /// views (metrics). Never handed to a client.
+    pub(crate) fn system_actor(&self) -> Actor {
+        Actor {
+            user_id: 0,
+            name: "draupnir".into(),
+            admin: true,
+        }
+    }
+
+    /// Counts for metrics: images and instances by state, and the bytes of
+    /// all images.
+    pub fn census(&self) -> Result<Census> {
+        let system = self.system_actor();
+        let mut census = Census::default();
+        for image in self.list_images(&system)? {
+            *census.images.entry(image.state.as_str()).or_default() += 1;
+            census.image_bytes += image.size_bytes;
+        }
+        for inst in self.list_instances(&system, true)? {
+            *census.instances.entry(inst.state.as_str()).or_default() += 1;
+        }
+        Ok(census)
+    }
+}
+
+/// What [`Service::census`] counts.
+#[derive(Debug, Default, Clone)]
+pub struct Census {
+    pub images: std::collections::BTreeMap<&'static str, u64>,
+    pub instances: std::collections::BTreeMap<&'static str, u64>,
+    pub image_bytes: u64,
+}

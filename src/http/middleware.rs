@@ -1,0 +1,179 @@
+//! What every request goes through: the `Draupnir-Version` check, the
+//! response headers and error bodies every response carries, access log
+//! lines and request metrics, and the extractors that turn a request into
+//! an authenticated [`Actor`], a client address and a strictly parsed JSON
+//! body.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ContractError};
+use super::AppState;
+use crate::config::parse_api_version;
+use crate::core::Actor;
+
+pub const VERSION_HEADER: &str = "draupnir-version";
+
+/// Outermost layer: `Draupnir-Version` on every response, JSON content type
+/// unless a route set its own, and a contract error body on any error a
+/// layer below produced without one (unknown route, wrong method, body too
+/// large, panic).
+pub async fn response_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if status.as_u16() >= 400 && response.extensions().get::<ContractError>().is_none() {
+        response = ApiError::for_status(status).into_response();
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&state.api_version) {
+        headers.insert(VERSION_HEADER, v);
+    }
+    if !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
+}
+
+/// Who a request turned out to be, filled in by [`Authed`] for the access
+/// log.
+#[derive(Clone, Default)]
+pub struct UserSlot(Arc<Mutex<Option<String>>>);
+
+/// Access log line and request metrics. Never logs the token.
+pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    };
+    let peer = client_addr(&req);
+    let slot = UserSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let user = slot
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| "-".into());
+    tracing::info!(
+        target: "draupnir::http::access",
+        method,
+        route = %route,
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        user = %user,
+        peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        "request"
+    );
+    state.metrics.request(&route, method, status);
+    response
+}
+
+/// The version check (LEGACY_API.md), before authentication.
+pub async fn require_version(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(given) = req.headers().get(VERSION_HEADER) else {
+        return ApiError::missing_version().into_response();
+    };
+    let given = String::from_utf8_lossy(given.as_bytes()).to_string();
+    let (major, minor, _) = state.version;
+    let ok = parse_api_version(&given).is_some_and(|(ma, mi, _)| ma == major && mi <= minor);
+    if !ok {
+        let shown: String = given.chars().take(64).collect();
+        return ApiError::invalid_version(&shown, &state.api_version).into_response();
+    }
+    next.run(req).await
+}
+
+/// The caller's address, as the allow-list records it. The peer address
+/// for now; `X-Forwarded-For` from trusted proxies belongs here.
+fn client_addr<B>(req: &axum::http::Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The client's address, for [`crate::core::Service::record_address`].
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// An authenticated caller: `Authorization: Bearer <token>` turned into an
+/// actor, or 401.
+pub struct Authed(pub Actor);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+            .ok_or_else(ApiError::unauthorized)?;
+        let actor = state
+            .authenticate(token)
+            .await
+            .ok_or_else(ApiError::unauthorized)?;
+        if let Some(slot) = parts.extensions.get::<UserSlot>() {
+            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor.name.clone());
+        }
+        Ok(Authed(actor))
+    }
+}
+
+/// A JSON body parsed strictly: over the size limit → 413, unreadable or
+/// malformed or of the wrong shape → the contract's 400 *Invalid JSON*.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large()
+            } else {
+                ApiError::unreadable_body()
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|_| ApiError::invalid_json())
+    }
+}

@@ -1,0 +1,311 @@
+//! OAuth 2 for the legacy CLI: the browser flow (`/authenticate` →
+//! provider → `/oauth_callback`, handed to a waiting `POST /access_tokens`)
+//! and turning a refresh token into an e-mail address (refresh at the
+//! token endpoint, then ask the userinfo endpoint), cached briefly so a
+//! burst of requests asks the provider once.
+//!
+//! Endpoints come from `[oauth]` (Google's by default). Whether the e-mail
+//! belongs to a trusted user is the core's decision.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oauth2::basic::{BasicClient, BasicTokenType};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    RedirectUrl, RefreshToken, Scope, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, OnceCell};
+
+use crate::config::Config;
+
+const GOOGLE_AUTH: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+const GOOGLE_TOKEN: &str = "https://oauth2.googleapis.com/token";
+const GOOGLE_USERINFO: &str = "https://openidconnect.googleapis.com/v1/userinfo";
+
+/// Most callbacks waited for (or waiting for a client) at once.
+const MAX_PENDING: usize = 10_000;
+/// Most refresh tokens remembered at once.
+const MAX_CACHED: usize = 10_000;
+
+type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// The token document `POST /access_tokens` answers with (the shape of
+/// Go's `oauth2.Token`, which 5.x clients parse).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenJson {
+    pub access_token: String,
+    pub token_type: String,
+    pub refresh_token: String,
+    pub expiry: String,
+}
+
+type Outcome = Result<TokenJson, String>;
+
+struct Pending {
+    created: Instant,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+/// What the provider said about a refresh token: `None` when it refused
+/// the token (revoked, unknown) or gave no usable e-mail.
+type Lookup = Option<String>;
+
+struct Cached {
+    fetched: Instant,
+    cell: Arc<OnceCell<Lookup>>,
+}
+
+/// Why the provider could not be asked (not cached: the next request asks
+/// again).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(String);
+
+pub struct Oauth {
+    client: Client,
+    http: reqwest::Client,
+    userinfo_url: String,
+    ttl: Duration,
+    callback_timeout: Duration,
+    pending: Mutex<HashMap<String, Pending>>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl Oauth {
+    /// `None` when `[oauth] client_id` is not set.
+    pub fn from_config(config: &Config) -> Result<Option<Oauth>, String> {
+        let o = &config.oauth;
+        let Some(client_id) = &o.client_id else {
+            return Ok(None);
+        };
+        let auth = AuthUrl::new(o.auth_url.clone().unwrap_or_else(|| GOOGLE_AUTH.into()))
+            .map_err(|e| format!("oauth.auth_url: {e}"))?;
+        let token = TokenUrl::new(o.token_url.clone().unwrap_or_else(|| GOOGLE_TOKEN.into()))
+            .map_err(|e| format!("oauth.token_url: {e}"))?;
+        let redirect = RedirectUrl::new(
+            o.redirect_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{}/oauth_callback", config.public_hostname)),
+        )
+        .map_err(|e| format!("oauth.redirect_url: {e}"))?;
+        let mut client = BasicClient::new(ClientId::new(client_id.clone()))
+            .set_auth_uri(auth)
+            .set_token_uri(token)
+            .set_redirect_uri(redirect);
+        if let Some(secret) = &o.client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.clone()));
+        }
+        // No redirects: the token endpoint must answer itself (oauth2's advice).
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| format!("oauth http client: {e}"))?;
+        Ok(Some(Oauth {
+            client,
+            http,
+            userinfo_url: o
+                .userinfo_url
+                .clone()
+                .unwrap_or_else(|| GOOGLE_USERINFO.into()),
+            ttl: o.cache_ttl,
+            callback_timeout: o.callback_timeout,
+            pending: Mutex::default(),
+            cache: Mutex::default(),
+        }))
+    }
+
+    /// The provider's consent URL for `state`, asking for offline access so
+    /// a refresh token is issued.
+    pub fn authorize_url(&self, state: &str) -> String {
+        let state = state.to_string();
+        let (url, _) = self
+            .client
+            .authorize_url(move || CsrfToken::new(state))
+            .add_scope(Scope::new("openid".into()))
+            .add_scope(Scope::new("email".into()))
+            .add_extra_param("access_type", "offline")
+            .add_extra_param("prompt", "consent")
+            .url();
+        url.to_string()
+    }
+
+    fn slot(&self, state: &str) -> Option<watch::Sender<Option<Outcome>>> {
+        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let horizon = self.callback_timeout * 2;
+        map.retain(|_, p| p.created.elapsed() < horizon);
+        if let Some(p) = map.get(state) {
+            return Some(p.tx.clone());
+        }
+        if map.len() >= MAX_PENDING {
+            return None;
+        }
+        let (tx, _) = watch::channel(None);
+        map.insert(
+            state.to_string(),
+            Pending {
+                created: Instant::now(),
+                tx: tx.clone(),
+            },
+        );
+        Some(tx)
+    }
+
+    fn forget(&self, state: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(state);
+    }
+
+    /// `GET /oauth_callback`: exchange the code and hand the token (or the
+    /// failure) to whoever waits for `state`.
+    pub async fn callback(&self, state: &str, code: Option<&str>, error: Option<&str>) -> bool {
+        let outcome = match (code, error) {
+            (_, Some(e)) => Err(format!("the provider refused: {e}")),
+            (None, None) => Err("the provider sent no code".into()),
+            (Some(code), None) => self.exchange_code(code).await,
+        };
+        let ok = outcome.is_ok();
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, "oauth callback failed");
+        }
+        match self.slot(state) {
+            Some(tx) => {
+                tx.send_replace(Some(outcome));
+            }
+            None => tracing::warn!("too many pending oauth logins; callback dropped"),
+        }
+        ok
+    }
+
+    async fn exchange_code(&self, code: &str) -> Outcome {
+        let token = self
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| format!("token exchange failed: {e}"))?;
+        let expiry = match token.expires_in() {
+            Some(d) => time::OffsetDateTime::now_utc()
+                .checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO))
+                .unwrap_or_else(time::OffsetDateTime::now_utc),
+            // Go's zero time: "does not expire".
+            None => time::macros::datetime!(0001-01-01 00:00:00 UTC),
+        };
+        Ok(TokenJson {
+            access_token: token.access_token().secret().clone(),
+            token_type: match token.token_type() {
+                BasicTokenType::Bearer => "Bearer".into(),
+                other => other.as_ref().to_string(),
+            },
+            refresh_token: token
+                .refresh_token()
+                .map(|r| r.secret().clone())
+                .unwrap_or_default(),
+            expiry: super::routes::timestamp(expiry),
+        })
+    }
+
+    /// `POST /access_tokens`: wait for the callback for `state`.
+    pub async fn wait(&self, state: &str) -> Outcome {
+        let Some(tx) = self.slot(state) else {
+            return Err("too many logins in progress; try again".into());
+        };
+        let mut rx = tx.subscribe();
+        drop(tx);
+        let waited = tokio::time::timeout(self.callback_timeout, async {
+            rx.wait_for(|v| v.is_some())
+                .await
+                .ok()
+                .and_then(|v| v.clone())
+        })
+        .await;
+        self.forget(state);
+        match waited {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Err("the login was abandoned".into()),
+            Err(_) => Err("timed out waiting for the browser to return".into()),
+        }
+    }
+
+    /// The e-mail behind a refresh token, cached for `cache_ttl`; `None`
+    /// when the provider refuses the token.
+    pub async fn email_for(&self, refresh_token: &str) -> Result<Lookup, ProviderError> {
+        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            refresh_token.as_bytes(),
+        ));
+        let cell = {
+            let mut map = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, c| c.fetched.elapsed() < self.ttl);
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+            map.entry(key)
+                .or_insert_with(|| Cached {
+                    fetched: Instant::now(),
+                    cell: Arc::new(OnceCell::new()),
+                })
+                .cell
+                .clone()
+        };
+        cell.get_or_try_init(|| self.ask_provider(refresh_token))
+            .await
+            .cloned()
+    }
+
+    async fn ask_provider(&self, refresh_token: &str) -> Result<Lookup, ProviderError> {
+        use oauth2::RequestTokenError;
+        let token = match self
+            .client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.to_string()))
+            .request_async(&self.http)
+            .await
+        {
+            Ok(t) => t,
+            Err(RequestTokenError::ServerResponse(e)) => {
+                tracing::info!(error = %e, "oauth refresh token refused");
+                return Ok(None);
+            }
+            Err(e) => return Err(ProviderError(format!("token endpoint: {e}"))),
+        };
+        let response = self
+            .http
+            .get(&self.userinfo_url)
+            .bearer_auth(token.access_token().secret())
+            .send()
+            .await
+            .map_err(|e| ProviderError(format!("userinfo endpoint: {e}")))?;
+        let status = response.status();
+        if status.is_client_error() {
+            tracing::info!(%status, "userinfo refused the access token");
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(ProviderError(format!(
+                "userinfo endpoint answered {status}"
+            )));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError(format!("userinfo endpoint: {e}")))?;
+        #[derive(Deserialize)]
+        struct UserInfo {
+            email: Option<String>,
+            email_verified: Option<serde_json::Value>,
+        }
+        let info: UserInfo = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError(format!("userinfo is not JSON: {e}")))?;
+        let verified = match info.email_verified {
+            None => true,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(serde_json::Value::String(s)) => s == "true",
+            Some(_) => false,
+        };
+        Ok(info.email.filter(|_| verified))
+    }
+}

@@ -1,0 +1,378 @@
+//! The routes of LEGACY_API.md: parse the request, call the core, format
+//! the JSON:API document. No business rule lives here.
+
+use std::future::Future;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use super::middleware::{Authed, ClientAddr, JsonBody};
+use super::AppState;
+use crate::core::{Actor, ConnectionInfo, InstanceRef};
+use crate::store::{Image, ImageState, Instance};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// RFC 3339 UTC with a `Z`, whole seconds (`2016-01-02T03:04:05Z`).
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    crate::store::format_ts(t)
+}
+
+fn image_doc(image: &Image) -> Value {
+    json!({
+        "type": "images",
+        "id": image.id.to_string(),
+        "attributes": {
+            "backed_up_at": image.backed_up_at.map(timestamp),
+            "ready": image.state == ImageState::Ready,
+            "created_at": timestamp(image.created_at),
+            "updated_at": timestamp(image.updated_at),
+        }
+    })
+}
+
+fn instance_doc(state: &AppState, inst: &Instance) -> Value {
+    json!({
+        "type": "instances",
+        "id": inst.id.to_string(),
+        "attributes": {
+            "hostname": state.service.config().public_hostname,
+            "image_id": inst.image_id,
+            "port": inst.port,
+            "created_at": timestamp(inst.created_at),
+            "updated_at": timestamp(inst.updated_at),
+        }
+    })
+}
+
+fn instance_with_credentials(state: &AppState, info: &ConnectionInfo) -> Value {
+    let id = info.instance.id.to_string();
+    let mut data = instance_doc(state, &info.instance);
+    data["relationships"] = json!({"credentials": {"data": {"type": "credentials", "id": id}}});
+    json!({
+        "data": data,
+        "included": [{
+            "type": "credentials",
+            "id": id,
+            "attributes": {
+                "ca_certificate": info.credentials.ca_certificate,
+                "client_certificate": info.credentials.client_certificate,
+                "client_key": info.credentials.client_key,
+            }
+        }]
+    })
+}
+
+fn ok(status: StatusCode, body: Value) -> ApiResult {
+    Ok((status, Json(body)).into_response())
+}
+
+fn no_content() -> ApiResult {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A path id: digits that fit an i64, else the resource does not exist.
+fn path_id(raw: &str) -> Result<i64, ApiError> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::not_found());
+    }
+    raw.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Run core work that must finish even if the client goes away (it holds
+/// disk and processes); the request waits for its outcome.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = crate::core::Result<T>> + Send + 'static,
+) -> crate::core::Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| crate::core::CoreError::Internal(format!("request task: {e}")))?
+}
+
+/// Record the caller's address for the allow-list; a failure to record is
+/// logged, not shown.
+fn record(state: &AppState, actor: &Actor, id: i64, addr: ClientAddr) {
+    if let Some(ip) = addr.0 {
+        if let Err(e) = state.service.record_address(actor, id, ip) {
+            tracing::warn!(instance = id, %ip, error = %e, "address not recorded");
+        }
+    }
+}
+
+pub async fn health_check() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn list_images(State(state): State<AppState>, Authed(actor): Authed) -> ApiResult {
+    let images = state.service.list_images(&actor)?;
+    let data: Vec<Value> = images.iter().map(image_doc).collect();
+    ok(StatusCode::OK, json!({"data": data}))
+}
+
+pub async fn show_image(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let image = state.service.image(&actor, path_id(&id)?)?;
+    ok(StatusCode::OK, json!({"data": image_doc(&image)}))
+}
+
+#[derive(Deserialize)]
+pub struct CreateImageBody {
+    data: CreateImageData,
+}
+
+#[derive(Deserialize)]
+struct CreateImageData {
+    #[serde(rename = "type")]
+    _kind: Option<String>,
+    attributes: CreateImageAttributes,
+}
+
+#[derive(Deserialize)]
+struct CreateImageAttributes {
+    backed_up_at: Option<String>,
+    anonymisation_script: Option<String>,
+}
+
+pub async fn create_image(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    JsonBody(body): JsonBody<CreateImageBody>,
+) -> ApiResult {
+    let attrs = body.data.attributes;
+    let backed_up_at = match attrs.backed_up_at.as_deref() {
+        None => None,
+        Some(s) => Some(
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
+                |_| {
+                    ApiError::bad_request(
+                        "backed_up_at must be an RFC 3339 timestamp",
+                        Some("backed_up_at"),
+                    )
+                },
+            )?,
+        ),
+    };
+    let image =
+        state
+            .service
+            .create_image(&actor, backed_up_at, attrs.anonymisation_script.as_deref())?;
+    ok(StatusCode::CREATED, json!({"data": image_doc(&image)}))
+}
+
+pub async fn image_done(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let started = Instant::now();
+    let service = state.service.clone();
+    let image = detached(async move { service.finalise_or_wait(&actor, id).await }).await?;
+    state.metrics.finalised(started.elapsed());
+    ok(StatusCode::OK, json!({"data": image_doc(&image)}))
+}
+
+pub async fn destroy_image(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let service = state.service.clone();
+    let cascade = service.destroys_image_instances(&actor);
+    detached(async move { service.destroy_image(&actor, id, cascade).await }).await?;
+    no_content()
+}
+
+pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed) -> ApiResult {
+    let instances = state.service.list_instances(&actor, false)?;
+    let data: Vec<Value> = instances.iter().map(|i| instance_doc(&state, i)).collect();
+    ok(StatusCode::OK, json!({"data": data}))
+}
+
+/// `image_id` as a string of digits or a non-negative integer; anything
+/// else is the contract's *Bad Request* on `image_id`.
+fn image_id_of(body: &Value) -> Result<i64, ApiError> {
+    match body.pointer("/data/attributes/image_id") {
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map_err(|_| ApiError::bad_image_id())
+        }
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(ApiError::bad_image_id),
+        _ => Err(ApiError::bad_image_id()),
+    }
+}
+
+pub async fn create_instance(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    addr: ClientAddr,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    if !body.is_object() {
+        return Err(ApiError::invalid_json());
+    }
+    let image_id = image_id_of(&body)?;
+    let service = state.service.clone();
+    let who = actor.clone();
+    let info = detached(async move {
+        service
+            .create_instance(&who, InstanceRef::Id(image_id))
+            .await
+    })
+    .await
+    .map_err(ApiError::for_image_reference)?;
+    state.metrics.instance_created();
+    record(&state, &actor, info.instance.id, addr);
+    ok(
+        StatusCode::CREATED,
+        instance_with_credentials(&state, &info),
+    )
+}
+
+pub async fn show_instance(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    addr: ClientAddr,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let info = state.service.instance_credentials(&actor, id)?;
+    record(&state, &actor, id, addr);
+    ok(StatusCode::OK, instance_with_credentials(&state, &info))
+}
+
+pub async fn destroy_instance(
+    State(state): State<AppState>,
+    Authed(actor): Authed,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let service = state.service.clone();
+    detached(async move { service.destroy_instance(&actor, id).await }).await?;
+    state.metrics.instance_destroyed();
+    no_content()
+}
+
+#[derive(Deserialize)]
+pub struct StateQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+}
+
+fn valid_state(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 512 && !s.chars().any(|c| c.is_control())
+}
+
+pub async fn authenticate(State(state): State<AppState>, Query(q): Query<StateQuery>) -> ApiResult {
+    let Some(oauth) = &state.oauth else {
+        return Err(ApiError::oauth_error(
+            "OAuth is not configured on this server",
+        ));
+    };
+    let Some(s) = q.state.filter(|s| valid_state(s)) else {
+        return Err(ApiError::oauth_error("a state parameter is required"));
+    };
+    let url = oauth.authorize_url(&s);
+    let mut response = StatusCode::FOUND.into_response();
+    let location = HeaderValue::from_str(&url).map_err(|_| ApiError::internal())?;
+    response.headers_mut().insert(LOCATION, location);
+    Ok(response)
+}
+
+const CALLBACK_PAGE: &str =
+    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Draupnir</title></head>\
+<body><p>You can close this tab and return to your terminal.</p></body></html>\n";
+const CALLBACK_FAILED: &str =
+    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Draupnir</title></head>\
+<body><p>Login failed. You can close this tab; your terminal shows the reason.</p></body></html>\n";
+
+pub async fn oauth_callback(
+    State(state): State<AppState>,
+    Query(q): Query<StateQuery>,
+) -> ApiResult {
+    let Some(oauth) = &state.oauth else {
+        return Err(ApiError::oauth_error(
+            "OAuth is not configured on this server",
+        ));
+    };
+    let Some(s) = q.state.filter(|s| valid_state(s)) else {
+        return Err(ApiError::oauth_error("a state parameter is required"));
+    };
+    let ok = oauth
+        .callback(&s, q.code.as_deref(), q.error.as_deref())
+        .await;
+    let (status, page) = if ok {
+        (StatusCode::OK, CALLBACK_PAGE)
+    } else {
+        (StatusCode::OK, CALLBACK_FAILED)
+    };
+    let mut response = (status, page).into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct AccessTokenBody {
+    data: AccessTokenData,
+}
+
+#[derive(Deserialize)]
+struct AccessTokenData {
+    #[serde(rename = "type")]
+    _kind: Option<String>,
+    attributes: AccessTokenAttributes,
+}
+
+#[derive(Deserialize)]
+struct AccessTokenAttributes {
+    state: String,
+}
+
+pub async fn access_tokens(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<AccessTokenBody>,
+) -> ApiResult {
+    let Some(oauth) = &state.oauth else {
+        return Err(ApiError::oauth_error(
+            "OAuth is not configured on this server",
+        ));
+    };
+    let s = body.data.attributes.state;
+    if !valid_state(&s) {
+        return Err(ApiError::oauth_error("a state is required"));
+    }
+    match oauth.wait(&s).await {
+        Ok(token) => Ok((StatusCode::CREATED, Json(token)).into_response()),
+        Err(reason) => Err(ApiError::oauth_error(&reason)),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> ApiResult {
+    let census = state.service.census()?;
+    let mut response = state.metrics.render(&census).into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
