@@ -77,7 +77,9 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub whitelist_reconcile_interval: Duration,
     pub use_x_forwarded_for: bool,
-    pub trusted_proxy_cidrs: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxy_cidrs: Vec<Cidr>,
     pub ssh: SshConfig,
     pub http: HttpConfig,
     pub oauth: OauthConfig,
@@ -569,6 +571,52 @@ pub const FORBIDDEN_SETTINGS: &[&str] = &[
     "include_if_exists",
 ];
 
+/// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address
+/// is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not an address range like 10.0.0.0/8");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, prefix })
+    }
+}
+
 /// A size in bytes, written as `20G`, `512MiB`, `1048576`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -632,6 +680,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     })
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse::<Cidr>().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -727,6 +782,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("loopback_size"), "{err}");
+        let err = Config::parse("trusted_proxy_cidrs = [\"10.0.0.0/33\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxy_cidrs"), "{err}");
         let err = Config::parse("[postgres]\ninstance_user = \"root\"")
             .unwrap_err()
             .to_string();

@@ -104,6 +104,7 @@ impl Service {
         for inst in self.list_instances(&system, true)? {
             *census.instances.entry(inst.state.as_str()).or_default() += 1;
         }
+        census.newest_ready_image_age_seconds = self.status()?.newest_ready_image_age_seconds;
         Ok(census)
     }
 }
@@ -114,4 +115,6 @@ pub struct Census {
     pub images: std::collections::BTreeMap<&'static str, u64>,
     pub instances: std::collections::BTreeMap<&'static str, u64>,
     pub image_bytes: u64,
+    /// Seconds since the newest ready image became ready.
+    pub newest_ready_image_age_seconds: Option<i64>,
 }

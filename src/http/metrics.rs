@@ -89,6 +89,12 @@ impl Metrics {
             "# HELP draupnir_image_bytes Bytes uploaded into all images.\n# TYPE draupnir_image_bytes gauge\ndraupnir_image_bytes {}",
             census.image_bytes
         );
+        if let Some(age) = census.newest_ready_image_age_seconds {
+            let _ = writeln!(
+                out,
+                "# HELP draupnir_newest_ready_image_age_seconds Seconds since the newest ready image became ready.\n# TYPE draupnir_newest_ready_image_age_seconds gauge\ndraupnir_newest_ready_image_age_seconds {age}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP draupnir_ssh_sessions Open SSH sessions.\n# TYPE draupnir_ssh_sessions gauge\ndraupnir_ssh_sessions {}",

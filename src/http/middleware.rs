@@ -107,8 +107,7 @@ pub async fn require_version(State(state): State<AppState>, req: Request, next: 
     next.run(req).await
 }
 
-/// The caller's address, as the allow-list records it. The peer address
-/// for now; `X-Forwarded-For` from trusted proxies belongs here.
+/// The peer's address (for the access log).
 fn client_addr<B>(req: &axum::http::Request<B>) -> Option<IpAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -118,15 +117,26 @@ fn client_addr<B>(req: &axum::http::Request<B>) -> Option<IpAddr> {
 /// The client's address, for [`crate::core::Service::record_address`].
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let xff: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let cfg = state.service.config();
+        Ok(ClientAddr(super::forwarded::client_address(
+            peer,
+            &xff,
+            cfg.use_x_forwarded_for,
+            &cfg.trusted_proxy_cidrs,
+        )))
     }
 }
 

@@ -7,6 +7,7 @@
 //! instances and users is the core's.
 
 mod error;
+pub mod forwarded;
 pub mod metrics;
 mod middleware;
 mod oauth;
@@ -161,6 +162,7 @@ fn router(state: AppState, config: &Config, extra: Router) -> Router {
         ));
     let mut open = Router::new()
         .route("/health_check", get(routes::health_check))
+        .route("/status", get(routes::status))
         .route("/authenticate", get(routes::authenticate))
         .route("/oauth_callback", get(routes::oauth_callback));
     if config.http.metrics {

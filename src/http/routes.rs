@@ -113,6 +113,16 @@ pub async fn health_check() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// Image freshness for monitoring (unauthenticated, like `/health_check`):
+/// `status` is `ok`, `stale` or `no_images`.
+pub async fn status(State(state): State<AppState>) -> ApiResult {
+    let st = state.service.status()?;
+    ok(
+        StatusCode::OK,
+        serde_json::to_value(&st).unwrap_or_default(),
+    )
+}
+
 pub async fn list_images(State(state): State<AppState>, Authed(actor): Authed) -> ApiResult {
     let images = state.service.list_images(&actor)?;
     let data: Vec<Value> = images.iter().map(image_doc).collect();
