@@ -20,6 +20,7 @@ async fn ttl_expiry_extension_and_limits() {
             InstanceRef::Id(image),
             NewInstance {
                 ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
             },
         )
         .await
@@ -36,6 +37,7 @@ async fn ttl_expiry_extension_and_limits() {
             InstanceRef::Id(image),
             NewInstance {
                 ttl: Some(Duration::from_secs(3 * 3600)),
+                ..Default::default()
             },
         )
         .await

@@ -23,6 +23,9 @@ pub enum InstanceRef {
 pub struct NewInstance {
     /// How long it lives (None: `default_instance_ttl`, or forever).
     pub ttl: Option<Duration>,
+    /// The OAuth refresh token the request came with: the cleaner destroys
+    /// the instance once the provider revokes it.
+    pub oauth_refresh_token: Option<String>,
 }
 
 /// Everything a client needs to connect to an instance.
@@ -176,6 +179,9 @@ impl Service {
         if let Some(ttl) = ttl {
             let until = time::OffsetDateTime::now_utc() + ttl;
             self.inner.store.set_instance_expiry(id, Some(until))?;
+        }
+        if let Some(token) = &opts.oauth_refresh_token {
+            self.inner.store.set_instance_oauth_token(id, token)?;
         }
         match self.bring_up(id, image.id, row.port, major).await {
             Ok(()) => {

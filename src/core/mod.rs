@@ -30,7 +30,7 @@ pub use error::{CoreError, Result};
 pub use identities::{Census, INTEGRATION_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
-pub use policy::{CleanReport, Status};
+pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use reconcile::ReconcileReport;
 
 /// Who is asking. Front doors build one from an authenticated identity.
@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub user: InstanceUser,
     pub supervisor: Supervisor,
     pub logs: PathBuf,
+    /// Asks the identity provider about refresh tokens (set by HTTP).
+    pub token_checker: std::sync::Mutex<Option<Arc<dyn policy::TokenChecker>>>,
     /// Wakes the allow-list reconcile loop.
     pub guard_wake: Arc<tokio::sync::Notify>,
     /// Serialises destroy/reconcile work on one instance id.
@@ -130,6 +132,7 @@ impl Service {
                 supervisor,
                 logs,
                 guard_wake: Arc::default(),
+                token_checker: Default::default(),
                 instance_locks: Default::default(),
             }),
         };

@@ -11,6 +11,25 @@ use crate::postgres::cluster::CLIENT_ROLE;
 use crate::postgres::pgconn;
 use crate::store::{ImageState, InstanceState};
 
+/// What an identity provider says of a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    Valid,
+    /// The provider said `invalid_grant`: access is gone.
+    Revoked,
+    /// The provider could not be asked (an outage is not a revocation).
+    Unknown,
+}
+
+/// Asks the identity provider about refresh tokens (the HTTP front door
+/// installs one when OAuth is configured).
+pub trait TokenChecker: Send + Sync {
+    fn check(
+        &self,
+        refresh_token: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = TokenStatus> + Send + '_>>;
+}
+
 /// What the cleaner did in one pass.
 #[derive(Debug, Default, Clone)]
 pub struct CleanReport {
@@ -212,9 +231,48 @@ impl Service {
         Some(row.get::<_, i64>(0) > 0)
     }
 
+    /// Let the cleaner ask the identity provider about refresh tokens.
+    pub fn set_token_checker(&self, checker: std::sync::Arc<dyn TokenChecker>) {
+        *self
+            .inner
+            .token_checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(checker);
+    }
+
+    /// Instances whose OAuth refresh token the provider revoked.
+    async fn revoked_instances(&self) -> Result<Vec<i64>> {
+        let checker = self
+            .inner
+            .token_checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(checker) = checker else {
+            return Ok(Vec::new());
+        };
+        let mut verdicts: std::collections::HashMap<String, TokenStatus> = Default::default();
+        let mut revoked = Vec::new();
+        for (id, token) in self.inner.store.instance_oauth_tokens()? {
+            let status = match verdicts.get(&token) {
+                Some(s) => *s,
+                None => {
+                    let s = checker.check(token.clone()).await;
+                    verdicts.insert(token, s);
+                    s
+                }
+            };
+            if status == TokenStatus::Revoked {
+                revoked.push(id);
+            }
+        }
+        Ok(revoked)
+    }
+
     /// One pass of the cleaner.
     pub async fn clean_once(&self) -> Result<CleanReport> {
         let mut report = CleanReport::default();
+        let revoked = self.revoked_instances().await?;
         let now = OffsetDateTime::now_utc();
         let with_access = self.inner.store.users_with_access()?;
         let upload_user = self.inner.config.shared_secret.is_some();
@@ -225,7 +283,10 @@ impl Service {
             ) {
                 continue;
             }
-            let reason = if inst.expires_at.is_some_and(|e| e <= now) {
+            let reason = if revoked.contains(&inst.id) {
+                report.access_gone.push(inst.id);
+                "its owner's OAuth grant was revoked"
+            } else if inst.expires_at.is_some_and(|e| e <= now) {
                 report.expired.push(inst.id);
                 "its lifetime ended"
             } else if !(with_access.contains(&inst.owner_id)

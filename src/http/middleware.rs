@@ -140,6 +140,11 @@ impl FromRequestParts<AppState> for ClientAddr {
     }
 }
 
+/// The OAuth refresh token a request was authenticated with (set by
+/// [`Authed`]), kept on instances so the cleaner notices revocation.
+#[derive(Clone)]
+pub struct OauthToken(pub String);
+
 /// An authenticated caller: `Authorization: Bearer <token>` turned into an
 /// actor, or 401.
 pub struct Authed(pub Actor);
@@ -157,10 +162,13 @@ impl FromRequestParts<AppState> for Authed {
             })
             .filter(|t| !t.is_empty() && t.len() <= 4096)
             .ok_or_else(ApiError::unauthorized)?;
-        let actor = state
+        let (actor, oauth) = state
             .authenticate(token)
             .await
             .ok_or_else(ApiError::unauthorized)?;
+        if oauth {
+            parts.extensions.insert(OauthToken(token.to_string()));
+        }
         if let Some(slot) = parts.extensions.get::<UserSlot>() {
             *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor.name.clone());
         }

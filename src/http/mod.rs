@@ -90,8 +90,16 @@ impl AppState {
     }
 
     /// Which user a bearer token stands for (LEGACY_API.md
-    /// "Authentication"), or `None`.
-    pub async fn authenticate(&self, token: &str) -> Option<Actor> {
+    /// "Authentication"), or `None`; and whether it was an OAuth refresh
+    /// token.
+    pub async fn authenticate(&self, token: &str) -> Option<(Actor, bool)> {
+        if let Some(actor) = self.authenticate_local(token).await {
+            return Some((actor, false));
+        }
+        self.authenticate_oauth(token).await.map(|a| (a, true))
+    }
+
+    async fn authenticate_local(&self, token: &str) -> Option<Actor> {
         let svc = &self.service;
         let log = |e: crate::core::CoreError| {
             tracing::error!(error = %e, "authentication lookup failed");
@@ -105,13 +113,20 @@ impl AppState {
             return svc.integration_actor().map_err(log).ok().flatten();
         }
         match svc.authenticate_token(token) {
-            Ok(Some(actor)) => return Some(actor),
-            Ok(None) => {}
+            Ok(Some(actor)) => Some(actor),
+            Ok(None) => None,
             Err(e) => {
                 log(e);
-                return None;
+                None
             }
         }
+    }
+
+    async fn authenticate_oauth(&self, token: &str) -> Option<Actor> {
+        let svc = &self.service;
+        let log = |e: crate::core::CoreError| {
+            tracing::error!(error = %e, "authentication lookup failed");
+        };
         let oauth = self.oauth.as_ref()?;
         let email = match oauth.email_for(token).await {
             Ok(Some(email)) => email,
@@ -243,6 +258,11 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
     // reqwest (OAuth) brings ring beside aws-lc-rs: name the process default.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let state = AppState::new(service, config)?;
+    if state.oauth.is_some() {
+        state
+            .service
+            .set_token_checker(Arc::new(oauth::Checker(Arc::downgrade(&state.0))));
+    }
     let app = router(state, config, Router::new());
     let mut server = HttpServer {
         https: None,

@@ -257,6 +257,32 @@ impl Oauth {
             .cloned()
     }
 
+    /// Is this refresh token still granted? Asked of the provider every
+    /// time (no cache): `invalid_grant` is revocation; anything else that
+    /// goes wrong is not knowing.
+    pub async fn token_status(&self, refresh_token: &str) -> crate::core::TokenStatus {
+        use crate::core::TokenStatus;
+        use oauth2::basic::BasicErrorResponseType;
+        use oauth2::RequestTokenError;
+        match self
+            .client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.to_string()))
+            .request_async(&self.http)
+            .await
+        {
+            Ok(_) => TokenStatus::Valid,
+            Err(RequestTokenError::ServerResponse(e))
+                if *e.error() == BasicErrorResponseType::InvalidGrant =>
+            {
+                TokenStatus::Revoked
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the OAuth provider about a refresh token");
+                TokenStatus::Unknown
+            }
+        }
+    }
+
     async fn ask_provider(&self, refresh_token: &str) -> Result<Lookup, ProviderError> {
         use oauth2::RequestTokenError;
         let token = match self
@@ -307,5 +333,27 @@ impl Oauth {
             Some(_) => false,
         };
         Ok(info.email.filter(|_| verified))
+    }
+}
+
+/// The cleaner's view of the provider; holds the HTTP state weakly so the
+/// service and the front door do not keep each other alive.
+pub struct Checker(pub std::sync::Weak<super::Shared>);
+
+impl crate::core::TokenChecker for Checker {
+    fn check(
+        &self,
+        refresh_token: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::core::TokenStatus> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(shared) => match &shared.oauth {
+                    Some(o) => o.token_status(&refresh_token).await,
+                    None => crate::core::TokenStatus::Unknown,
+                },
+                None => crate::core::TokenStatus::Unknown,
+            }
+        })
     }
 }

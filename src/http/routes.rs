@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
-use super::middleware::{Authed, ClientAddr, JsonBody};
+use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken};
 use super::AppState;
 use crate::core::{Actor, ConnectionInfo, InstanceRef};
 use crate::store::{Image, ImageState, Instance};
@@ -231,6 +231,7 @@ fn image_id_of(body: &Value) -> Result<i64, ApiError> {
 pub async fn create_instance(
     State(state): State<AppState>,
     Authed(actor): Authed,
+    oauth: Option<axum::Extension<OauthToken>>,
     addr: ClientAddr,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult {
@@ -241,8 +242,12 @@ pub async fn create_instance(
     let service = state.service.clone();
     let who = actor.clone();
     let info = detached(async move {
+        let opts = crate::core::NewInstance {
+            oauth_refresh_token: oauth.map(|t| t.0 .0),
+            ..Default::default()
+        };
         service
-            .create_instance(&who, InstanceRef::Id(image_id))
+            .create_instance_with(&who, InstanceRef::Id(image_id), opts)
             .await
     })
     .await

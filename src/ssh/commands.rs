@@ -627,7 +627,14 @@ async fn dispatch(
                 })?)
             };
             let info = svc
-                .create_instance_with(me, which, crate::core::NewInstance { ttl })
+                .create_instance_with(
+                    me,
+                    which,
+                    crate::core::NewInstance {
+                        ttl,
+                        ..Default::default()
+                    },
+                )
                 .await?;
             record(session, info.instance.id);
             if json {

@@ -556,6 +556,24 @@ impl Store {
         Ok(n == 1)
     }
 
+    pub fn set_instance_oauth_token(&self, id: i64, token: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE instances SET oauth_refresh_token = ?1 WHERE id = ?2",
+            params![token, id],
+        )?;
+        Ok(())
+    }
+
+    /// (instance id, refresh token) of instances created through OAuth.
+    pub fn instance_oauth_tokens(&self) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, oauth_refresh_token FROM instances WHERE oauth_refresh_token IS NOT NULL ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Every (instance port, allowed address) pair.
     pub fn allowed_ports(&self) -> Result<Vec<(u16, String)>> {
         let conn = self.conn();

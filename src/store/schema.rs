@@ -65,4 +65,9 @@ CREATE TABLE whitelisted_addresses (
 ALTER TABLE instances ADD COLUMN expires_at TEXT;
 ALTER TABLE instances ADD COLUMN last_active_at TEXT;
 "#,
+    // 3: the OAuth refresh token an instance was created with (the cleaner
+    // destroys the instance when the provider revokes it).
+    r#"
+ALTER TABLE instances ADD COLUMN oauth_refresh_token TEXT;
+"#,
 ];
