@@ -72,6 +72,7 @@ pub(crate) struct SessionSlot {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
+        crate::http::metrics::SSH_SESSIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut m) = self.shared.sessions.lock() {
             if let Some(n) = m.get_mut(&self.user_id) {
                 *n = n.saturating_sub(1);
@@ -91,6 +92,7 @@ impl Shared {
             return None;
         }
         *n += 1;
+        crate::http::metrics::SSH_SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(SessionSlot {
             shared: self.clone(),
             user_id,
