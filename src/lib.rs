@@ -13,6 +13,7 @@ pub mod core;
 pub mod guard;
 pub mod http;
 pub mod postgres;
+pub mod secret_file;
 pub mod ssh;
 pub mod storage;
 pub mod store;

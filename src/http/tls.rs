@@ -3,8 +3,7 @@
 //! `state_path/http/` (mode 0600) so clients see the same certificate
 //! across restarts.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +29,8 @@ fn read(path: &Path) -> Result<Vec<u8>, HttpError> {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), HttpError> {
-    let err = |e: std::io::Error| HttpError::Tls(format!("cannot write {}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::secret_file::write(path, data)
+        .map_err(|e| HttpError::Tls(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The PEM certificate chain and key to serve.

@@ -3,8 +3,7 @@
 //! created) on first start and reused after, so clients see one stable
 //! identity across restarts.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -72,19 +71,8 @@ fn generate(path: &Path) -> Result<PrivateKey, SshError> {
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| fail(format!("cannot encode: {e}")))?;
-    // Write to a temporary file and rename, so a crash never leaves half a key.
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(format!("cannot rename into place: {e}")))?;
+    crate::secret_file::write(path, text.as_bytes())
+        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "generated a new ssh host key");
     Ok(key)
 }
