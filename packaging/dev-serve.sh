@@ -2,7 +2,7 @@
 # Newcomer's daemon: install what Draupnir needs, build it, and run it with
 # a development config made from config.toml.example: data on a 20G sparse
 # btrfs file it creates itself, and your own SSH public key as the admin key
-# (one is generated in ~/.ssh/draupnir_admin if you have none), so that
+# (~/.ssh/id_ed25519 is generated, and named, if you have no key), so that
 #   ssh -p 2222 localhost help
 # works right away, and the HTTPS API on https://localhost:8443 with a random
 # shared_secret (the upload user's token) in dev/config.toml. Run as root
@@ -14,15 +14,15 @@ bash packaging/setup-debian.sh
 user_home="$HOME"
 if [ -n "${SUDO_USER:-}" ]; then user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"; fi
 key=""
-for k in "$user_home"/.ssh/id_ed25519.pub "$user_home"/.ssh/id_ecdsa.pub "$user_home"/.ssh/id_rsa.pub "$user_home"/.ssh/draupnir_admin.pub; do
+for k in "$user_home"/.ssh/id_ed25519.pub "$user_home"/.ssh/id_ecdsa.pub "$user_home"/.ssh/id_rsa.pub; do
   if [ -f "$k" ]; then key="$k"; break; fi
 done
 if [ -z "$key" ]; then
-  mkdir -p "$user_home/.ssh"
-  ssh-keygen -q -t ed25519 -N '' -C "draupnir-admin" -f "$user_home/.ssh/draupnir_admin"
-  if [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER": "$user_home/.ssh" "$user_home"/.ssh/draupnir_admin*; fi
-  key="$user_home/.ssh/draupnir_admin.pub"
-  echo "generated an admin key: ${key%.pub} (use: ssh -i ${key%.pub} -p 2222 localhost help)"
+  mkdir -p "$user_home/.ssh" && chmod 700 "$user_home/.ssh"
+  ssh-keygen -q -t ed25519 -N '' -C "draupnir-admin" -f "$user_home/.ssh/id_ed25519"
+  if [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER": "$user_home/.ssh" "$user_home"/.ssh/id_ed25519*; fi
+  key="$user_home/.ssh/id_ed25519.pub"
+  echo "you had no SSH key: generated ${key%.pub}, the admin key of this development daemon"
 fi
 
 mkdir -p dev
