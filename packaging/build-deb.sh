@@ -23,6 +23,11 @@ trap 'rm -rf "$stage"' EXIT
 
 install -D -m 0755 "$bin" "$stage/usr/bin/draupnir"
 install -D -m 0640 "$repo/config.toml.example" "$stage/etc/draupnir/config.toml"
+# The example's host key path is relative (to the working directory); the
+# packaged config names the key's place under /var/lib/draupnir.
+sed -i 's|^host_key_path = "keys/ssh_host_ed25519_key"|host_key_path = "/var/lib/draupnir/keys/ssh_host_ed25519_key"|' \
+  "$stage/etc/draupnir/config.toml"
+grep -q '^host_key_path = "/var/lib/draupnir/keys/' "$stage/etc/draupnir/config.toml"
 install -D -m 0644 "$here/draupnir.service" "$stage/lib/systemd/system/draupnir.service"
 install -D -m 0755 "$here/iptables-rules.sh" "$stage/usr/share/draupnir/iptables-rules.sh"
 install -D -m 0644 "$repo/README.md" "$stage/usr/share/doc/draupnir/README.md"

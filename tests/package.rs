@@ -114,6 +114,12 @@ fn deb_builds_installs_and_purges() {
     assert_eq!(mode(&root.join("etc/draupnir/config.toml")), 0o640);
     assert_eq!(mode(&root.join("var/lib/draupnir")), 0o711);
     assert_eq!(mode(&root.join("var/lib/draupnir/state")), 0o700);
+    assert_eq!(mode(&root.join("var/lib/draupnir/keys")), 0o700);
+    let config = std::fs::read_to_string(root.join("etc/draupnir/config.toml")).unwrap();
+    assert!(
+        config.contains("host_key_path = \"/var/lib/draupnir/keys/ssh_host_ed25519_key\""),
+        "{config}"
+    );
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
     let line = passwd
         .lines()
