@@ -102,6 +102,9 @@ pub fn run_with(config: &Config) -> Vec<Check> {
         instance_user(config),
     ];
     let store = sqlite(config, &mut checks);
+    if let Some(store) = &store {
+        checks.push(image_majors(config, store));
+    }
     allow_list(config, store.as_ref(), &mut checks);
     checks.push(port(
         "ssh port",
@@ -256,6 +259,44 @@ fn postgres(config: &Config) -> Check {
             NAME,
             format!("{} does not run (--version failed)", broken.join(", ")),
             "reinstall that postgresql package",
+        )
+    }
+}
+
+/// Every ready image's PostgreSQL major must still be installed, or its
+/// instances cannot start.
+fn image_majors(config: &Config, store: &Store) -> Check {
+    const NAME: &str = "image majors";
+    let images = match store.images() {
+        Ok(i) => i,
+        Err(e) => return fail(NAME, e.to_string(), "see the sqlite check"),
+    };
+    let installed = crate::postgres::cluster::installed_majors(&config.postgres.bin_root);
+    let mut missing: Vec<String> = images
+        .iter()
+        .filter(|i| i.state == crate::store::ImageState::Ready)
+        .filter_map(|i| i.pg_major.map(|m| (i.id, m)))
+        .filter(|(_, m)| !installed.contains(m))
+        .map(|(id, m)| format!("image {id} needs PostgreSQL {m}"))
+        .collect();
+    missing.sort();
+    if missing.is_empty() {
+        pass(
+            NAME,
+            format!(
+                "every ready image's major is installed ({} images)",
+                images.len()
+            ),
+        )
+    } else {
+        fail(
+            NAME,
+            format!(
+                "{}, not installed under {}",
+                missing.join(", "),
+                config.postgres.bin_root.display()
+            ),
+            "apt-get install postgresql-<major> for each, or destroy those images",
         )
     }
 }
@@ -551,5 +592,36 @@ fn clock() -> Check {
             ),
             "set the clock (timedatectl set-ntp true); certificates and TTLs depend on it",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_image_of_a_missing_major_fails() {
+        let store = Store::open_in_memory().expect("store");
+        let config = Config::default();
+        let ok = image_majors(&config, &store);
+        assert!(ok.ok, "{ok:?}");
+        let image = store.insert_image(None, None, None).expect("image");
+        store.set_image_ready(image.id, 999, 0).expect("ready");
+        let bad = image_majors(&config, &store);
+        assert!(!bad.ok);
+        assert!(bad.detail.contains("PostgreSQL 999"), "{bad:?}");
+        assert!(bad.fix.is_some());
+    }
+
+    #[test]
+    fn human_lines() {
+        let report = Report {
+            ok: false,
+            checks: vec![pass("a", "fine"), fail("bbb", "broken", "mend it")],
+        };
+        assert_eq!(
+            report.human(),
+            "ok   a    fine\nFAIL bbb  broken — fix: mend it\n"
+        );
     }
 }
