@@ -250,6 +250,12 @@ async fn serve(config: Config) -> ExitCode {
     sd_notify("STOPPING=1");
     ssh.shutdown();
     http.shutdown().await;
+    // Connections already open keep going: let their uploads and running
+    // finalises end, within shutdown_grace.
+    let left = service.drain(service.config().shutdown_grace).await;
+    if !left.is_empty() {
+        tracing::warn!(images = ?left, "shutdown_grace is over; these uploads/finalises are cut off and marked failed at the next start");
+    }
     service.shutdown();
     ExitCode::SUCCESS
 }
