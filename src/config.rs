@@ -54,6 +54,11 @@ pub struct Config {
     pub max_image_entries: u64,
     #[serde(deserialize_with = "de_duration")]
     pub clean_interval: Duration,
+    /// On SIGTERM: how long running uploads and finalises may take to end
+    /// before the daemon exits anyway (start-up reconcile then marks them
+    /// failed).
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
     /// Lifetime of a new instance when none is asked for (unset: forever).
     #[serde(deserialize_with = "de_opt_duration")]
     pub default_instance_ttl: Option<Duration>,
@@ -228,6 +233,7 @@ impl Default for Config {
             max_image_bytes: ByteSize(1 << 40),
             max_image_entries: 10_000_000,
             clean_interval: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(60),
             default_instance_ttl: None,
             max_instance_ttl: None,
             instance_idle_limit: None,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use draupnir::config::Config;
 use draupnir::core::Service;
@@ -29,6 +29,10 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Log format on stderr: `human` (colours only on a terminal) or
+        /// `json` (one JSON object per line, for journald or a collector).
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
     /// Check a configuration file and print the settings in force.
     CheckConfig {
@@ -36,17 +40,53 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Check the host and the configuration; print a fix for each failure.
+    ///
+    /// Read-only: mounts nothing, creates nothing, changes no firewall rule.
+    /// Exits 1 when any check fails.
+    Doctor {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the metadata database (safe while the
+    /// daemon runs). Restore: stop the daemon, copy the file back over
+    /// `state_path/database_file`, start the daemon.
+    BackupState {
+        /// Where to write the copy.
+        file: PathBuf,
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Print the version.
     Version,
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+        LogFormat::Human => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     // russh and russh-sftp log through `log`; route it into tracing.
     let _ = tracing_log::LogTracer::init();
 }
@@ -57,6 +97,71 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("draupnir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "draupnir",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("draupnir: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Doctor { config, json } => {
+            let report = draupnir::doctor::run(&config);
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("draupnir: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.human());
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::BackupState { file, config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("draupnir: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let db = config.database_path();
+            if !db.exists() {
+                eprintln!("draupnir: {} does not exist", db.display());
+                return ExitCode::FAILURE;
+            }
+            match draupnir::store::Store::backup(&db, &file) {
+                Ok(()) => {
+                    println!(
+                        "{}: copy of {} (integrity ok)",
+                        file.display(),
+                        db.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("draupnir: backup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
@@ -74,7 +179,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config } => {
+        Command::Serve { config, log_format } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -82,7 +187,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging();
+            init_logging(log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -137,12 +242,42 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
+    sd_notify("READY=1");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
         _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
     }
+    sd_notify("STOPPING=1");
     ssh.shutdown();
     http.shutdown().await;
+    // Connections already open keep going: let their uploads and running
+    // finalises end, within shutdown_grace.
+    let left = service.drain(service.config().shutdown_grace).await;
+    if !left.is_empty() {
+        tracing::warn!(images = ?left, "shutdown_grace is over; these uploads/finalises are cut off and marked failed at the next start");
+    }
     service.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Tell systemd (`Type=notify`) about our state through `$NOTIFY_SOCKET`;
+/// a no-op outside systemd. Failures are logged, never fatal.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().to_string();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({path}): {e}");
+    }
 }

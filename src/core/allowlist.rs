@@ -35,16 +35,20 @@ pub fn allowable(addr: IpAddr) -> Result<IpAddr> {
     Ok(addr)
 }
 
+/// The firewall rules a store's allow-list asks for (what the daemon keeps
+/// the chain equal to; `doctor` compares against it read-only).
+pub fn rules_from_store(store: &crate::store::Store) -> Result<BTreeSet<Rule>> {
+    Ok(store
+        .allowed_ports()?
+        .into_iter()
+        .filter_map(|(port, a)| a.parse::<IpAddr>().ok().map(|source| Rule { port, source }))
+        .collect())
+}
+
 impl Service {
     /// The rules the database asks for.
     pub fn desired_rules(&self) -> Result<BTreeSet<Rule>> {
-        Ok(self
-            .inner
-            .store
-            .allowed_ports()?
-            .into_iter()
-            .filter_map(|(port, a)| a.parse::<IpAddr>().ok().map(|source| Rule { port, source }))
-            .collect())
+        rules_from_store(&self.inner.store)
     }
 
     /// Allow `addr` to reach instance `id` (the owner, for a colleague or a

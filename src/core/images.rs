@@ -404,6 +404,36 @@ impl Service {
         }
     }
 
+    /// Images with an upload streaming in or a finalise running.
+    pub fn busy_images(&self) -> Result<Vec<i64>> {
+        Ok(self
+            .inner
+            .store
+            .images()?
+            .into_iter()
+            .filter(|i| i.upload_active || i.state == ImageState::Finalising)
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Daemon shutdown: wait up to `grace` for running uploads and
+    /// finalises to end. Returns the images still busy when time ran out
+    /// (start-up reconcile marks them failed).
+    pub async fn drain(&self, grace: std::time::Duration) -> Vec<i64> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = self.busy_images().unwrap_or_default();
+            if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+                return busy;
+            }
+            tracing::info!(images = ?busy, "waiting for uploads and finalises to end");
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(500)),
+            )
+            .await;
+        }
+    }
+
     /// Check and start a finalise without waiting for it (`--detach`).
     pub fn start_finalise(
         &self,

@@ -25,7 +25,7 @@ use crate::storage::layout::Layout;
 use crate::storage::loopback;
 use crate::store::Store;
 
-pub use allowlist::allowable;
+pub use allowlist::{allowable, rules_from_store};
 pub use error::{CoreError, Result};
 pub use identities::{Census, INTEGRATION_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};

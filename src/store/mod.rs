@@ -29,6 +29,13 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("no free port left in the instance port range")]
     NoFreePort,
+    #[error("the backup copy failed its integrity check: {0}")]
+    BadCopy(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -236,6 +243,73 @@ impl Store {
             source,
         })?;
         Store::init(conn)
+    }
+
+    /// Open an existing database read-only, without migrating it (for
+    /// `doctor`, which must not change anything).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Write a consistent copy of the database at `path` into `dest` with
+    /// SQLite's online backup API, while other connections (the running
+    /// daemon) keep reading and writing. The copy is made in one step (one
+    /// read transaction, so it is a single point in time), written to a
+    /// temporary file beside `dest`, checked with `PRAGMA integrity_check`
+    /// and renamed into place.
+    pub fn backup(path: &Path, dest: &Path) -> Result<()> {
+        let src = Store::open_read_only(path)?;
+        let tmp = dest.with_file_name(format!(
+            ".{}.partial",
+            dest.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "backup".into())
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| -> Result<()> {
+            let mut out = Connection::open(&tmp).map_err(|source| StoreError::Open {
+                path: tmp.display().to_string(),
+                source,
+            })?;
+            {
+                let conn = src.conn();
+                let backup = rusqlite::backup::Backup::new(&conn, &mut out)?;
+                // -1: every page in one step, under one read transaction.
+                loop {
+                    match backup.step(-1)? {
+                        rusqlite::backup::StepResult::Done => break,
+                        _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    }
+                }
+            }
+            // One self-contained file: no -wal beside it.
+            out.pragma_update(None, "journal_mode", "DELETE")?;
+            let check: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(StoreError::BadCopy(check));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => std::fs::rename(&tmp, dest).map_err(|e| StoreError::Write {
+                path: dest.display().to_string(),
+                source: e,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// An in-memory database, for unit tests.
