@@ -180,7 +180,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, log_format } => {
-            let config = match Config::load(&config) {
+            let path = config;
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("draupnir: {e}");
@@ -195,12 +196,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, path))
         }
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     // Before anything logs "running": a SIGTERM right after must be caught.
     let (mut term, mut int) = match (
@@ -231,7 +232,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!(addr = %ssh.local_addr(), "ssh listening on {}", ssh.local_addr());
-    let http = match draupnir::http::serve(service.clone(), service.config()).await {
+    let http = match draupnir::http::serve(service.clone(), &service.config()).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("cannot start the HTTP API: {e}");
@@ -243,9 +244,36 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "draupnir is running");
     sd_notify("READY=1");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping; instances keep running"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping; instances keep running"),
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(_) => {
+            eprintln!("draupnir: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping; instances keep running");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping; instances keep running");
+                break;
+            }
+            _ = hup.recv() => match Config::load(&path) {
+                Ok(new) => {
+                    let report = service.reload(new);
+                    if !report.needs_restart.is_empty() {
+                        tracing::warn!(keys = ?report.needs_restart, "these changes take effect after a restart");
+                    }
+                    if let Err(e) = http.reload_tls(&service.config()) {
+                        tracing::error!(error = %e, "TLS certificate not reloaded");
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e}"),
+            },
+        }
     }
     sd_notify("STOPPING=1");
     ssh.shutdown();

@@ -112,3 +112,120 @@ async fn serve_adopts_instances_and_sigterm_leaves_them_running() {
     let report = env.reopen().await;
     assert_eq!(report.adopted, vec![info.instance.id]);
 }
+
+/// Wait for a log line containing `needle`; returns it.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("the daemon never logged `{needle}`");
+}
+
+fn ssh_whoami(port: u16, key: &std::path::Path) -> std::process::Output {
+    Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .args(["draupnir@127.0.0.1", "whoami"])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_a_key_without_a_restart() {
+    let mut env = TestEnv::new().await;
+    env.service.take().unwrap().shutdown();
+    let config = env.dir.path().join("config.toml");
+    let mut daemon = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = wait_line(&rx, "ssh listening on");
+    let port: u16 = listening
+        .rsplit("127.0.0.1:")
+        .next()
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listening}"));
+    wait_line(&rx, "draupnir is running");
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = common::ssh::keygen(keys.path(), "newadmin", "newadmin@test");
+    assert_eq!(
+        ssh_whoami(port, &key).status.code(),
+        Some(255),
+        "unknown key refused"
+    );
+
+    // A broken config is refused; the running one stays.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\nno_such_key = 1\n")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_line(&rx, "configuration not reloaded");
+
+    // Add the key (and change a key that needs a restart).
+    let with_key = good.replacen(
+        "admin_keys = [",
+        &format!(
+            "max_auth_attempts = 3\nadmin_keys = [\"{}\", ",
+            common::ssh::public_line(&key)
+        ),
+        1,
+    );
+    std::fs::write(&config, with_key).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let reloaded = wait_line(&rx, "configuration reloaded");
+    assert!(reloaded.contains("ssh.admin_keys"), "{reloaded}");
+    assert!(reloaded.contains("ssh.max_auth_attempts"), "{reloaded}");
+    let out = ssh_whoami(port, &key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(admin)"));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}

@@ -89,19 +89,23 @@ impl Service {
             .map_err(|e| CoreError::Internal(format!("firewall: {e}")))
     }
 
-    /// The reconcile loop, when `enable_ip_whitelisting` is on.
+    /// The reconcile loop; it does nothing while `enable_ip_whitelisting`
+    /// is off (a reload may turn it on).
     pub(crate) fn spawn_guard(&self) {
-        if !self.inner.config.enable_ip_whitelisting {
-            return;
-        }
         let weak = std::sync::Arc::downgrade(&self.inner);
-        let every = self.inner.config.whitelist_reconcile_interval;
         let wake = self.inner.guard_wake.clone();
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { break };
                 let svc = Service { inner };
-                match svc.reconcile_firewall(false).await {
+                let config = svc.config();
+                let every = config.whitelist_reconcile_interval;
+                let result = if config.enable_ip_whitelisting {
+                    svc.reconcile_firewall(false).await
+                } else {
+                    Ok(Changes::default())
+                };
+                match result {
                     Ok(c) if !c.is_empty() => {
                         tracing::info!(added = ?c.added, removed = ?c.removed, "allow-list reconciled")
                     }

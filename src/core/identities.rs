@@ -48,7 +48,7 @@ impl Service {
 
     /// The integration-test user, only with `environment = "test"`.
     pub fn integration_actor(&self) -> Result<Option<Actor>> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         if cfg.environment != Environment::Test {
             return Ok(None);
         }
@@ -62,7 +62,8 @@ impl Service {
     /// configured: nobody). A user added over SSH with the same e-mail is
     /// the same user.
     pub fn actor_for_trusted_email(&self, email: &str) -> Result<Option<Actor>> {
-        let Some(domain) = self.inner.config.trusted_user_email_domain.as_deref() else {
+        let config = self.config();
+        let Some(domain) = config.trusted_user_email_domain.as_deref() else {
             return Ok(None);
         };
         let email = email.trim();

@@ -225,8 +225,7 @@ impl Service {
             )));
         }
         let budget = self
-            .inner
-            .config
+            .config()
             .max_image_bytes
             .0
             .saturating_sub(image.size_bytes);
@@ -248,7 +247,7 @@ impl Service {
         Options {
             limits: Limits {
                 max_bytes: budget,
-                max_entries: self.inner.config.max_image_entries,
+                max_entries: self.config().max_image_entries,
             },
             owner: Some(Owner {
                 uid: self.inner.user.uid,
@@ -487,7 +486,7 @@ impl Service {
     ) -> Result<Image> {
         let started = std::time::Instant::now();
         let upload = self.inner.layout.upload(id);
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let spec = FinaliseSpec {
             datadir: &upload,
             bin_root: &cfg.postgres.bin_root,

@@ -75,7 +75,7 @@ impl Service {
 
     /// The postmaster command for an instance.
     pub(crate) fn instance_spec(&self, id: i64, port: u16, major: u32) -> Result<PostmasterSpec> {
-        let bin = cluster::find_bin(&self.inner.config.postgres.bin_root, major)
+        let bin = cluster::find_bin(&self.config().postgres.bin_root, major)
             .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let datadir = self.inner.layout.instance(id);
         Ok(PostmasterSpec {
@@ -84,7 +84,7 @@ impl Service {
             settings: vec![
                 (
                     "listen_addresses".into(),
-                    self.inner.config.postgres.listen_addresses.clone(),
+                    self.config().postgres.listen_addresses.clone(),
                 ),
                 (
                     "unix_socket_directories".into(),
@@ -100,7 +100,7 @@ impl Service {
 
     /// The address to probe an instance on from this host.
     fn probe_host(&self) -> String {
-        let listen = &self.inner.config.postgres.listen_addresses;
+        let listen = &self.config().postgres.listen_addresses;
         let first = listen.split(',').map(str::trim).next().unwrap_or("*");
         if ["*", "0.0.0.0", "127.0.0.1", "localhost"]
             .iter()
@@ -156,7 +156,7 @@ impl Service {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;
         self.check_instance_quotas(actor)?;
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let row = self
             .inner
             .store
@@ -203,7 +203,7 @@ impl Service {
     }
 
     async fn bring_up(&self, id: i64, image_id: i64, port: u16, major: u32) -> Result<()> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let dir = self.inner.layout.instance(id);
         btrfs::snapshot(&self.inner.layout.snapshot(image_id), &dir, false)?;
         let mut names = vec![cfg.public_hostname.clone()];
@@ -245,7 +245,7 @@ impl Service {
         major: u32,
         creds: &Credentials,
     ) -> Result<()> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let spec = self.instance_spec(id, port, major)?;
         let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let host = self.probe_host();
@@ -369,10 +369,10 @@ impl Service {
             CoreError::InvalidState(format!("instance {id} has no credentials yet"))
         })?;
         Ok(ConnectionInfo {
-            host: self.inner.config.public_hostname.clone(),
+            host: self.config().public_hostname.clone(),
             port: instance.port,
             user: CLIENT_ROLE.into(),
-            database: self.inner.config.postgres.database.clone(),
+            database: self.config().postgres.database.clone(),
             instance,
             credentials,
         })

@@ -13,6 +13,7 @@ mod images;
 mod instances;
 mod policy;
 mod reconcile;
+mod reload;
 mod users;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use reconcile::ReconcileReport;
+pub use reload::ReloadReport;
 
 /// Who is asking. Front doors build one from an authenticated identity.
 #[derive(Debug, Clone)]
@@ -69,7 +71,8 @@ pub enum StartError {
 }
 
 pub(crate) struct Inner {
-    pub config: Config,
+    /// Swapped whole on reload (SIGHUP); readers take a snapshot.
+    pub config: std::sync::RwLock<Arc<Config>>,
     pub store: Store,
     pub layout: Layout,
     pub user: InstanceUser,
@@ -125,7 +128,7 @@ impl Service {
         let (supervisor, events) = Supervisor::new(RestartPolicy::default());
         let service = Service {
             inner: Arc::new(Inner {
-                config,
+                config: std::sync::RwLock::new(Arc::new(config)),
                 store,
                 layout,
                 user,
@@ -144,8 +147,13 @@ impl Service {
         Ok((service, report))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The configuration in force (a snapshot: a reload swaps it whole).
+    pub fn config(&self) -> Arc<Config> {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Turn supervisor events into state changes.

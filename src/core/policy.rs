@@ -73,7 +73,7 @@ impl Service {
     /// The lifetime a new instance gets: the asked one or the default,
     /// refused past `max_instance_ttl`; with only a maximum, the maximum.
     pub(crate) fn instance_ttl(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let ttl = asked.or(cfg.default_instance_ttl).or(cfg.max_instance_ttl);
         if let (Some(t), Some(max)) = (ttl, cfg.max_instance_ttl) {
             if t > max {
@@ -92,7 +92,7 @@ impl Service {
 
     /// Refuse when the free space on `data_path` is below the floor.
     pub(crate) fn check_free_space(&self, what: &str) -> Result<()> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         let Ok(st) = nix::sys::statvfs::statvfs(&cfg.data_path) else {
             return Ok(());
         };
@@ -112,7 +112,7 @@ impl Service {
 
     /// Refuse a new instance over a quota or the free-space floor.
     pub(crate) fn check_instance_quotas(&self, actor: &Actor) -> Result<()> {
-        let cfg = &self.inner.config;
+        let cfg = self.config();
         if let Some(max) = cfg.max_instances_total {
             let n = self.inner.store.instances(None, None)?.len();
             if n >= max as usize {
@@ -142,7 +142,7 @@ impl Service {
         let now = OffsetDateTime::now_utc();
         let base = inst.expires_at.filter(|e| *e > now).unwrap_or(now);
         let mut until = base + by;
-        if let Some(max) = self.inner.config.max_instance_ttl {
+        if let Some(max) = self.config().max_instance_ttl {
             let cap = now + max;
             if until > cap {
                 return Err(CoreError::BadInput(format!(
@@ -165,7 +165,7 @@ impl Service {
             .filter(|i| i.state == ImageState::Ready)
             .max_by_key(|i| (i.updated_at, i.id));
         let age = newest.map(|i| OffsetDateTime::now_utc() - i.updated_at);
-        let expected = self.inner.config.expected_image_interval;
+        let expected = self.config().expected_image_interval;
         let status = match (age, expected) {
             (None, _) => "no_images",
             (Some(a), Some(e)) if a.whole_milliseconds() > e.as_millis() as i128 => "stale",
@@ -185,7 +185,7 @@ impl Service {
     /// Destroy ready images beyond the newest `image_retention` that have
     /// no instances.
     pub(crate) async fn rotate_images(&self) -> Result<Vec<i64>> {
-        let Some(keep) = self.inner.config.image_retention else {
+        let Some(keep) = self.config().image_retention else {
             return Ok(Vec::new());
         };
         let mut ready: Vec<_> = self
@@ -216,7 +216,7 @@ impl Service {
             &dir,
             port,
             CLIENT_ROLE,
-            &self.inner.config.postgres.database,
+            &self.config().postgres.database,
             Duration::from_secs(5),
         )
         .await
@@ -275,7 +275,7 @@ impl Service {
         let revoked = self.revoked_instances().await?;
         let now = OffsetDateTime::now_utc();
         let with_access = self.inner.store.users_with_access()?;
-        let upload_user = self.inner.config.shared_secret.is_some();
+        let upload_user = self.config().shared_secret.is_some();
         for inst in self.inner.store.instances(None, None)? {
             if matches!(
                 inst.state,
@@ -295,7 +295,7 @@ impl Service {
                 report.access_gone.push(inst.id);
                 "its owner has no way in any more"
             } else if let (Some(limit), InstanceState::Running) =
-                (self.inner.config.instance_idle_limit, inst.state)
+                (self.config().instance_idle_limit, inst.state)
             {
                 match self.has_clients(inst.id, inst.port).await {
                     Some(true) => {
@@ -325,13 +325,13 @@ impl Service {
     /// Run the cleaner every `clean_interval` while the service lives.
     pub(crate) fn spawn_cleaner(&self) {
         let weak = std::sync::Arc::downgrade(&self.inner);
-        let every = self.inner.config.clean_interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+            // Read every round: a reload may change the interval.
+            while let Some(every) = weak
+                .upgrade()
+                .map(|inner| Service { inner }.config().clean_interval)
+            {
+                tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { break };
                 let svc = Service { inner };
                 if let Err(e) = svc.clean_once().await {

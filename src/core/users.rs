@@ -116,7 +116,8 @@ impl Service {
     /// Create admin users for the configured `[ssh] admin_keys` and
     /// `authorized_keys_file` at start (keys already known are skipped).
     pub(crate) fn bootstrap_admins(&self) -> std::result::Result<(), super::StartError> {
-        let cfg = &self.inner.config.ssh;
+        let config = self.config();
+        let cfg = &config.ssh;
         let mut lines: Vec<String> = cfg.admin_keys.clone();
         if let Some(path) = &cfg.authorized_keys_file {
             let text = std::fs::read_to_string(path).map_err(|source| super::StartError::Io {

@@ -216,9 +216,20 @@ pub struct HttpServer {
     http: Option<SocketAddr>,
     handles: Vec<axum_server::Handle<SocketAddr>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The HTTPS listener's certificate, swappable on reload.
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 impl HttpServer {
+    /// Serve the certificate `config` names (or the generated one) from now
+    /// on (SIGHUP); connections already open keep theirs.
+    pub fn reload_tls(&self, config: &Config) -> Result<(), HttpError> {
+        if let Some(current) = &self.tls {
+            current.reload_from_config(tls::server_config(config)?);
+        }
+        Ok(())
+    }
+
     /// Every address listened on (HTTPS first).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.https.iter().chain(self.http.iter()).copied().collect()
@@ -269,6 +280,7 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
         http: None,
         handles: Vec::new(),
         tasks: Vec::new(),
+        tls: None,
     };
     if let Some(addr) = config.http.listen_address {
         let tls = tls::server_config(config)?;
@@ -277,12 +289,11 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
         let handle = axum_server::Handle::new();
-        let srv = axum_server::from_tcp_rustls(
-            listener,
-            axum_server::tls_rustls::RustlsConfig::from_config(tls),
-        )
-        .map_err(|source| HttpError::Bind { addr, source })?
-        .handle(handle.clone());
+        let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+        server.tls = Some(rustls.clone());
+        let srv = axum_server::from_tcp_rustls(listener, rustls)
+            .map_err(|source| HttpError::Bind { addr, source })?
+            .handle(handle.clone());
         let make = app
             .clone()
             .into_make_service_with_connect_info::<SocketAddr>();
