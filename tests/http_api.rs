@@ -575,7 +575,7 @@ async fn version_check_auth_and_bad_inputs() {
     assert_eq!(r.json()["source"], json!({"parameter": "backed_up_at"}));
     let huge = format!(
         "{{\"data\":{{\"attributes\":{{\"anonymisation_script\":\"{}\"}}}}}}",
-        "x".repeat(65 << 10)
+        "x".repeat(2 << 20)
     );
     let r = send(
         api.client

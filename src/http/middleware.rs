@@ -195,3 +195,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|_| ApiError::invalid_json())
     }
 }
+
+/// Most bytes of an over-long body read and thrown away before answering
+/// 413: a client still writing it then reads the answer instead of hitting
+/// a closed connection. Longer bodies are cut off at once.
+const DRAIN_CAP: u64 = 8 << 20;
+
+/// Answer 413 to a body whose `Content-Length` is over the limit, after
+/// draining it (up to [`DRAIN_CAP`]).
+pub async fn refuse_oversized(
+    axum::extract::State(limit): axum::extract::State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => {
+            if n <= limit.saturating_add(DRAIN_CAP) {
+                let _ =
+                    axum::body::to_bytes(req.into_body(), usize::try_from(n).unwrap_or(usize::MAX))
+                        .await;
+            }
+            ApiError::payload_too_large().into_response()
+        }
+        _ => next.run(req).await,
+    }
+}

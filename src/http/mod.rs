@@ -198,6 +198,11 @@ fn router(state: AppState, config: &Config, extra: Router) -> Router {
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(config.http.max_body_size.0).unwrap_or(usize::MAX),
         ))
+        // Inside the body timeout, so a slow over-long body is cut off too.
+        .layer(axum::middleware::from_fn_with_state(
+            config.http.max_body_size.0,
+            middleware::refuse_oversized,
+        ))
         .layer(RequestBodyTimeoutLayer::new(config.http.body_timeout))
         .layer(from_fn_with_state(state.clone(), middleware::access_log))
         .layer(from_fn_with_state(state, middleware::response_headers))
