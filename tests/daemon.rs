@@ -74,21 +74,7 @@ async fn serve_adopts_instances_and_sigterm_leaves_them_running() {
     let pid = env.svc().instance_pid(info.instance.id).unwrap();
     env.service.take().unwrap().shutdown();
 
-    let mut daemon = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(env.dir.path().join("config.toml"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut daemon, rx) = spawn_daemon(&env.dir.path().join("config.toml"));
     let mut running = false;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         if line.contains("draupnir is running") {
@@ -111,6 +97,30 @@ async fn serve_adopts_instances_and_sigterm_leaves_them_running() {
     assert_eq!(psql_cert(&info, "SELECT 1").unwrap(), "1");
     let report = env.reopen().await;
     assert_eq!(report.adopted, vec![info.instance.id]);
+}
+
+/// Start `draupnir serve` with this config; its log lines arrive on the
+/// receiver.
+fn spawn_daemon(
+    config: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut daemon = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (daemon, rx)
 }
 
 /// Wait for a log line containing `needle`; returns it.
@@ -153,22 +163,7 @@ async fn sighup_adds_a_key_without_a_restart() {
     let mut env = TestEnv::new().await;
     env.service.take().unwrap().shutdown();
     let config = env.dir.path().join("config.toml");
-    let mut daemon = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut daemon, rx) = spawn_daemon(&config);
     let listening = wait_line(&rx, "ssh listening on");
     let port: u16 = listening
         .rsplit("127.0.0.1:")
