@@ -357,7 +357,7 @@ pub async fn wait_ready_tls_every(
     }
 }
 
-async fn connect_tls_with(
+pub async fn connect_tls_with(
     tls: &MakeRustlsConnect,
     host: &str,
     port: u16,

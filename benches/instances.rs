@@ -1,0 +1,273 @@
+//! new-instance and destroy latency (issue 7, targets 1, 2 and 6).
+//!
+//! The floor is done by the benchmark itself on the same image: a
+//! writable btrfs snapshot, the three certificate files, `postgres`
+//! started as the instance user, and the first certificate-authenticated
+//! query. Against it: the core's `create_instance` plus that first query
+//! (cold, then with a warm pool), `ssh draupnir new-instance` end to end
+//! with the real OpenSSH client, and the core's `destroy_instance`.
+//!
+//! `cargo bench --bench instances`; `cargo test --bench instances` is the
+//! one-round smoke run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ssh::SshEnv;
+use draupnir::core::{ConnectionInfo, InstanceRef};
+use draupnir::postgres::cluster::{self, InstanceUser, CLIENT_ROLE};
+use draupnir::postgres::{pgconn, process};
+use draupnir::storage::btrfs;
+use support::chart::Chart;
+use support::{Bench, Row, Stats, Target};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run());
+}
+
+/// Connect with the client certificate (polling every millisecond while
+/// the server starts) and run one query.
+async fn first_query(port: u16, ca: &str, cert: &str, key: &str) {
+    let tls = pgconn::tls_connector(ca, Some((cert, key))).expect("tls connector");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match pgconn::connect_tls_with(
+            &tls,
+            "127.0.0.1",
+            port,
+            CLIENT_ROLE,
+            "postgres",
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(client) => {
+                let row = client
+                    .query_one("SELECT 1", &[])
+                    .await
+                    .expect("first query");
+                let one: i32 = row.get(0);
+                assert_eq!(one, 1);
+                return;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "instance never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn query_instance(info: &ConnectionInfo) {
+    let c = &info.credentials;
+    first_query(
+        info.port,
+        &c.ca_certificate,
+        &c.client_certificate,
+        &c.client_key,
+    )
+    .await;
+}
+
+/// The floor, by hand: snapshot, certificates, `postgres`, first query.
+async fn floor_once(snapshot: &Path, scratch: &Path, user: &InstanceUser, port: u16) -> Duration {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let certs = draupnir::certs::issue_instance_certs(
+        "floor",
+        &names,
+        CLIENT_ROLE,
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    let dir = scratch.join(format!("floor-{port}"));
+    let start = Instant::now();
+    btrfs::snapshot(snapshot, &dir, false).expect("snapshot");
+    for (name, pem) in [
+        (cluster::SERVER_CERT, &certs.server_cert_pem),
+        (cluster::SERVER_KEY, &certs.server_key_pem),
+        (cluster::CA_CERT, &certs.ca_cert_pem),
+    ] {
+        cluster::write_owned(&dir, name, pem.as_bytes(), user).expect("write certificate");
+    }
+    let mut pg = Command::new(Path::new(common::PG_BIN).join("postgres"))
+        .arg("-D")
+        .arg(&dir)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .current_dir(&dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .uid(user.uid)
+        .gid(user.gid)
+        .spawn()
+        .expect("postgres");
+    first_query(
+        port,
+        &certs.ca_cert_pem,
+        &certs.client_cert_pem,
+        &certs.client_key_pem,
+    )
+    .await;
+    let took = start.elapsed();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pg.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = pg.wait();
+    btrfs::delete_subvolume(&dir).expect("delete floor snapshot");
+    took
+}
+
+async fn run() {
+    let mut bench = Bench::new("instances");
+    let base = common::port_base();
+    let extra = format!(
+        "min_instance_port = {base}\nmax_instance_port = {}\nloopback_size = \"4G\"",
+        base + 399
+    );
+    let env = SshEnv::with(&extra, "").await;
+    let svc = env.svc().clone();
+    let image = env.env.ready_image(None).await;
+    let admin = env.admin();
+    let user = env.env.user("bench");
+    let (_, snapshot) = svc.image_path(image);
+    let instance_user = InstanceUser::ensure(common::INSTANCE_USER).expect("instance user");
+    let scratch = env.env.data().join("bench");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+
+    // Warm up the page cache and the binaries once, untimed.
+    floor_once(&snapshot, &scratch, &instance_user, base + 390).await;
+
+    // 1. The floor.
+    let mut floor = Vec::new();
+    for i in 0..bench.rounds(30, 1) {
+        floor.push(
+            floor_once(
+                &snapshot,
+                &scratch,
+                &instance_user,
+                base + 380 + (i % 5) as u16,
+            )
+            .await,
+        );
+    }
+    let floor = Stats::ms(&floor);
+    bench.row(Row::new(
+        "floor: snapshot + postgres + first cert query",
+        None,
+        &floor,
+        Target::None,
+    ));
+
+    // 2. Core, cold: 100 sequential creates, kept running.
+    let mut cold = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..bench.rounds(100, 1) {
+        let t = Instant::now();
+        let info = svc
+            .create_instance(&user, InstanceRef::Id(image))
+            .await
+            .expect("create_instance");
+        query_instance(&info).await;
+        cold.push(t.elapsed());
+        ids.push(info.instance.id);
+    }
+    let cold = Stats::ms(&cold);
+    bench.row(Row::new(
+        "core create_instance + first query (cold)",
+        Some(&floor),
+        &cold,
+        Target::RatioAtMost(1.3),
+    ));
+    bench.row(Row::new(
+        format!("  … over {} sequential creates", cold.n()),
+        None,
+        &cold,
+        Target::TailAtMost(2.0),
+    ));
+
+    // 6. Destroy them all.
+    let mut destroy = Vec::new();
+    for id in ids.drain(..) {
+        let t = Instant::now();
+        svc.destroy_instance(&user, id)
+            .await
+            .expect("destroy_instance");
+        destroy.push(t.elapsed());
+    }
+    let destroy = Stats::ms(&destroy);
+    bench.row(Row::new(
+        "core destroy_instance",
+        None,
+        &destroy,
+        Target::AtMost(60.0),
+    ));
+    assert_nothing_left(&env, &svc, &admin);
+
+    // 1. ssh new-instance, end to end with the real OpenSSH client.
+    let key = env.new_user_key("sshbench", false);
+    let mut over_ssh = Vec::new();
+    for _ in 0..bench.rounds(30, 1) {
+        let t = Instant::now();
+        let out = env.ssh(&key, &["new-instance", &image.to_string()]).await;
+        over_ssh.push(t.elapsed());
+        assert!(out.status.success(), "{}", common::ssh::text(&out));
+    }
+    let over_ssh = Stats::ms(&over_ssh);
+    bench.row(Row::new(
+        "ssh draupnir new-instance (end to end)",
+        Some(&floor),
+        &over_ssh,
+        Target::PlusAtMost(60.0),
+    ));
+    for inst in svc.list_instances(&admin, true).expect("instances") {
+        svc.destroy_instance(&admin, inst.id)
+            .await
+            .expect("destroy");
+    }
+
+    bench.chart(
+        Chart::new("new-instance", "new-instance latency")
+            .baseline("floor (by hand)", &floor)
+            .draupnir("core, cold", &cold)
+            .draupnir("ssh new-instance", &over_ssh),
+    );
+    bench.chart(
+        Chart::new("destroy", "destroy-instance latency").draupnir("core destroy", &destroy),
+    );
+    drop(env);
+    bench.finish();
+}
+
+/// After the destroys: no subvolume, postmaster, row or port left.
+fn assert_nothing_left(env: &SshEnv, svc: &draupnir::core::Service, admin: &draupnir::core::Actor) {
+    let rows = svc.list_instances(admin, true).expect("instances");
+    assert!(rows.is_empty(), "rows left: {rows:?}");
+    let subvols = env.env.entries("instances");
+    assert!(subvols.is_empty(), "subvolumes left: {subvols:?}");
+    let pms: Vec<_> = env
+        .env
+        .postmasters()
+        .into_iter()
+        .filter(|(_, d)| d.starts_with(env.env.data().join("instances")))
+        .collect();
+    assert!(pms.is_empty(), "postmasters left: {pms:?}");
+    let cfg = svc.config();
+    let taken: Vec<u16> = (cfg.min_instance_port..=cfg.max_instance_port)
+        .filter(|p| !process::port_free(*p))
+        .collect();
+    assert!(taken.is_empty(), "ports still bound: {taken:?}");
+}
