@@ -83,6 +83,11 @@ impl PublicKey {
 }
 
 fn valid_name(name: &str) -> Result<()> {
+    if name == super::POOL_USER {
+        return Err(CoreError::BadInput(format!(
+            "the user name `{name}` is reserved for the warm pool"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -304,6 +309,11 @@ impl Service {
         let target = self.user_or_404(user)?;
         if target.id != actor.user_id {
             actor.require_admin("adding keys for other users")?;
+        }
+        if target.name == super::POOL_USER {
+            return Err(CoreError::BadInput(format!(
+                "`{user}` is the warm pool's system user; nobody logs in as it"
+            )));
         }
         let key = PublicKey::parse(key_line)?;
         let fp = key.fingerprint();
