@@ -132,7 +132,9 @@ impl Service {
         for inst in self.list_instances(&system, true)? {
             *census.instances.entry(inst.state.as_str()).or_default() += 1;
         }
-        census.newest_ready_image_age_seconds = self.status()?.newest_ready_image_age_seconds;
+        let status = self.status()?;
+        census.newest_ready_image_age_seconds = status.newest_ready_image_age_seconds;
+        census.warm_instances = status.warm_instances as u64;
         Ok(census)
     }
 }
@@ -143,6 +145,8 @@ pub struct Census {
     pub images: std::collections::BTreeMap<&'static str, u64>,
     pub instances: std::collections::BTreeMap<&'static str, u64>,
     pub image_bytes: u64,
+    /// Running instances waiting in the warm pool (also in `instances`).
+    pub warm_instances: u64,
     /// Seconds since the newest ready image became ready.
     pub newest_ready_image_age_seconds: Option<i64>,
 }

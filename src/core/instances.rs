@@ -466,6 +466,8 @@ impl Service {
         }
         self.destroy_instance_unchecked(id).await?;
         tracing::info!(instance = id, user = %actor.name, "instance destroyed");
+        // Room under max_instances_total, or a warm instance to replace.
+        self.poke_pool();
         Ok(())
     }
 

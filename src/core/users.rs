@@ -297,6 +297,10 @@ impl Service {
             return Err(CoreError::BadInput("you cannot remove yourself".into()));
         }
         for inst in self.inner.store.instances(Some(user.id), None)? {
+            // A warm instance handed over meanwhile is someone else's now.
+            if inst.pooled && !self.inner.store.retire_pooled_instance(inst.id)? {
+                continue;
+            }
             self.destroy_instance_unchecked(inst.id).await?;
         }
         self.inner.store.delete_user(user.id)?;
