@@ -75,6 +75,9 @@ pub struct Config {
     pub expected_image_interval: Option<Duration>,
     pub max_instances_per_user: Option<u32>,
     pub max_instances_total: Option<u32>,
+    /// Started instances kept ready per ready image, handed over on
+    /// `new-instance` (0: no warm pool).
+    pub warm_instances_per_image: u32,
     /// Refuse new instances and uploads below this much free space on
     /// `data_path`: a percentage (`5%`) or a size (`20G`).
     pub min_free_space: FreeSpace,
@@ -241,6 +244,7 @@ impl Default for Config {
             expected_image_interval: None,
             max_instances_per_user: None,
             max_instances_total: None,
+            warm_instances_per_image: 0,
             min_free_space: FreeSpace::Percent(5.0),
             enable_ip_whitelisting: false,
             whitelist_reconcile_interval: Duration::from_secs(60),
@@ -365,6 +369,13 @@ impl Config {
                     "must be greater than min_instance_port ({}), and min_instance_port above 0",
                     self.min_instance_port
                 ),
+            ));
+        }
+        let ports = u32::from(self.max_instance_port - self.min_instance_port);
+        if self.warm_instances_per_image > ports {
+            return Err(invalid(
+                "warm_instances_per_image",
+                format!("must not be more than the instance port range holds ({ports})"),
             ));
         }
         if self.public_hostname.trim().is_empty() {
@@ -780,6 +791,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_instance_port"), "{err}");
+        let err = Config::parse(
+            "min_instance_port = 7000\nmax_instance_port = 7010\nwarm_instances_per_image = 11",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("warm_instances_per_image"), "{err}");
         let err = Config::parse("clean_interval = \"10 parsecs\"")
             .unwrap_err()
             .to_string();

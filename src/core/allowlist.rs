@@ -54,7 +54,7 @@ impl Service {
     /// Allow `addr` to reach instance `id` (the owner, for a colleague or a
     /// CI runner; front doors also call it with the client's address).
     pub fn allow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<IpAddr> {
-        self.instance(actor, id)?;
+        self.owned_instance_for(actor, id)?;
         let addr = allowable(addr)?;
         self.inner.store.record_address(id, &addr.to_string())?;
         self.poke_guard();
@@ -63,7 +63,7 @@ impl Service {
 
     /// Take an address off an instance's allow-list.
     pub fn disallow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<()> {
-        self.instance(actor, id)?;
+        self.owned_instance_for(actor, id)?;
         let addr = allowable(addr)?;
         if !self.inner.store.delete_address(id, &addr.to_string())? {
             return Err(CoreError::NotFound {

@@ -1,7 +1,9 @@
 //! Identities of the HTTP front door that are not SSH keys: the legacy
 //! upload user behind `shared_secret`, the `environment = "test"`
-//! integration user, users who arrive by OAuth with a trusted e-mail, and
-//! the daemon itself (for read-only views such as metrics).
+//! integration user, users who arrive by OAuth with a trusted e-mail, the
+//! daemon itself (for read-only views such as metrics), and the warm pool's
+//! system user (owns warm instances; no key, token or e-mail: nobody logs
+//! in as it).
 //!
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
@@ -11,6 +13,9 @@ use crate::config::Environment;
 
 /// The identity string of the `shared_secret` user.
 pub const UPLOAD_USER: &str = "upload";
+
+/// The system user that owns warm instances until they are handed over.
+pub const POOL_USER: &str = "warm-pool";
 
 /// Local part of the `environment = "test"` integration user.
 pub const INTEGRATION_USER: &str = "integration-test";
@@ -37,6 +42,28 @@ impl Service {
             name: user.name,
             admin: true,
         })
+    }
+
+    /// The warm pool's user, created on first use: not an admin, no key,
+    /// token or e-mail. One that has a way in (made before the name was
+    /// reserved) is refused rather than trusted with warm instances.
+    pub(crate) fn pool_user_id(&self) -> Result<i64> {
+        let store = &self.inner.store;
+        match store.user_by_name(POOL_USER)? {
+            Some(u) => {
+                if u.is_admin || u.email.is_some() || store.users_with_access()?.contains(&u.id) {
+                    return Err(CoreError::InvalidState(format!(
+                        "user `{POOL_USER}` can log in, so it cannot own warm instances; remove it (ssh draupnir remove-user {POOL_USER})"
+                    )));
+                }
+                Ok(u.id)
+            }
+            None => {
+                let u = store.insert_user(POOL_USER, None, false)?;
+                tracing::info!(user = POOL_USER, "warm pool user created");
+                Ok(u.id)
+            }
+        }
     }
 
     /// Whether destroying an image as `actor` also destroys its instances
@@ -105,7 +132,9 @@ impl Service {
         for inst in self.list_instances(&system, true)? {
             *census.instances.entry(inst.state.as_str()).or_default() += 1;
         }
-        census.newest_ready_image_age_seconds = self.status()?.newest_ready_image_age_seconds;
+        let status = self.status()?;
+        census.newest_ready_image_age_seconds = status.newest_ready_image_age_seconds;
+        census.warm_instances = status.warm_instances as u64;
         Ok(census)
     }
 }
@@ -116,6 +145,8 @@ pub struct Census {
     pub images: std::collections::BTreeMap<&'static str, u64>,
     pub instances: std::collections::BTreeMap<&'static str, u64>,
     pub image_bytes: u64,
+    /// Running instances waiting in the warm pool (also in `instances`).
+    pub warm_instances: u64,
     /// Seconds since the newest ready image became ready.
     pub newest_ready_image_age_seconds: Option<i64>,
 }

@@ -415,11 +415,14 @@ impl Service {
             .collect())
     }
 
-    /// Daemon shutdown: wait up to `grace` for running uploads and
-    /// finalises to end. Returns the images still busy when time ran out
+    /// Daemon shutdown: stop the warm pool's refill, and wait up to `grace`
+    /// for running uploads and finalises (and a warm instance being
+    /// started) to end. Returns the images still busy when time ran out
     /// (start-up reconcile marks them failed).
     pub async fn drain(&self, grace: std::time::Duration) -> Vec<i64> {
         let deadline = tokio::time::Instant::now() + grace;
+        // No new warm instance from now on; one being started may finish.
+        self.stop_pool(deadline).await;
         loop {
             let busy = self.busy_images().unwrap_or_default();
             if busy.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -521,6 +524,7 @@ impl Service {
                 if let Err(e) = self.rotate_images().await {
                     tracing::warn!(error = %e, "image rotation failed");
                 }
+                self.poke_pool();
                 self.image_or_404(id)
             }
             Err(reason) => {
@@ -545,7 +549,8 @@ impl Service {
     }
 
     /// Destroy an image. With `cascade` its instances are destroyed first;
-    /// without, an image with instances is refused.
+    /// without, an image with instances is refused (its warm pool does not
+    /// count: it always goes with the image).
     pub async fn destroy_image(&self, actor: &Actor, id: i64, cascade: bool) -> Result<()> {
         actor.require_admin("destroying images")?;
         let image = self.image_or_404(id)?;
@@ -554,21 +559,31 @@ impl Service {
                 "image {id} is being finalised; wait for it to finish"
             )));
         }
-        let instances = self.inner.store.instances(None, Some(id))?;
-        if !instances.is_empty() && !cascade {
-            return Err(CoreError::ImageHasInstances {
-                id,
-                count: instances.len(),
-            });
+        let owned = self
+            .inner
+            .store
+            .instances(None, Some(id))?
+            .iter()
+            .filter(|i| !i.pooled)
+            .count();
+        if owned > 0 && !cascade {
+            return Err(CoreError::ImageHasInstances { id, count: owned });
         }
         self.destroy_image_unchecked(id).await?;
         tracing::info!(image = id, user = %actor.name, "image destroyed");
         Ok(())
     }
 
-    /// Destroy an image's instances, files and row.
+    /// Destroy an image's instances (warm ones first, so none of them is
+    /// handed over meanwhile), files and row. No pool refill runs
+    /// meanwhile, so no warm instance of it is started behind our back.
     pub(crate) async fn destroy_image_unchecked(&self, id: i64) -> Result<()> {
-        for inst in self.inner.store.instances(None, Some(id))? {
+        let _refill = self.pause_pool().await;
+        let instances = self.inner.store.instances(None, Some(id))?;
+        for inst in instances.iter().filter(|i| i.pooled) {
+            self.inner.store.retire_pooled_instance(inst.id)?;
+        }
+        for inst in instances {
             self.destroy_instance_unchecked(inst.id).await?;
         }
         btrfs::delete_subvolume(&self.inner.layout.upload(id))?;

@@ -127,7 +127,9 @@ impl Service {
             .await
     }
 
-    /// [`Service::create_instance`] with options.
+    /// [`Service::create_instance`] with options. A warm instance of the
+    /// image is handed over when the pool has one; otherwise one is started
+    /// now (the cold path).
     pub async fn create_instance_with(
         &self,
         actor: &Actor,
@@ -155,16 +157,49 @@ impl Service {
         let major = image.pg_major.ok_or_else(|| {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;
-        self.check_instance_quotas(actor)?;
+        self.check_user_quota(actor)?;
+        let token = opts.oauth_refresh_token.as_deref();
+        if let Some(info) = self.hand_over(actor, image.id, ttl, token)? {
+            tracing::info!(instance = info.instance.id, image = image.id, port = info.port, user = %actor.name,
+                warm = true, ms = started.elapsed().as_millis() as u64, "instance created");
+            return Ok(info);
+        }
+        // Held until the row is in: no refill takes the room made here.
+        let _room = self.make_room(image.id).await?;
+        self.check_free_space("new instance")?;
+        let (id, port) = self
+            .start_instance(image.id, major, actor.user_id, false, ttl, token)
+            .await?;
+        tracing::info!(instance = id, image = image.id, port, user = %actor.name,
+            warm = false, ms = started.elapsed().as_millis() as u64, "instance created");
+        // The pool of this image is empty: it may want refilling.
+        self.poke_pool();
+        self.connection_info(id)
+    }
+
+    /// Start a new instance of a ready image (flow 4): record the intent,
+    /// snapshot, certificates, postmaster. `pooled`: a warm instance for the
+    /// pool. Everything is undone when it fails. Returns its id and port.
+    pub(crate) async fn start_instance(
+        &self,
+        image_id: i64,
+        major: u32,
+        owner_id: i64,
+        pooled: bool,
+        ttl: Option<Duration>,
+        oauth_refresh_token: Option<&str>,
+    ) -> Result<(i64, u16)> {
         let cfg = self.config();
         let row = self
             .inner
             .store
             .insert_instance(
-                image.id,
-                actor.user_id,
+                image_id,
+                owner_id,
+                pooled,
                 cfg.min_instance_port,
                 cfg.max_instance_port,
+                cfg.max_instances_total,
                 process::port_free,
             )
             .map_err(|e| match e {
@@ -172,25 +207,29 @@ impl Service {
                     min: cfg.min_instance_port,
                     max: cfg.max_instance_port,
                 },
+                StoreError::TooManyInstances { count, max } => {
+                    super::policy::total_quota_error(count, max)
+                }
                 other => other.into(),
             })?;
         let id = row.id;
         let _lock = self.lock_instance(id).await;
+        let mut outcome = Ok(());
         if let Some(ttl) = ttl {
             let until = time::OffsetDateTime::now_utc() + ttl;
-            self.inner.store.set_instance_expiry(id, Some(until))?;
+            outcome = self.inner.store.set_instance_expiry(id, Some(until));
         }
-        if let Some(token) = &opts.oauth_refresh_token {
-            self.inner.store.set_instance_oauth_token(id, token)?;
+        if let (Ok(()), Some(token)) = (&outcome, oauth_refresh_token) {
+            outcome = self.inner.store.set_instance_oauth_token(id, token);
         }
-        match self.bring_up(id, image.id, row.port, major).await {
-            Ok(()) => {
-                tracing::info!(instance = id, image = image.id, port = row.port, user = %actor.name,
-                    ms = started.elapsed().as_millis() as u64, "instance created");
-                self.connection_info(id)
-            }
+        let outcome = match outcome {
+            Ok(()) => self.bring_up(id, image_id, row.port, major).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => Ok((id, row.port)),
             Err(e) => {
-                tracing::warn!(instance = id, error = %e, "instance creation failed");
+                tracing::warn!(instance = id, pooled, error = %e, "instance creation failed");
                 self.inner.supervisor.stop(id).await;
                 if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
                     Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
@@ -283,7 +322,7 @@ impl Service {
     /// the postmaster is stopped, the snapshots swapped and it is started.
     pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
         let started = std::time::Instant::now();
-        let inst = self.instance_for(actor, id)?;
+        let inst = self.owned_instance_for(actor, id)?;
         let _lock = self.lock_instance(id).await;
         if !matches!(inst.state, InstanceState::Running | InstanceState::Failed) {
             return Err(CoreError::InvalidState(format!(
@@ -329,6 +368,20 @@ impl Service {
         self.connection_info(id)
     }
 
+    /// An instance someone owns, for what only an owner does (connect,
+    /// reset, extend, allow addresses): a warm instance waiting in the pool
+    /// is refused even to admins, so no credentials or addresses of it
+    /// exist outside the daemon before its owner gets it.
+    pub(crate) fn owned_instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {
+        let inst = self.instance_for(actor, id)?;
+        if inst.pooled {
+            return Err(CoreError::InvalidState(format!(
+                "instance {id} is a warm instance waiting in the pool; it has no owner yet"
+            )));
+        }
+        Ok(inst)
+    }
+
     fn instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {
         let not_found = || CoreError::NotFound {
             what: "instance",
@@ -356,7 +409,7 @@ impl Service {
         self.instance_for(actor, id)
     }
 
-    fn connection_info(&self, id: i64) -> Result<ConnectionInfo> {
+    pub(crate) fn connection_info(&self, id: i64) -> Result<ConnectionInfo> {
         let instance = self
             .inner
             .store
@@ -381,7 +434,7 @@ impl Service {
     /// Flow 5: how to connect, with the certificates. Only the owner (or
     /// an admin) gets them.
     pub fn instance_credentials(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
-        let inst = self.instance_for(actor, id)?;
+        let inst = self.owned_instance_for(actor, id)?;
         if inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying {
             return Err(CoreError::InvalidState(format!(
                 "instance {id} is {}",
@@ -402,11 +455,19 @@ impl Service {
         Ok(self.inner.store.addresses(id)?)
     }
 
-    /// Flow 6, for the owner or an admin.
+    /// Flow 6, for the owner or an admin (who may also destroy a warm
+    /// instance; the pool starts another).
     pub async fn destroy_instance(&self, actor: &Actor, id: i64) -> Result<()> {
-        self.instance_for(actor, id)?;
+        let inst = self.instance_for(actor, id)?;
+        if inst.pooled && !self.inner.store.retire_pooled_instance(id)? {
+            return Err(CoreError::Conflict(format!(
+                "instance {id} is no longer a waiting warm instance (handed over, or being started or destroyed); look again"
+            )));
+        }
         self.destroy_instance_unchecked(id).await?;
         tracing::info!(instance = id, user = %actor.name, "instance destroyed");
+        // Room under max_instances_total, or a warm instance to replace.
+        self.poke_pool();
         Ok(())
     }
 

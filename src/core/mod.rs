@@ -12,6 +12,7 @@ mod identities;
 mod images;
 mod instances;
 mod policy;
+mod pool;
 mod reconcile;
 mod reload;
 mod users;
@@ -28,10 +29,11 @@ use crate::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
 pub use error::{CoreError, Result};
-pub use identities::{Census, INTEGRATION_USER, UPLOAD_USER};
+pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
+pub use pool::RefillReport;
 pub use reconcile::ReconcileReport;
 pub use reload::ReloadReport;
 
@@ -84,6 +86,8 @@ pub(crate) struct Inner {
     pub guard_wake: Arc<tokio::sync::Notify>,
     /// Serialises destroy/reconcile work on one instance id.
     pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// The warm pool's refill task state.
+    pub pool: Arc<pool::PoolState>,
 }
 
 /// The service. Cheap to clone.
@@ -137,6 +141,7 @@ impl Service {
                 guard_wake: Arc::default(),
                 token_checker: Default::default(),
                 instance_locks: Default::default(),
+                pool: Default::default(),
             }),
         };
         service.spawn_event_loop(events);
@@ -144,6 +149,8 @@ impl Service {
         service.bootstrap_admins()?;
         let report = service.reconcile().await;
         service.spawn_guard();
+        // Adopted warm instances count; the pool is refilled to size.
+        service.spawn_pool();
         Ok((service, report))
     }
 
@@ -184,8 +191,10 @@ impl Service {
         });
     }
 
-    /// Stop supervising without stopping any instance (daemon shutdown).
+    /// Stop supervising without stopping any instance (daemon shutdown);
+    /// no warm instance is started any more.
     pub fn shutdown(&self) {
+        self.inner.pool.stop();
         self.inner.supervisor.detach_all();
     }
 

@@ -49,7 +49,10 @@ pub struct Status {
     pub newest_ready_image_age_seconds: Option<i64>,
     pub expected_image_interval_seconds: Option<u64>,
     pub images: usize,
+    /// Instances users have (warm ones are counted apart).
     pub instances: usize,
+    /// Started instances waiting in the warm pool, over all images.
+    pub warm_instances: usize,
 }
 
 fn human(d: Duration) -> String {
@@ -63,6 +66,13 @@ fn human(d: Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// The refusal at `max_instances_total`.
+pub(crate) fn total_quota_error(n: usize, max: u32) -> CoreError {
+    CoreError::Quota(format!(
+        "this host already runs {n} instances (max_instances_total = {max}); destroy one first"
+    ))
 }
 
 fn gib(b: u64) -> String {
@@ -110,18 +120,22 @@ impl Service {
         Ok(())
     }
 
-    /// Refuse a new instance over a quota or the free-space floor.
-    pub(crate) fn check_instance_quotas(&self, actor: &Actor) -> Result<()> {
-        let cfg = self.config();
-        if let Some(max) = cfg.max_instances_total {
+    /// Refuse a new instance over `max_instances_total` (warm instances
+    /// count: they are rows).
+    pub(crate) fn check_total_quota(&self) -> Result<()> {
+        if let Some(max) = self.config().max_instances_total {
             let n = self.inner.store.instances(None, None)?.len();
             if n >= max as usize {
-                return Err(CoreError::Quota(format!(
-                    "this host already runs {n} instances (max_instances_total = {max}); destroy one first"
-                )));
+                return Err(total_quota_error(n, max));
             }
         }
-        if let Some(max) = cfg.max_instances_per_user {
+        Ok(())
+    }
+
+    /// Refuse `actor` another instance over `max_instances_per_user` (warm
+    /// instances are nobody's: they never count here).
+    pub(crate) fn check_user_quota(&self, actor: &Actor) -> Result<()> {
+        if let Some(max) = self.config().max_instances_per_user {
             let n = self.inner.store.instances(Some(actor.user_id), None)?.len();
             if n >= max as usize {
                 return Err(CoreError::Quota(format!(
@@ -129,13 +143,13 @@ impl Service {
                 )));
             }
         }
-        self.check_free_space("new instance")
+        Ok(())
     }
 
     /// Push an instance's expiry `by` further (from now when it had none or
     /// it is past), up to `max_instance_ttl` from now.
     pub fn extend_instance(&self, actor: &Actor, id: i64, by: Duration) -> Result<OffsetDateTime> {
-        let inst = self.instance(actor, id)?;
+        let inst = self.owned_instance_for(actor, id)?;
         if by.is_zero() {
             return Err(CoreError::BadInput("extend by more than 0".into()));
         }
@@ -178,12 +192,19 @@ impl Service {
             newest_ready_image_age_seconds: age,
             expected_image_interval_seconds: expected.map(|e| e.as_secs()),
             images: images.len(),
-            instances: self.inner.store.instances(None, None)?.len(),
+            instances: self
+                .inner
+                .store
+                .instances(None, None)?
+                .iter()
+                .filter(|i| !i.pooled)
+                .count(),
+            warm_instances: self.inner.store.warm_count(None)?,
         })
     }
 
     /// Destroy ready images beyond the newest `image_retention` that have
-    /// no instances.
+    /// no instances (warm ones do not count: they go with their image).
     pub(crate) async fn rotate_images(&self) -> Result<Vec<i64>> {
         let Some(keep) = self.config().image_retention else {
             return Ok(Vec::new());
@@ -198,7 +219,13 @@ impl Service {
         ready.sort_by_key(|i| std::cmp::Reverse((i.updated_at, i.id)));
         let mut gone = Vec::new();
         for old in ready.into_iter().skip(keep as usize) {
-            if !self.inner.store.instances(None, Some(old.id))?.is_empty() {
+            if self
+                .inner
+                .store
+                .instances(None, Some(old.id))?
+                .iter()
+                .any(|i| !i.pooled)
+            {
                 continue;
             }
             self.destroy_image_unchecked(old.id).await?;
@@ -277,10 +304,14 @@ impl Service {
         let with_access = self.inner.store.users_with_access()?;
         let upload_user = self.config().shared_secret.is_some();
         for inst in self.inner.store.instances(None, None)? {
-            if matches!(
-                inst.state,
-                InstanceState::Creating | InstanceState::Destroying
-            ) {
+            // Warm instances have no owner, lifetime or clients yet: the
+            // pool looks after them.
+            if inst.pooled
+                || matches!(
+                    inst.state,
+                    InstanceState::Creating | InstanceState::Destroying
+                )
+            {
                 continue;
             }
             let reason = if revoked.contains(&inst.id) {

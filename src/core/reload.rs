@@ -48,6 +48,7 @@ fn diff(old: &Config, new: &Config) -> ReloadReport {
     k!("expected_image_interval", expected_image_interval, true);
     k!("max_instances_per_user", max_instances_per_user, true);
     k!("max_instances_total", max_instances_total, true);
+    k!("warm_instances_per_image", warm_instances_per_image, true);
     k!("min_free_space", min_free_space, true);
     k!("enable_ip_whitelisting", enable_ip_whitelisting, true);
     k!(
@@ -141,6 +142,9 @@ impl Service {
             tracing::warn!(error = %e, "admin keys not reloaded");
         }
         self.poke_guard();
+        // A new warm_instances_per_image, quota or free-space floor: the
+        // pool grows or shrinks to match.
+        self.poke_pool();
         tracing::info!(applied = ?report.applied, needs_restart = ?report.needs_restart, "configuration reloaded");
         report
     }

@@ -83,6 +83,11 @@ impl PublicKey {
 }
 
 fn valid_name(name: &str) -> Result<()> {
+    if name == super::POOL_USER {
+        return Err(CoreError::BadInput(format!(
+            "the user name `{name}` is reserved for the warm pool"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -292,6 +297,10 @@ impl Service {
             return Err(CoreError::BadInput("you cannot remove yourself".into()));
         }
         for inst in self.inner.store.instances(Some(user.id), None)? {
+            // A warm instance handed over meanwhile is someone else's now.
+            if inst.pooled && !self.inner.store.retire_pooled_instance(inst.id)? {
+                continue;
+            }
             self.destroy_instance_unchecked(inst.id).await?;
         }
         self.inner.store.delete_user(user.id)?;
@@ -304,6 +313,11 @@ impl Service {
         let target = self.user_or_404(user)?;
         if target.id != actor.user_id {
             actor.require_admin("adding keys for other users")?;
+        }
+        if target.name == super::POOL_USER {
+            return Err(CoreError::BadInput(format!(
+                "`{user}` is the warm pool's system user; nobody logs in as it"
+            )));
         }
         let key = PublicKey::parse(key_line)?;
         let fp = key.fingerprint();

@@ -86,6 +86,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP draupnir_warm_instances Started instances waiting in the warm pool (also counted in draupnir_instances).\n# TYPE draupnir_warm_instances gauge\ndraupnir_warm_instances {}",
+            census.warm_instances
+        );
+        let _ = writeln!(
+            out,
             "# HELP draupnir_image_bytes Bytes uploaded into all images.\n# TYPE draupnir_image_bytes gauge\ndraupnir_image_bytes {}",
             census.image_bytes
         );

@@ -744,13 +744,14 @@ async fn dispatch(
             say(
                 out,
                 format!(
-                    "status     {}\nnewest     {newest}\nexpected   {}\nimages     {}\ninstances  {}\n",
+                    "status     {}\nnewest     {newest}\nexpected   {}\nimages     {}\ninstances  {}\nwarm       {}\n",
                     st.status,
                     st.expected_image_interval_seconds
                         .map(|s| format!("a new image every {}h", s / 3600))
                         .unwrap_or_else(|| "not set (expected_image_interval)".into()),
                     st.images,
-                    st.instances
+                    st.instances,
+                    st.warm_instances
                 ),
             )
             .await

@@ -115,6 +115,7 @@ pub fn instance_json(i: &Instance, hostname: &str) -> Value {
         "hostname": hostname,
         "port": i.port,
         "owner": i.owner_name,
+        "pooled": i.pooled,
         "expires_at": ts(i.expires_at),
         "created_at": format_ts(i.created_at),
         "updated_at": format_ts(i.updated_at),

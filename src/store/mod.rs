@@ -29,6 +29,8 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("no free port left in the instance port range")]
     NoFreePort,
+    #[error("{count} instances exist, the most allowed is {max}")]
+    TooManyInstances { count: usize, max: u32 },
     #[error("the backup copy failed its integrity check: {0}")]
     BadCopy(String),
     #[error("cannot write {path}: {source}")]
@@ -129,6 +131,8 @@ pub struct Instance {
     pub expires_at: Option<OffsetDateTime>,
     /// Last time the cleaner saw a client connected.
     pub last_active_at: Option<OffsetDateTime>,
+    /// Waiting in the warm pool (owned by the pool's system user).
+    pub pooled: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -190,7 +194,7 @@ fn opt_ts_col(row: &Row, idx: &str) -> rusqlite::Result<Option<OffsetDateTime>> 
 }
 
 const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at";
-const INSTANCE_COLS: &str = "i.id, i.image_id, i.owner_id, u.name AS owner_name, i.state, i.failure_reason, i.port, i.pid, i.expires_at, i.last_active_at, i.created_at, i.updated_at";
+const INSTANCE_COLS: &str = "i.id, i.image_id, i.owner_id, u.name AS owner_name, i.state, i.failure_reason, i.port, i.pid, i.expires_at, i.last_active_at, i.pooled, i.created_at, i.updated_at";
 
 fn image_row(row: &Row) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -220,6 +224,7 @@ fn instance_row(row: &Row) -> rusqlite::Result<Instance> {
         pid: row.get("pid")?,
         expires_at: opt_ts_col(row, "expires_at")?,
         last_active_at: opt_ts_col(row, "last_active_at")?,
+        pooled: row.get("pooled")?,
         created_at: ts_col(row, "created_at")?,
         updated_at: ts_col(row, "updated_at")?,
     })
@@ -474,13 +479,18 @@ impl Store {
 
     /// Record the intent to create an instance: pick the lowest port in
     /// `[min, max)` that no row holds and `port_free` accepts, and insert a
-    /// `creating` row holding it, atomically.
+    /// `creating` row holding it, atomically; refused when `max_total` rows
+    /// exist already. `pooled`: a warm instance for the pool (the only way
+    /// a row gets the flag).
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_instance(
         &self,
         image_id: i64,
         owner_id: i64,
+        pooled: bool,
         min_port: u16,
         max_port: u16,
+        max_total: Option<u32>,
         port_free: impl Fn(u16) -> bool,
     ) -> Result<Instance> {
         let mut conn = self.conn();
@@ -490,19 +500,85 @@ impl Store {
             let rows = stmt.query_map([], |r| r.get::<_, u16>(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        if let Some(max) = max_total {
+            if used.len() >= max as usize {
+                return Err(StoreError::TooManyInstances {
+                    count: used.len(),
+                    max,
+                });
+            }
+        }
         let port = (min_port..max_port)
             .find(|p| !used.contains(p) && port_free(*p))
             .ok_or(StoreError::NoFreePort)?;
         let ts = format_ts(now());
         tx.execute(
-            "INSERT INTO instances (image_id, owner_id, state, port, created_at, updated_at) VALUES (?1, ?2, 'creating', ?3, ?4, ?4)",
-            params![image_id, owner_id, port, ts],
+            "INSERT INTO instances (image_id, owner_id, pooled, state, port, created_at, updated_at) VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?5)",
+            params![image_id, owner_id, pooled, port, ts],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
         drop(conn);
         self.instance(id)?
             .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Hand a running warm instance of `image_id` to `owner_id`, in one
+    /// statement so two callers never get the same one: it leaves the pool
+    /// (for good), gets its owner, lifetime, `last_active_at` and OAuth
+    /// token, and its `created_at` becomes now (when its owner got it).
+    /// Any allow-listed address is dropped in the same transaction. `None`
+    /// when the pool of that image is empty.
+    pub fn claim_pooled_instance(
+        &self,
+        image_id: i64,
+        owner_id: i64,
+        expires_at: Option<OffsetDateTime>,
+        oauth_refresh_token: Option<&str>,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ts = format_ts(now());
+        let id: Option<i64> = tx
+            .query_row(
+                "UPDATE instances SET owner_id = ?1, pooled = 0, expires_at = ?2, last_active_at = ?3, \
+                 oauth_refresh_token = ?4, created_at = ?3, updated_at = ?3 \
+                 WHERE id = (SELECT id FROM instances WHERE image_id = ?5 AND pooled = 1 AND state = 'running' ORDER BY id LIMIT 1) \
+                 RETURNING id",
+                params![owner_id, expires_at.map(format_ts), ts, oauth_refresh_token, image_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = id {
+            tx.execute(
+                "DELETE FROM whitelisted_addresses WHERE instance_id = ?1",
+                [id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Take a warm instance out of the pool to destroy it: it becomes
+    /// `destroying` only if it is still pooled and not being created or
+    /// destroyed already, atomically with respect to a handover. False when
+    /// it was handed over (or is gone) meanwhile.
+    pub fn retire_pooled_instance(&self, id: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE instances SET state = 'destroying', updated_at = ?1 WHERE id = ?2 AND pooled = 1 AND state IN ('running', 'failed')",
+            params![format_ts(now()), id],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Running warm instances of one image (or of all images).
+    pub fn warm_count(&self, image_id: Option<i64>) -> Result<usize> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM instances WHERE pooled = 1 AND state = 'running' AND (?1 IS NULL OR image_id = ?1)",
+            [image_id],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as usize)
     }
 
     pub fn instance(&self, id: i64) -> Result<Option<Instance>> {
@@ -813,22 +889,75 @@ mod tests {
         let img = s.insert_image(None, Some("select 1"), Some(u.id)).unwrap();
         assert_eq!(img.state, ImageState::Uploading);
         let a = s
-            .insert_instance(img.id, u.id, 7000, 7003, |_| true)
+            .insert_instance(img.id, u.id, false, 7000, 7003, None, |_| true)
             .unwrap();
         let b = s
-            .insert_instance(img.id, u.id, 7000, 7003, |p| p != 7001)
+            .insert_instance(img.id, u.id, false, 7000, 7003, Some(3), |p| p != 7001)
             .unwrap();
         assert_eq!(a.port, 7000);
         assert_eq!(b.port, 7002);
         assert!(matches!(
-            s.insert_instance(img.id, u.id, 7000, 7003, |p| p != 7001),
+            s.insert_instance(img.id, u.id, false, 7000, 7003, Some(3), |p| p != 7001),
             Err(StoreError::NoFreePort)
+        ));
+        assert!(matches!(
+            s.insert_instance(img.id, u.id, false, 7000, 7010, Some(2), |_| true),
+            Err(StoreError::TooManyInstances { count: 2, max: 2 })
         ));
         s.record_address(a.id, "192.0.2.1").unwrap();
         s.record_address(a.id, "192.0.2.1").unwrap();
         assert_eq!(s.addresses(a.id).unwrap(), vec!["192.0.2.1".to_string()]);
         s.delete_instance(a.id).unwrap();
         assert!(s.addresses(a.id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn warm_instances_are_claimed_once_and_never_return() {
+        let s = Store::open_in_memory().unwrap();
+        let pool = s.insert_user("warm-pool", None, false).unwrap();
+        let bob = s.insert_user("bob", None, false).unwrap();
+        let img = s.insert_image(None, None, None).unwrap();
+        let a = s
+            .insert_instance(img.id, pool.id, true, 7000, 7010, None, |_| true)
+            .unwrap();
+        let b = s
+            .insert_instance(img.id, pool.id, true, 7000, 7010, None, |_| true)
+            .unwrap();
+        assert!(a.pooled && b.pooled);
+        // Still `creating`: nothing to hand over, nothing counted.
+        assert_eq!(
+            s.claim_pooled_instance(img.id, bob.id, None, None).unwrap(),
+            None
+        );
+        assert_eq!(s.warm_count(Some(img.id)).unwrap(), 0);
+        s.set_instance_state(a.id, InstanceState::Running, None)
+            .unwrap();
+        s.set_instance_state(b.id, InstanceState::Running, None)
+            .unwrap();
+        s.record_address(a.id, "192.0.2.1").unwrap();
+        assert_eq!(s.warm_count(None).unwrap(), 2);
+        let until = now() + time::Duration::hours(1);
+        let got = s
+            .claim_pooled_instance(img.id, bob.id, Some(until), Some("rt"))
+            .unwrap();
+        assert_eq!(got, Some(a.id), "the oldest first");
+        let a2 = s.instance(a.id).unwrap().unwrap();
+        assert!(!a2.pooled);
+        assert_eq!(a2.owner_id, bob.id);
+        assert!(a2.expires_at.is_some() && a2.last_active_at.is_some());
+        assert!(s.addresses(a.id).unwrap().is_empty());
+        assert_eq!(
+            s.instance_oauth_tokens().unwrap(),
+            vec![(a.id, "rt".into())]
+        );
+        // A handed-over instance cannot be retired (or claimed) as warm.
+        assert!(!s.retire_pooled_instance(a.id).unwrap());
+        assert!(s.retire_pooled_instance(b.id).unwrap());
+        assert_eq!(
+            s.claim_pooled_instance(img.id, bob.id, None, None).unwrap(),
+            None
+        );
+        assert_eq!(s.warm_count(Some(img.id)).unwrap(), 0);
     }
 
     #[test]

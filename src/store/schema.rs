@@ -70,4 +70,11 @@ ALTER TABLE instances ADD COLUMN last_active_at TEXT;
     r#"
 ALTER TABLE instances ADD COLUMN oauth_refresh_token TEXT;
 "#,
+    // 4: the warm pool. A pooled instance is running, owned by the pool's
+    // system user and waiting to be handed over; a handover clears the flag
+    // and nothing ever sets it on an existing row.
+    r#"
+ALTER TABLE instances ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX instances_pool ON instances(image_id, pooled, state);
+"#,
 ];
