@@ -227,6 +227,21 @@ async fn run() {
         assert!(out.status.success(), "{}", common::ssh::text(&out));
     }
     let over_ssh = Stats::ms(&over_ssh);
+    // What the SSH connection alone costs: handshake, key auth, a trivial command.
+    let mut handshake = Vec::new();
+    for _ in 0..bench.rounds(30, 1) {
+        let t = Instant::now();
+        let out = env.ssh(&key, &["whoami"]).await;
+        handshake.push(t.elapsed());
+        assert!(out.status.success(), "{}", common::ssh::text(&out));
+    }
+    let handshake = Stats::ms(&handshake);
+    bench.row(Row::new(
+        "ssh draupnir whoami (connection alone)",
+        None,
+        &handshake,
+        Target::None,
+    ));
     bench.row(Row::new(
         "ssh draupnir new-instance (end to end)",
         Some(&floor),
@@ -239,11 +254,82 @@ async fn run() {
             .expect("destroy");
     }
 
+    drop(svc);
+    drop(env);
+
+    // 2. Warm pool: K started instances per image, handed over.
+    let k = 2;
+    let env = SshEnv::with(&format!("{extra}\nwarm_instances_per_image = {k}"), "").await;
+    let svc = env.svc().clone();
+    let image = env.env.ready_image(None).await;
+    let user = env.env.user("bench");
+    let key = env.new_user_key("sshbench", false);
+    let wait_pool = || async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while svc.warm_pool_size(image) < k {
+            assert!(Instant::now() < deadline, "the warm pool never filled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut warm = Vec::new();
+    let mut warm_query = Vec::new();
+    let mut handed = std::collections::BTreeSet::new();
+    for _ in 0..bench.rounds(30, 1) {
+        wait_pool().await;
+        let t = Instant::now();
+        let info = svc
+            .create_instance(&user, InstanceRef::Id(image))
+            .await
+            .expect("create_instance (warm)");
+        warm.push(t.elapsed());
+        query_instance(&info).await;
+        warm_query.push(t.elapsed());
+        assert!(
+            handed.insert(info.instance.id),
+            "an instance was handed out twice"
+        );
+    }
+    let mut warm_ssh = Vec::new();
+    for _ in 0..bench.rounds(30, 1) {
+        wait_pool().await;
+        let t = Instant::now();
+        let out = env.ssh(&key, &["new-instance", &image.to_string()]).await;
+        warm_ssh.push(t.elapsed());
+        assert!(out.status.success(), "{}", common::ssh::text(&out));
+    }
+    let (warm, warm_query, warm_ssh) = (
+        Stats::ms(&warm),
+        Stats::ms(&warm_query),
+        Stats::ms(&warm_ssh),
+    );
+    bench.row(Row::new(
+        "core create_instance (warm pool)",
+        None,
+        &warm,
+        Target::AtMost(25.0),
+    ));
+    bench.row(Row::new(
+        "core create_instance + first query (warm)",
+        Some(&floor),
+        &warm_query,
+        Target::None,
+    ));
+    bench.row(Row::new(
+        "ssh draupnir new-instance (warm pool)",
+        Some(&floor),
+        &warm_ssh,
+        Target::None,
+    ));
+
     bench.chart(
         Chart::new("new-instance", "new-instance latency")
             .baseline("floor (by hand)", &floor)
-            .draupnir("core, cold", &cold)
-            .draupnir("ssh new-instance", &over_ssh),
+            .draupnir("core, cold (+ first query)", &cold)
+            .draupnir("ssh new-instance, cold", &over_ssh)
+            .draupnir("ssh whoami (the connection alone)", &handshake)
+            .draupnir("core, warm pool", &warm)
+            .draupnir("core, warm (+ first query)", &warm_query)
+            .draupnir("ssh new-instance, warm", &warm_ssh),
     );
     bench.chart(
         Chart::new("destroy", "destroy-instance latency").draupnir("core destroy", &destroy),

@@ -6,7 +6,7 @@ use super::{Actor, CoreError, Result, Service};
 use crate::certs;
 use crate::postgres::cluster::{self, CLIENT_ROLE};
 use crate::postgres::pgconn;
-use crate::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::postgres::process::{self, Postmaster, PostmasterSpec, Shutdown};
 use crate::storage::btrfs;
 use crate::store::{Credentials, ImageState, Instance, InstanceState, StoreError};
 
@@ -230,10 +230,7 @@ impl Service {
             Ok(()) => Ok((id, row.port)),
             Err(e) => {
                 tracing::warn!(instance = id, pooled, error = %e, "instance creation failed");
-                self.inner.supervisor.stop(id).await;
-                if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
-                    Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
-                }
+                self.stop_instance_process(id).await;
                 let _ = btrfs::delete_subvolume(&self.inner.layout.instance(id));
                 let _ = self.inner.store.delete_instance(id);
                 Err(e)
@@ -288,14 +285,24 @@ impl Service {
         let spec = self.instance_spec(id, port, major)?;
         let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let host = self.probe_host();
+        let tls = pgconn::tls_connector(
+            &creds.ca_certificate,
+            Some((&creds.client_certificate, &creds.client_key)),
+        );
+        let tls = match tls {
+            Ok(tls) => tls,
+            Err(e) => {
+                pm.stop(Duration::from_secs(10)).await;
+                return Err(CoreError::Internal(e.to_string()));
+            }
+        };
         let ready = process::until_ready(&mut pm, cfg.postgres.start_timeout, || {
-            pgconn::connect_tls(
+            pgconn::connect_tls_with(
+                &tls,
                 &host,
                 port,
                 CLIENT_ROLE,
                 &cfg.postgres.database,
-                &creds.ca_certificate,
-                Some((&creds.client_certificate, &creds.client_key)),
                 Duration::from_secs(5),
             )
         })
@@ -490,10 +497,17 @@ impl Service {
     }
 
     /// Stop whatever postmaster serves instance `id`, supervised or not.
+    /// Every caller deletes the data directory next, so this is an
+    /// immediate shutdown: no checkpoint writes pages nobody will read.
     pub(crate) async fn stop_instance_process(&self, id: i64) {
-        self.inner.supervisor.stop(id).await;
+        self.inner
+            .supervisor
+            .shutdown(id, Shutdown::Immediate)
+            .await;
         if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
-            Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
+            Postmaster::Adopted(pid)
+                .shutdown(Shutdown::Immediate, Duration::from_secs(10))
+                .await;
         }
     }
 }

@@ -35,6 +35,18 @@ pub enum Postmaster {
     Adopted(i32),
 }
 
+/// How to stop a postmaster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// SIGINT: roll back sessions, write a shutdown checkpoint. For data
+    /// that is kept (a restart, a finalise).
+    Fast,
+    /// SIGQUIT: end at once without a checkpoint. For data that is about to
+    /// be deleted (destroy, reset): a checkpoint would only write and fsync
+    /// pages nobody will read.
+    Immediate,
+}
+
 impl Postmaster {
     pub fn pid(&self) -> Option<i32> {
         match self {
@@ -51,7 +63,7 @@ impl Postmaster {
             }
             Postmaster::Adopted(pid) => {
                 while alive(*pid) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
         }
@@ -60,11 +72,22 @@ impl Postmaster {
     /// Fast shutdown (SIGINT); after `grace`, immediate shutdown (SIGQUIT);
     /// after that, SIGKILL. Returns once the process is gone.
     pub async fn stop(&mut self, grace: Duration) {
-        for (signal, wait) in [
+        self.shutdown(Shutdown::Fast, grace).await
+    }
+
+    /// Stop the postmaster the way `mode` says, escalating as
+    /// [`Postmaster::stop`] does. Returns once the process is gone.
+    pub async fn shutdown(&mut self, mode: Shutdown, grace: Duration) {
+        let steps: &[(Signal, Duration)] = &[
             (Signal::SIGINT, grace),
             (Signal::SIGQUIT, Duration::from_secs(5)),
             (Signal::SIGKILL, Duration::from_secs(30)),
-        ] {
+        ];
+        let steps = match mode {
+            Shutdown::Fast => steps,
+            Shutdown::Immediate => &steps[1..],
+        };
+        for &(signal, wait) in steps {
             let Some(pid) = self.pid() else { return };
             if kill(Pid::from_raw(pid), signal).is_err() {
                 // Already gone; reap it if it is our child.
@@ -203,6 +226,11 @@ pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
     Ok(Postmaster::Child(cmd.spawn()?))
 }
 
+/// How often [`until_ready`] tries: a refused TCP connect costs
+/// microseconds, and every millisecond here is a millisecond of
+/// `new-instance`.
+pub const READY_POLL: Duration = Duration::from_millis(1);
+
 /// The last `lines` lines of a log file (for failure reasons).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(text) = std::fs::read(path) else {
@@ -260,6 +288,6 @@ where
                 return Err(last);
             }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(READY_POLL).await;
     }
 }

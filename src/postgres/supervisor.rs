@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::process::{self, Postmaster, PostmasterSpec};
+use super::process::{self, Postmaster, PostmasterSpec, Shutdown};
 
 /// What the supervisor tells the core.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ impl Default for RestartPolicy {
 }
 
 struct Watched {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<Shutdown>>,
     task: JoinHandle<()>,
     pid: Arc<Mutex<Option<i32>>>,
 }
@@ -80,7 +80,7 @@ impl Supervisor {
 
     /// Watch an already started (or adopted) postmaster for instance `id`.
     pub fn watch(&self, id: i64, spec: PostmasterSpec, pm: Postmaster) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let pid = Arc::new(Mutex::new(pm.pid()));
         let task = tokio::spawn(watcher(
             id,
@@ -117,9 +117,15 @@ impl Supervisor {
     /// Stop instance `id`'s postmaster and forget it. Returns when the
     /// process is gone.
     pub async fn stop(&self, id: i64) {
+        self.shutdown(id, Shutdown::Fast).await
+    }
+
+    /// [`Supervisor::stop`] with the given shutdown mode (immediate for an
+    /// instance whose data is about to be deleted).
+    pub async fn shutdown(&self, id: i64, mode: Shutdown) {
         let watched = self.lock().remove(&id);
         if let Some(w) = watched {
-            let _ = w.stop.send(true);
+            let _ = w.stop.send(Some(mode));
             let _ = w.task.await;
         }
     }
@@ -137,7 +143,7 @@ async fn watcher(
     id: i64,
     spec: PostmasterSpec,
     mut pm: Postmaster,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Shutdown>>,
     events: mpsc::UnboundedSender<Event>,
     policy: RestartPolicy,
     pid_slot: Arc<Mutex<Option<i32>>>,
@@ -147,7 +153,8 @@ async fn watcher(
         tokio::select! {
             _ = pm.wait() => {}
             _ = stop.changed() => {
-                pm.stop(policy.stop_grace).await;
+                let mode = (*stop.borrow()).unwrap_or(Shutdown::Fast);
+                pm.shutdown(mode, policy.stop_grace).await;
                 return;
             }
         }
