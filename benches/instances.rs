@@ -68,6 +68,23 @@ async fn first_query(port: u16, ca: &str, cert: &str, key: &str) {
     }
 }
 
+/// Resolves when the child has exited.
+async fn exited(child: &mut std::process::Child) {
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A free port in `from..from + 10` (other benchmarks and tests run too).
+fn free_port(from: u16) -> u16 {
+    (from..from + 10)
+        .find(|p| process::port_free(*p))
+        .expect("a free port for the floor")
+}
+
 async fn query_instance(info: &ConnectionInfo) {
     let c = &info.credentials;
     first_query(
@@ -90,6 +107,7 @@ async fn floor_once(snapshot: &Path, scratch: &Path, user: &InstanceUser, port: 
     )
     .expect("certificates");
     let dir = scratch.join(format!("floor-{port}"));
+    let log = std::fs::File::create(scratch.join("floor.log")).expect("floor log");
     let start = Instant::now();
     btrfs::snapshot(snapshot, &dir, false).expect("snapshot");
     for (name, pem) in [
@@ -109,18 +127,18 @@ async fn floor_once(snapshot: &Path, scratch: &Path, user: &InstanceUser, port: 
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.try_clone().expect("log"))
         .uid(user.uid)
         .gid(user.gid)
         .spawn()
         .expect("postgres");
-    first_query(
-        port,
-        &certs.ca_cert_pem,
-        &certs.client_cert_pem,
-        &certs.client_key_pem,
-    )
-    .await;
+    tokio::select! {
+        _ = first_query(port, &certs.ca_cert_pem, &certs.client_cert_pem, &certs.client_key_pem) => {}
+        _ = exited(&mut pg) => panic!(
+            "floor postgres exited: {}",
+            std::fs::read_to_string(scratch.join("floor.log")).unwrap_or_default()
+        ),
+    }
     let took = start.elapsed();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pg.id() as i32),
@@ -149,33 +167,17 @@ async fn run() {
     std::fs::create_dir_all(&scratch).expect("scratch dir");
 
     // Warm up the page cache and the binaries once, untimed.
-    floor_once(&snapshot, &scratch, &instance_user, base + 390).await;
+    floor_once(&snapshot, &scratch, &instance_user, free_port(base + 390)).await;
 
-    // 1. The floor.
+    // 1. The floor and the core's cold create, interleaved round by round
+    // so both see the same machine (other work on it comes and goes).
+    // The 100 creates are sequential and stay running.
     let mut floor = Vec::new();
-    for i in 0..bench.rounds(30, 1) {
-        floor.push(
-            floor_once(
-                &snapshot,
-                &scratch,
-                &instance_user,
-                base + 380 + (i % 5) as u16,
-            )
-            .await,
-        );
-    }
-    let floor = Stats::ms(&floor);
-    bench.row(Row::new(
-        "floor: snapshot + postgres + first cert query",
-        None,
-        &floor,
-        Target::None,
-    ));
-
-    // 2. Core, cold: 100 sequential creates, kept running.
     let mut cold = Vec::new();
     let mut ids = Vec::new();
-    for _ in 0..bench.rounds(100, 1) {
+    for i in 0..bench.rounds(100, 1) {
+        let port = free_port(base + 380 + (i % 5) as u16);
+        floor.push(floor_once(&snapshot, &scratch, &instance_user, port).await);
         let t = Instant::now();
         let info = svc
             .create_instance(&user, InstanceRef::Id(image))
@@ -185,6 +187,13 @@ async fn run() {
         cold.push(t.elapsed());
         ids.push(info.instance.id);
     }
+    let floor = Stats::ms(&floor);
+    bench.row(Row::new(
+        "floor: snapshot + postgres + first cert query",
+        None,
+        &floor,
+        Target::None,
+    ));
     let cold = Stats::ms(&cold);
     bench.row(Row::new(
         "core create_instance + first query (cold)",
@@ -220,21 +229,20 @@ async fn run() {
     // 1. ssh new-instance, end to end with the real OpenSSH client.
     let key = env.new_user_key("sshbench", false);
     let mut over_ssh = Vec::new();
-    for _ in 0..bench.rounds(30, 1) {
-        let t = Instant::now();
-        let out = env.ssh(&key, &["new-instance", &image.to_string()]).await;
-        over_ssh.push(t.elapsed());
-        assert!(out.status.success(), "{}", common::ssh::text(&out));
-    }
-    let over_ssh = Stats::ms(&over_ssh);
-    // What the SSH connection alone costs: handshake, key auth, a trivial command.
+    // What the SSH connection alone costs (handshake, key auth, a trivial
+    // command), interleaved with the creates.
     let mut handshake = Vec::new();
     for _ in 0..bench.rounds(30, 1) {
         let t = Instant::now();
         let out = env.ssh(&key, &["whoami"]).await;
         handshake.push(t.elapsed());
         assert!(out.status.success(), "{}", common::ssh::text(&out));
+        let t = Instant::now();
+        let out = env.ssh(&key, &["new-instance", &image.to_string()]).await;
+        over_ssh.push(t.elapsed());
+        assert!(out.status.success(), "{}", common::ssh::text(&out));
     }
+    let over_ssh = Stats::ms(&over_ssh);
     let handshake = Stats::ms(&handshake);
     bench.row(Row::new(
         "ssh draupnir whoami (connection alone)",
