@@ -17,7 +17,12 @@
 //! packed with the system `tar` and `gzip` as an operator would.
 //!
 //! `cargo bench --bench upload`; `cargo test --bench upload` is the
-//! one-round smoke run on a small data directory.
+//! one-round smoke run on a small data directory. With
+//! `RUST_LOG=draupnir::storage::ingest=debug,draupnir::core::images=debug`
+//! every upload also logs where its extractor waited (for input, or for
+//! room in its queue) and the CPU of its decoding and writing threads;
+//! `DRAUPNIR_BENCH_PERF=DIR` records each copy with `perf` (see [`scp`]).
+//! Findings: `docs/bench/upload-notes.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -327,13 +332,34 @@ fn client_opts(key: &Path) -> Vec<String> {
 
 /// A server to copy to.
 struct Server {
+    name: &'static str,
     port: u16,
     user: &'static str,
 }
 
 /// `scp [-O] FILE USER@127.0.0.1:DEST`, timed.
+///
+/// With `DRAUPNIR_BENCH_PERF=DIR` each copy runs under a system-wide
+/// `perf record -g` (client, server and kernel), written to
+/// `DIR/SERVER-FILE[-O].data` (the last round's stays): for finding where
+/// the time goes, not for figures.
 async fn scp(key: &Path, to: &Server, legacy: bool, file: &Path, dest: &str) -> Duration {
-    let mut cmd = tokio::process::Command::new("scp");
+    let mut cmd = match std::env::var_os("DRAUPNIR_BENCH_PERF") {
+        Some(dir) => {
+            let name = format!(
+                "{}-{}{}.data",
+                to.name,
+                file.file_name().unwrap_or_default().to_string_lossy(),
+                if legacy { "-O" } else { "" }
+            );
+            let mut c = tokio::process::Command::new("perf");
+            c.args(["record", "-q", "-a", "-g", "-F", "999", "-o"])
+                .arg(Path::new(&dir).join(name))
+                .args(["--", "scp"]);
+            c
+        }
+        None => tokio::process::Command::new("scp"),
+    };
     cmd.args(client_opts(key))
         .args(["-P", &to.port.to_string()]);
     if legacy {
@@ -429,10 +455,12 @@ async fn run() {
     let key = env.admin_key.clone();
     let sshd = Sshd::start(&key);
     let openssh = Server {
+        name: "sshd",
         port: sshd.port,
         user: "root",
     };
     let draupnir = Server {
+        name: "draupnir",
         port: env.port,
         user: "draupnir",
     };
@@ -525,6 +553,20 @@ async fn run() {
         d_raw_legacy.push(mbps(tar_bytes, d_raw_legacy_one));
     }
 
+    // Per-round ratios: each round's Draupnir figure against the same
+    // round's baseline (less sensitive to load that drifts over the run).
+    let paired = |d: &[f64], b: &[f64]| {
+        let v: Vec<f64> = d.iter().zip(b).map(|(d, b)| d / b).collect();
+        Stats::new(Unit::Ms, v).p50()
+    };
+    let secs = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
+    eprintln!(
+        "median of per-round ratios: SFTP {:.2}×, -O {:.2}× the scp + tar xzf total; raw {:.2}× (SFTP), {:.2}× (-O) sshd's MB/s",
+        paired(&secs(&d_sftp), &secs(&b_total)),
+        paired(&secs(&d_legacy), &secs(&b_total)),
+        paired(&d_raw, &b_raw),
+        paired(&d_raw_legacy, &b_raw_legacy),
+    );
     let b_scp = Stats::ms(&b_scp);
     let b_tar = Stats::ms(&b_tar);
     let b_total = Stats::ms(&b_total);
