@@ -88,8 +88,8 @@ impl Bench {
         );
         let _ = writeln!(
             out,
-            "{:<44} {:>22} {:>30} {:>8}  {}",
-            "measure", "baseline p50", "draupnir p50 [p5–p95] (n)", "ratio", "target"
+            "{:<44} {:>22} {:>30} {:>8}  target",
+            "measure", "baseline p50", "draupnir p50 [p5–p95] (n)", "ratio"
         );
         for r in &self.rows {
             let _ = writeln!(out, "{}", r.line(self.full));

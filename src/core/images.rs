@@ -85,6 +85,10 @@ pub struct Upload {
     image_id: i64,
     sender: Option<ChunkSender>,
     handle: Option<tokio::task::JoinHandle<std::result::Result<Report, IngestError>>>,
+    /// Time [`Upload::write`] waited for room in the extractor's queue
+    /// (the extractor is the bound), logged at the end.
+    blocked: std::time::Duration,
+    started: std::time::Instant,
 }
 
 impl Upload {
@@ -98,7 +102,10 @@ impl Upload {
         let Some(sender) = &self.sender else {
             return Err(CoreError::InvalidState("upload already finished".into()));
         };
-        if sender.send(chunk).await.is_ok() {
+        let t = std::time::Instant::now();
+        let sent = sender.send(chunk).await;
+        self.blocked += t.elapsed();
+        if sent.is_ok() {
             return Ok(());
         }
         // The extractor stopped: learn why.
@@ -115,10 +122,18 @@ impl Upload {
         let Some(handle) = self.handle.take() else {
             return Err(CoreError::InvalidState("upload already finished".into()));
         };
+        let t = std::time::Instant::now();
         let outcome = match handle.await {
             Ok(r) => r.map_err(CoreError::Upload),
             Err(e) => Err(CoreError::Internal(format!("upload task: {e}"))),
         };
+        tracing::debug!(
+            image = self.image_id,
+            total_ms = self.started.elapsed().as_millis() as u64,
+            queue_full_ms = self.blocked.as_millis() as u64,
+            drain_ms = t.elapsed().as_millis() as u64,
+            "upload stream"
+        );
         self.service.end_upload(self.image_id, &outcome);
         outcome
     }
@@ -240,6 +255,8 @@ impl Service {
             image_id: id,
             sender: Some(sender),
             handle: Some(handle),
+            blocked: std::time::Duration::ZERO,
+            started: std::time::Instant::now(),
         })
     }
 

@@ -23,6 +23,9 @@ use super::{hostkey, scp, sftp, SshError};
 use crate::config::SshConfig;
 use crate::core::{Actor, Service};
 
+/// Read buffer in front of each connection's socket.
+const SOCKET_READ_BUF: usize = 256 * 1024;
+
 /// A running SSH server. Dropping it stops accepting connections.
 pub struct SshServer {
     local_addr: SocketAddr,
@@ -132,19 +135,53 @@ pub async fn serve(service: Service, cfg: &SshConfig) -> Result<SshServer, SshEr
     })
 }
 
+/// True when this CPU has AES and carry-less multiply instructions
+/// (AES-NI + PCLMULQDQ on x86-64, the crypto extensions on aarch64), which
+/// make AES-GCM the cheapest AEAD by far.
+fn aes_gcm_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// The ciphers offered, AEAD only (CTR+HMAC modes are slower and more
+/// negotiation surface for no client we need).
+///
+/// SSH picks the first cipher in the *client's* list that the server
+/// offers, and OpenSSH's client lists chacha20-poly1305 first. Our order
+/// therefore decides nothing; what we offer does. With AES in hardware
+/// we offer only AES-GCM: uploads are the one heavy stream here, and
+/// with chacha20-poly1305 both ends pay for it in software — OpenSSH's
+/// client uses its own portable chacha20 and poly1305, and on a small
+/// host where client and server share the cores that alone costs more
+/// CPU than the rest of the upload path (docs/bench/upload-notes.md).
+/// AES-GCM runs on AES-NI/PCLMULQDQ on both sides (OpenSSL in the
+/// client, aws-lc here). Every OpenSSH since 6.2 and PuTTY since 0.76
+/// support aes128-gcm. Without AES hardware, chacha20-poly1305 is the
+/// faster one and is offered first.
+fn ciphers() -> &'static [russh::cipher::Name] {
+    use russh::cipher::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+    if aes_gcm_in_hardware() {
+        &[AES_128_GCM, AES_256_GCM]
+    } else {
+        &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM]
+    }
+}
+
 fn russh_config(cfg: &SshConfig, key: russh::keys::PrivateKey) -> russh::server::Config {
-    // AEAD ciphers only. The client's order decides which one is used
-    // (OpenSSH puts chacha20-poly1305 first); we list aes128-gcm first
-    // because with AES-NI it is the fastest here (CRATES.md: chacha20 is
-    // client-bound at upload speed), then chacha20-poly1305 for clients
-    // without AES hardware. CTR+HMAC modes are left out: slower and more
-    // negotiation surface for no client we need.
     let preferred = russh::Preferred {
-        cipher: std::borrow::Cow::Borrowed(&[
-            russh::cipher::AES_128_GCM,
-            russh::cipher::CHACHA20_POLY1305,
-            russh::cipher::AES_256_GCM,
-        ]),
+        cipher: std::borrow::Cow::Borrowed(ciphers()),
         ..Default::default()
     };
     russh::server::Config {
@@ -226,6 +263,10 @@ async fn run_connection(
         channels: HashMap::new(),
         sftp: HashSet::new(),
     };
+    // russh reads each packet with two exact reads (length block, rest)
+    // straight from the socket: buffer them, so a stream of 32 KiB upload
+    // packets costs one recv per 256 KiB instead of two per packet.
+    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUF, socket);
     let session =
         match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler))
             .await

@@ -12,6 +12,10 @@
 //! unbounded extension headers into memory and accepts truncated archives.
 //! Every rejection aborts the whole upload; files already written stay on disk
 //! and the caller is expected to discard the destination subvolume.
+//!
+//! A compressed upload is decoded on the calling thread while a second
+//! thread parses the tar and writes the files, through a small bounded
+//! queue (see `extract_piped`); a plain tar is handled on one thread.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -46,6 +50,10 @@ const COPY_BUF: usize = 256 * 1024;
 const READ_BUF: usize = 64 * 1024;
 /// Chunks buffered between the async side and the blocking extractor.
 const CHANNEL_CAPACITY: usize = 16;
+/// Decoded bytes per piece handed from the decoding thread to the writer.
+const PIPE_CHUNK: usize = 256 * 1024;
+/// Decoded pieces queued between them (bounds decoding ahead to 2 MiB).
+const PIPE_DEPTH: usize = 8;
 /// Longest path shown in an error message (characters).
 const MAX_SHOWN_PATH: usize = 200;
 
@@ -248,8 +256,13 @@ pub fn spawn_extract(
     opts: Options,
 ) -> (ChunkSender, JoinHandle<Result<Report, IngestError>>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let handle =
-        tokio::task::spawn_blocking(move || extract(ChannelReader::new(rx), &root, &subdir, &opts));
+    let handle = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut reader = ChannelReader::new(rx);
+        let result = extract(&mut reader, &root, &subdir, &opts);
+        log_pipeline("extract", started, &reader, &result);
+        result
+    });
     (ChunkSender { tx }, handle)
 }
 
@@ -261,7 +274,11 @@ pub fn spawn_write_plain(
 ) -> (ChunkSender, JoinHandle<Result<Report, IngestError>>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let handle = tokio::task::spawn_blocking(move || {
-        write_plain(ChannelReader::new(rx), &root, &rel, &opts)
+        let started = std::time::Instant::now();
+        let mut reader = ChannelReader::new(rx);
+        let result = write_plain(&mut reader, &root, &rel, &opts);
+        log_pipeline("write_plain", started, &reader, &result);
+        result
     });
     (ChunkSender { tx }, handle)
 }
@@ -302,12 +319,36 @@ async fn join(handle: JoinHandle<Result<Report, IngestError>>) -> Result<Report,
     }
 }
 
+/// Where the extraction thread's time went: waiting for bytes from the
+/// uploader (the network side is the bound) or working (decoding and
+/// writing are). Logged at debug level.
+fn log_pipeline(
+    what: &str,
+    started: std::time::Instant,
+    reader: &ChannelReader,
+    result: &Result<Report, IngestError>,
+) {
+    let total = started.elapsed();
+    tracing::debug!(
+        what,
+        ok = result.is_ok(),
+        total_ms = total.as_millis() as u64,
+        input_wait_ms = reader.waited.as_millis() as u64,
+        work_ms = total.saturating_sub(reader.waited).as_millis() as u64,
+        chunks = reader.chunks,
+        "ingest pipeline"
+    );
+}
+
 /// Blocking `Read` over the chunk channel (used on a spawn_blocking thread).
 struct ChannelReader {
     rx: mpsc::Receiver<Chunk>,
     cur: Vec<u8>,
     pos: usize,
     done: bool,
+    /// Time spent waiting for the next chunk.
+    waited: std::time::Duration,
+    chunks: u64,
 }
 
 impl ChannelReader {
@@ -317,6 +358,8 @@ impl ChannelReader {
             cur: Vec::new(),
             pos: 0,
             done: false,
+            waited: std::time::Duration::ZERO,
+            chunks: 0,
         }
     }
 }
@@ -336,8 +379,12 @@ impl Read for ChannelReader {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.blocking_recv() {
+            let t = std::time::Instant::now();
+            let next = self.rx.blocking_recv();
+            self.waited += t.elapsed();
+            match next {
                 Some(Ok(chunk)) => {
+                    self.chunks += 1;
                     self.cur = chunk;
                     self.pos = 0;
                 }
@@ -394,7 +441,8 @@ type Inner<R> = BufReader<Chain<Cursor<Vec<u8>>, CountingReader<R>>>;
 
 enum Decoded<R: Read> {
     Plain(Inner<R>),
-    Gz(flate2::bufread::GzDecoder<Inner<R>>),
+    // Boxed: zlib-rs keeps its state inline, which makes this variant large.
+    Gz(Box<flate2::bufread::GzDecoder<Inner<R>>>),
     Zst(zstd::stream::read::Decoder<'static, Inner<R>>),
 }
 
@@ -456,7 +504,7 @@ impl<R: Read> TarStream<R> {
         );
         let dec = match kind {
             Kind::Tar => Decoded::Plain(inner),
-            Kind::TarGz => Decoded::Gz(flate2::bufread::GzDecoder::new(inner)),
+            Kind::TarGz => Decoded::Gz(Box::new(flate2::bufread::GzDecoder::new(inner))),
             Kind::TarZst => Decoded::Zst(
                 zstd::stream::read::Decoder::with_buffer(inner)
                     .map_err(|e| map_source_err(&state, kind, e))?,
@@ -485,19 +533,6 @@ impl<R: Read> TarStream<R> {
                 Err(e) => return Err(map_source_err(&self.state, self.kind, e)),
             }
         }
-    }
-
-    /// Reads until `buf` is full or the stream ends; returns bytes read.
-    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, IngestError> {
-        let mut got = 0;
-        while got < buf.len() {
-            let n = self.read_some(&mut buf[got..])?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        Ok(got)
     }
 
     /// After the decompressed stream hit EOF: reject anything left in the
@@ -891,18 +926,295 @@ fn extract_with<R: Read>(
     dest.ensure_base(&base)?;
 
     let state = Rc::new(SourceState::default());
-    let mut ex = Extractor {
-        stream: TarStream::open(source, state.clone())?,
-        dest,
-        base,
-        limits: opts.limits,
-        buf: vec![0u8; COPY_BUF],
-        report: Report::default(),
+    let mut stream = TarStream::open(source, state.clone())?;
+    let (result, mut report) = if stream.kind == Kind::Tar {
+        let mut ex = Extractor {
+            stream: &mut stream,
+            dest,
+            base,
+            limits: opts.limits,
+            buf: vec![0u8; COPY_BUF],
+            report: Report::default(),
+        };
+        (ex.run(), ex.report)
+    } else {
+        extract_piped(&mut stream, dest, base, opts.limits)
     };
-    let result = ex.run();
-    let mut report = ex.report;
     report.bytes_in = state.bytes_in.get();
     result.map(|()| report)
+}
+
+/// A compressed archive: decode on this thread and parse the tar and
+/// write its files on a second one, so that inflating and writing overlap
+/// (each alone keeps a core busy; one after the other was the bound of a
+/// `.tar.gz` upload). The queue between them is bounded, so decoding stays
+/// at most [`PIPE_DEPTH`] chunks ahead: memory stays small whatever the
+/// compression ratio, and when the writer stops (a rejected entry, a
+/// limit) decoding stops at its next chunk. Errors arrive in stream order,
+/// exactly as with a single thread.
+fn extract_piped<R: Read>(
+    stream: &mut TarStream<R>,
+    dest: Dest,
+    base: Vec<u8>,
+    limits: Limits,
+) -> (Result<(), IngestError>, Report) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_DEPTH);
+    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel(PIPE_DEPTH + 2);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("draupnir-untar".into())
+            .spawn_scoped(scope, move || {
+                let mut ex = Extractor {
+                    stream: PipedStream::new(rx, spent_tx),
+                    dest,
+                    base,
+                    limits,
+                    buf: vec![0u8; COPY_BUF],
+                    report: Report::default(),
+                };
+                let result = ex.run();
+                ((result, ex.report), thread_cpu())
+            });
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                return (
+                    Err(IngestError::Internal(format!(
+                        "cannot start the extraction thread: {e}"
+                    ))),
+                    Report::default(),
+                )
+            }
+        };
+        let (started, cpu_before) = (std::time::Instant::now(), thread_cpu());
+        pump(stream, &tx, &spent_rx);
+        let decode_cpu = thread_cpu().saturating_sub(cpu_before);
+        drop(tx);
+        match writer.join() {
+            Ok((done, write_cpu)) => {
+                tracing::debug!(
+                    wall_ms = started.elapsed().as_millis() as u64,
+                    decode_cpu_ms = decode_cpu.as_millis() as u64,
+                    write_cpu_ms = write_cpu.as_millis() as u64,
+                    "ingest threads"
+                );
+                done
+            }
+            Err(_) => (
+                Err(IngestError::Internal(
+                    "the extraction thread panicked".into(),
+                )),
+                Report::default(),
+            ),
+        }
+    })
+}
+
+/// CPU time (user + system) used so far by the calling thread.
+fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Decoded bytes from [`pump`] to the writer thread.
+enum Piece {
+    Data(Vec<u8>),
+    /// End of the decoded stream, with what [`TarStream::finish`] found
+    /// (reported only if the tar parser gets that far and asks).
+    End(Result<(), IngestError>),
+    /// Reading or decoding failed here.
+    Fail(IngestError),
+}
+
+/// Decode `stream` into [`PIPE_CHUNK`] pieces until it ends, fails, or the
+/// writer hangs up.
+fn pump<R: Read>(
+    stream: &mut TarStream<R>,
+    tx: &std::sync::mpsc::SyncSender<Piece>,
+    spent: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    loop {
+        // A piece the writer is done with, or a new one.
+        let mut chunk = spent.try_recv().unwrap_or_default();
+        chunk.resize(PIPE_CHUNK, 0);
+        let mut filled = 0;
+        let mut stop = None;
+        while filled < chunk.len() {
+            match stream.read_some(&mut chunk[filled..]) {
+                Ok(0) => {
+                    stop = Some(Piece::End(stream.finish()));
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) => {
+                    stop = Some(Piece::Fail(e));
+                    break;
+                }
+            }
+        }
+        if filled > 0 {
+            chunk.truncate(filled);
+            if tx.send(Piece::Data(chunk)).is_err() {
+                return; // the writer stopped; its result says why
+            }
+        }
+        if let Some(last) = stop {
+            let _ = tx.send(last);
+            return;
+        }
+    }
+}
+
+/// What the tar parser reads from: the decoded stream, in this thread or
+/// from [`pump`].
+trait TarSource {
+    /// One read (retrying on EINTR); 0 means end of stream.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, IngestError>;
+    /// Offset in the decoded stream (for messages).
+    fn pos(&self) -> u64;
+    /// After the end: reject anything left in the compressed input.
+    fn finish(&mut self) -> Result<(), IngestError>;
+
+    /// The next bytes of the stream (at most `max`, which `scratch` must
+    /// hold), borrowed where the source already has them in memory; empty
+    /// at the end of the stream.
+    fn next_slice<'a>(
+        &'a mut self,
+        max: usize,
+        scratch: &'a mut [u8],
+    ) -> Result<&'a [u8], IngestError> {
+        let n = self.read_some(&mut scratch[..max])?;
+        Ok(&scratch[..n])
+    }
+
+    /// Reads until `buf` is full or the stream ends; returns bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, IngestError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.read_some(&mut buf[got..])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(got)
+    }
+}
+
+impl<R: Read> TarSource for &mut TarStream<R> {
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, IngestError> {
+        TarStream::read_some(self, buf)
+    }
+
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(&mut self) -> Result<(), IngestError> {
+        TarStream::finish(self)
+    }
+}
+
+/// The writer thread's end of [`extract_piped`].
+struct PipedStream {
+    rx: std::sync::mpsc::Receiver<Piece>,
+    /// Spent pieces go back to [`pump`] to be filled again.
+    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    at: usize,
+    pos: u64,
+    end: Option<Result<(), IngestError>>,
+}
+
+impl PipedStream {
+    fn new(
+        rx: std::sync::mpsc::Receiver<Piece>,
+        spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> Self {
+        PipedStream {
+            rx,
+            spent,
+            cur: Vec::new(),
+            at: 0,
+            pos: 0,
+            end: None,
+        }
+    }
+
+    /// Makes sure `cur` has unread bytes; false at the end of the stream.
+    fn fill(&mut self) -> Result<bool, IngestError> {
+        while self.at == self.cur.len() {
+            if self.end.is_some() {
+                return Ok(false);
+            }
+            match self.rx.recv() {
+                Ok(Piece::Data(chunk)) => {
+                    let spent = std::mem::replace(&mut self.cur, chunk);
+                    if spent.capacity() == PIPE_CHUNK {
+                        let _ = self.spent.try_send(spent);
+                    }
+                    self.at = 0;
+                }
+                Ok(Piece::End(finish)) => self.end = Some(finish),
+                Ok(Piece::Fail(e)) => return Err(e),
+                Err(_) => {
+                    return Err(IngestError::Internal(
+                        "the decoding thread stopped early".into(),
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes up to `max` unread bytes of `cur`.
+    fn take(&mut self, max: usize) -> &[u8] {
+        let n = max.min(self.cur.len() - self.at);
+        let out = &self.cur[self.at..self.at + n];
+        self.at += n;
+        self.pos += n as u64;
+        out
+    }
+}
+
+impl TarSource for PipedStream {
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, IngestError> {
+        if !self.fill()? {
+            return Ok(0);
+        }
+        let data = self.take(buf.len());
+        let n = data.len();
+        buf[..n].copy_from_slice(data);
+        Ok(n)
+    }
+
+    /// File contents are written straight from the piece, not copied first.
+    fn next_slice<'a>(
+        &'a mut self,
+        max: usize,
+        _scratch: &'a mut [u8],
+    ) -> Result<&'a [u8], IngestError> {
+        if !self.fill()? {
+            return Ok(&[]);
+        }
+        Ok(self.take(max))
+    }
+
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(&mut self) -> Result<(), IngestError> {
+        match self.end.take() {
+            Some(r) => r,
+            None => Err(IngestError::Internal(
+                "finish before the end of the stream".into(),
+            )),
+        }
+    }
 }
 
 fn write_plain_with<R: Read>(
@@ -980,8 +1292,8 @@ impl Pending {
     }
 }
 
-struct Extractor<R: Read> {
-    stream: TarStream<R>,
+struct Extractor<S: TarSource> {
+    stream: S,
     dest: Dest,
     base: Vec<u8>,
     limits: Limits,
@@ -1029,12 +1341,12 @@ fn entry_type_reason(t: u8) -> Option<String> {
     Some(reason)
 }
 
-impl<R: Read> Extractor<R> {
+impl<S: TarSource> Extractor<S> {
     fn run(&mut self) -> Result<(), IngestError> {
         let mut block = [0u8; BLOCK];
         let mut pending = Pending::default();
         loop {
-            let offset = self.stream.pos;
+            let offset = self.stream.pos();
             match self.stream.read_full(&mut block)? {
                 BLOCK => {}
                 0 => {
@@ -1198,7 +1510,8 @@ impl<R: Read> Extractor<R> {
         let mut remaining = size;
         while remaining > 0 {
             let want = remaining.min(self.buf.len() as u64) as usize;
-            let n = self.stream.read_some(&mut self.buf[..want])?;
+            let data = self.stream.next_slice(want, &mut self.buf)?;
+            let n = data.len();
             if n == 0 {
                 return Err(IngestError::Truncated(format!(
                     "entry '{}' ends early",
@@ -1209,7 +1522,7 @@ impl<R: Read> Extractor<R> {
             if self.report.bytes_written > max {
                 return Err(IngestError::TooLarge(max));
             }
-            file.write_all(&self.buf[..n]).map_err(|e| io_err(rel, e))?;
+            file.write_all(data).map_err(|e| io_err(rel, e))?;
             remaining -= n as u64;
         }
         drop(file);
@@ -2197,6 +2510,64 @@ mod tests {
             .map(|p| fs::metadata(env.root.join(p)).unwrap().len())
             .sum();
         assert_eq!(total, 8 << 20);
+    }
+
+    /// A reader that counts what was taken from it.
+    struct Counted<'a> {
+        data: &'a [u8],
+        taken: Rc<Cell<u64>>,
+    }
+
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = Read::read(&mut self.data, buf)?;
+            self.taken.set(self.taken.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn decoding_stops_soon_after_the_writer_refuses() {
+        // A refused first entry, then 16 MiB that does not compress: the
+        // decoding thread must not read on much past the refusal.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..16 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let data = gz(&archive(|a| {
+            file(a, "../evil", b"x");
+            file(a, "noise", &noise);
+        }));
+        assert!(data.len() > 16 << 20);
+        let env = Env::new();
+        let taken = Rc::new(Cell::new(0));
+        let source = Counted {
+            data: &data,
+            taken: taken.clone(),
+        };
+        let e = extract(source, &env.root, Path::new(""), &opts()).unwrap_err();
+        assert!(matches!(e, IngestError::BadEntry { .. }), "{e}");
+        assert!(taken.get() < 6 << 20, "read {} bytes", taken.get());
+        assert!(env.listing().is_empty());
+        env.assert_contained();
+    }
+
+    #[test]
+    fn tar_split_over_two_gzip_members_is_truncated() {
+        // Errors come in stream order with the decoding thread too: the
+        // tar ends early (first member) before the second member is seen.
+        let tar = archive(|a| file(a, "a", b"hello"));
+        let (first, second) = tar.split_at(tar.len() / 2);
+        let mut data = gz(first);
+        data.extend_from_slice(&gz(second));
+        let env = Env::new();
+        let e = env.extract(&data).unwrap_err();
+        assert!(matches!(e, IngestError::Truncated(_)), "{e}");
     }
 
     #[test]
