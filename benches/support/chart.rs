@@ -96,7 +96,8 @@ impl Chart {
                     ym + 5.0
                 );
             }
-            let vx = label_w + w.max(hi.is_finite().then(|| hi * scale).unwrap_or(0.0)) + 6.0;
+            let whisker = if hi.is_finite() { hi * scale } else { 0.0 };
+            let vx = label_w + w.max(whisker) + 6.0;
             s += &format!(
                 r##"<text x="{vx:.1}" y="{}">{}</text>
 "##,
