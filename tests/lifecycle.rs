@@ -64,7 +64,14 @@ async fn full_lifecycle() {
             .any(|e| matches!(e, Progress::Output(l) if l.trim() == "10")),
         "script output is streamed: {events:?}"
     );
-    // The upload became a read-only snapshot; finalising again is a no-op.
+    // The upload became a read-only snapshot (the upload subvolume is
+    // deleted in the background); finalising again is a no-op.
+    for _ in 0..200 {
+        if env.entries("image_uploads").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert!(env.entries("image_uploads").is_empty());
     assert_eq!(env.entries("image_snapshots"), vec![img.id.to_string()]);
     let snap = env.data().join("image_snapshots").join(img.id.to_string());
@@ -75,6 +82,10 @@ async fn full_lifecycle() {
     assert!(
         !snap.join("server.key").exists(),
         "no finalise key left in the image"
+    );
+    assert!(
+        !snap.join("pg_stat/pgstat.stat").exists(),
+        "instances start with no activity counters for autovacuum to act on"
     );
     assert_eq!(
         svc.finalise_image(&admin, img.id, None)
@@ -109,6 +120,17 @@ async fn full_lifecycle() {
     assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "11");
     assert_eq!(psql_cert(&b, "SELECT count(*) FROM users").unwrap(), "10");
     assert_eq!(psql_cert(&b, "SELECT count(*) FROM orders").unwrap(), "50");
+    // The tables the script changed were vacuumed and analysed once, in
+    // the image, rather than by autovacuum in every instance.
+    assert_eq!(
+        psql_cert(
+            &b,
+            "SELECT relname, reltuples::int, relallvisible > 0 FROM pg_class \
+             WHERE relname IN ('users', 'orders') ORDER BY 1"
+        )
+        .unwrap(),
+        "orders|50|t\nusers|10|t"
+    );
     assert_eq!(psql_cert(&b, "SELECT current_user").unwrap(), "draupnir");
     assert_eq!(
         psql_cert(

@@ -78,6 +78,7 @@ fn deb_builds_installs_and_purges() {
         "Restart=on-failure",
         "KillMode=process",
         "LimitNOFILE=65536",
+        "TasksMax=infinity",
     ] {
         assert!(unit.contains(needle), "{needle}");
     }

@@ -169,6 +169,10 @@ pub enum Unit {
     MBps,
     MiB,
     KiB,
+    /// Things counted (file descriptors, processes).
+    Count,
+    /// Percent of one CPU core.
+    CpuPercent,
 }
 
 impl Unit {
@@ -178,6 +182,8 @@ impl Unit {
             Unit::MBps => "MB/s",
             Unit::MiB => "MiB",
             Unit::KiB => "KiB",
+            Unit::Count => "",
+            Unit::CpuPercent => "% CPU",
         }
     }
 }
@@ -239,7 +245,11 @@ impl Stats {
         if v.is_nan() {
             return "–".into();
         }
-        let digits = if v.abs() >= 100.0 { 0 } else { 1 };
+        let digits = if v.abs() >= 100.0 || self.unit == Unit::Count {
+            0
+        } else {
+            1
+        };
         format!("{v:.digits$} {}", self.unit.name())
     }
 

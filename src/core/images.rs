@@ -527,7 +527,10 @@ impl Service {
             }
         };
         let outcome = match finalise::finalise(&spec, &report).await {
-            Ok(done) => self.seal_image(id, done.major).map_err(|e| e.to_string()),
+            Ok(done) => {
+                report(Progress::Step("taking the read-only snapshot".into()));
+                self.seal_image(id, done.major).map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         match outcome {
@@ -554,14 +557,21 @@ impl Service {
         }
     }
 
-    /// The read-only snapshot, then `ready`.
+    /// The read-only snapshot, then `ready`. The upload subvolume is
+    /// deleted in the background: nothing reads it any more, deleting it
+    /// costs a btrfs transaction (tens of milliseconds), and whatever a
+    /// restart cuts off, reconcile deletes (a ready image keeps no upload).
     fn seal_image(&self, id: i64, major: u32) -> Result<()> {
         let upload = self.inner.layout.upload(id);
         let snap = self.inner.layout.snapshot(id);
         let size = btrfs::apparent_size(&upload);
         btrfs::snapshot(&upload, &snap, true)?;
         self.inner.store.set_image_ready(id, major, size)?;
-        btrfs::delete_subvolume(&upload)?;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = btrfs::delete_subvolume(&upload) {
+                tracing::warn!(image = id, error = %e, "deleting the sealed upload failed");
+            }
+        });
         Ok(())
     }
 

@@ -24,6 +24,18 @@ type ApiResult = Result<Response, ApiError>;
 /// RFC 3339 UTC with a `Z`, whole seconds (`2016-01-02T03:04:05Z`).
 pub fn timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
+    if (0..=9999).contains(&t.year()) {
+        // What the RFC 3339 formatter writes for these, without it.
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+    }
     let t = t.replace_nanosecond(0).unwrap_or(t);
     crate::store::format_ts(t)
 }
@@ -207,10 +219,46 @@ pub async fn destroy_image(
     no_content()
 }
 
+/// `{"data": [instance…]}`, serialised straight from the rows: the same
+/// bytes [`instance_doc`] values would give (keys in the same, sorted,
+/// order), without building a JSON tree per instance.
 pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed) -> ApiResult {
+    #[derive(serde::Serialize)]
+    struct Attributes<'a> {
+        created_at: String,
+        hostname: &'a str,
+        image_id: i64,
+        port: u16,
+        updated_at: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        attributes: Attributes<'a>,
+        id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        data: Vec<Doc<'a>>,
+    }
     let instances = state.service.list_instances(&actor, false)?;
-    let data: Vec<Value> = instances.iter().map(|i| instance_doc(&state, i)).collect();
-    ok(StatusCode::OK, json!({"data": data}))
+    let config = state.service.config();
+    let data = instances
+        .iter()
+        .map(|i| Doc {
+            attributes: Attributes {
+                created_at: timestamp(i.created_at),
+                hostname: &config.public_hostname,
+                image_id: i.image_id,
+                port: i.port,
+                updated_at: timestamp(i.updated_at),
+            },
+            id: i.id.to_string(),
+            kind: "instances",
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(List { data })).into_response())
 }
 
 /// `image_id` as a string of digits or a non-negative integer; anything
@@ -390,4 +438,31 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_whole_utc_seconds() {
+        let rfc = |s: &str| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        for (input, out) in [
+            ("2016-01-02T03:04:05Z", "2016-01-02T03:04:05Z"),
+            ("2016-01-02T03:04:05.999999Z", "2016-01-02T03:04:05Z"),
+            ("2016-01-02T03:04:05+02:00", "2016-01-02T01:04:05Z"),
+            ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+        ] {
+            let t = rfc(input);
+            assert_eq!(timestamp(t), out);
+            // The same text the general formatter gives.
+            let whole = t
+                .to_offset(time::UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .unwrap();
+            assert_eq!(timestamp(t), crate::store::format_ts(whole));
+        }
+    }
 }

@@ -147,10 +147,19 @@ pub async fn finalise(
         "postmaster.opts",
         "postmaster.pid",
         "postgresql.auto.conf",
+        // The activity counters the clean stops saved (initdb's catalog
+        // work, the script's changes): kept, they would make autovacuum
+        // analyse the same tables in every instance within a minute of
+        // its start, each writing its own copy (about 500 KiB of
+        // pg_statistic pages and WAL per instance for a fresh initdb).
+        // Instances start counting from zero instead; planner statistics
+        // (pg_statistic) are kept.
+        "pg_stat/pgstat.stat",
     ] {
         let _ = std::fs::remove_file(spec.datadir.join(name));
     }
     proof?;
+    step("flushing the data directory to disk");
     sync_fs(spec.datadir);
     Ok(Finalised { major })
 }
@@ -170,6 +179,9 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
             ("fsync".into(), "off".into()),
             ("full_page_writes".into(), "off".into()),
             ("synchronous_commit".into(), "off".into()),
+            // No logical replication apply workers: a subscription that
+            // came with the upload must not start pulling data here.
+            ("max_logical_replication_workers".into(), "0".into()),
         ],
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
@@ -237,11 +249,12 @@ async fn prepare_and_anonymise(
 ) -> Result<String, FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("creating roles");
+    // A superuser connection: the configured superuser's, which also
+    // creates the admin role the script runs as, or the admin role's.
     let admin = match wait_socket(spec, pm, spec.superuser).await {
         Ok(su) => {
             create_admin(&su).await?;
-            drop(su);
-            wait_socket(spec, pm, ADMIN_ROLE).await?
+            su
         }
         Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
             // The upload's superuser has another name: create the admin
@@ -306,6 +319,7 @@ async fn prepare_and_anonymise(
     }
 
     step("reassigning ownership to draupnir");
+    let mut last = None;
     for db in &databases {
         let c = pgconn::connect_unix(spec.datadir, SOCKET_PORT, &boot, db, CONNECT_TIMEOUT)
             .await
@@ -313,18 +327,25 @@ async fn prepare_and_anonymise(
         c.batch_execute(&reassign_sql(db))
             .await
             .map_err(db_err("reassigning ownership"))?;
+        vacuum_what_autovacuum_would(&c, db, progress).await?;
+        last = Some(c);
     }
 
     step("dropping temporary admin role");
-    let c = pgconn::connect_unix(
-        spec.datadir,
-        SOCKET_PORT,
-        &boot,
-        "template1",
-        CONNECT_TIMEOUT,
-    )
-    .await
-    .map_err(sql_err("connecting to drop the admin role"))?;
+    // Roles are cluster-wide: the last database's connection will do once
+    // the admin role owns nothing in any database.
+    let c = match last {
+        Some(c) => c,
+        None => pgconn::connect_unix(
+            spec.datadir,
+            SOCKET_PORT,
+            &boot,
+            "template1",
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .map_err(sql_err("connecting to drop the admin role"))?,
+    };
     c.batch_execute(&format!("DROP ROLE {ADMIN_ROLE}"))
         .await
         .map_err(db_err("dropping the admin role"))?;
@@ -478,6 +499,49 @@ async fn run_script(
     }))
 }
 
+/// Tables whose statistics say autovacuum would vacuum or analyse them
+/// (dead tuples or changes since the last analyse above autovacuum's
+/// thresholds), typically the ones the anonymisation script rewrote.
+const AUTOVACUUM_DUE_SQL: &str = "
+SELECT format('%I.%I', s.schemaname, s.relname)
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE c.relkind IN ('r', 'm')
+  AND (s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::float8
+                      + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)
+    OR s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float8
+                      + current_setting('autovacuum_analyze_scale_factor')::float8 * greatest(c.reltuples, 0))
+ORDER BY 1";
+
+/// Do once, here, what autovacuum would otherwise do in every instance
+/// within a minute of its start: each instance would rewrite the same
+/// pages and statistics into its own copy-on-write snapshot (a table the
+/// script updated would be copied whole into every instance) and spend
+/// the same CPU. The image gets pruned pages, a visibility map and fresh
+/// planner statistics instead.
+async fn vacuum_what_autovacuum_would(
+    c: &tokio_postgres::Client,
+    db: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(), FinaliseError> {
+    let due: Vec<String> = c
+        .query(AUTOVACUUM_DUE_SQL, &[])
+        .await
+        .map_err(db_err("finding tables autovacuum would process"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    progress(Progress::Step(format!(
+        "vacuuming and analysing {} changed table(s) in {db}",
+        due.len()
+    )));
+    c.batch_execute(&format!("VACUUM (ANALYZE) {}", due.join(", ")))
+        .await
+        .map_err(db_err("vacuuming changed tables"))
+}
+
 /// SQL that gives every object in the current database to `draupnir`:
 /// what other roles own is reassigned; what the bootstrap superuser owns
 /// outside the system schemas is altered one by one (REASSIGN refuses it).
@@ -562,6 +626,16 @@ async fn prove(spec: &FinaliseSpec<'_>, bin: &PgBin, boot_role: &str) -> Result<
                 "unix_socket_directories".into(),
                 spec.datadir.display().to_string(),
             ),
+            // Durability is not what this run proves, and the whole file
+            // system is flushed once after it (`sync_fs`): without these,
+            // the shutdown checkpoint fsyncs file by file for nothing.
+            ("fsync".into(), "off".into()),
+            ("full_page_writes".into(), "off".into()),
+            ("synchronous_commit".into(), "off".into()),
+            // Nothing to maintain in a run this short; fewer processes to
+            // start and stop.
+            ("autovacuum".into(), "off".into()),
+            ("max_logical_replication_workers".into(), "0".into()),
         ],
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
@@ -611,43 +685,54 @@ async fn prove_running(
         return Err(FinaliseError::Proof("role draupnir is a superuser".into()));
     }
     drop(client);
-    if pgconn::connect_plain(host, port, CLIENT_ROLE, db, CONNECT_TIMEOUT)
-        .await
-        .is_ok()
-    {
+    // Every refusal is tried at once: each costs the server a fork and an
+    // authentication round trip, none depends on another.
+    let with_cert = Some((c.client_cert_pem.as_str(), c.client_key_pem.as_str()));
+    let (plain, no_cert, as_boot, as_postgres) = tokio::join!(
+        pgconn::connect_plain(host, port, CLIENT_ROLE, db, CONNECT_TIMEOUT),
+        pgconn::connect_tls(
+            host,
+            port,
+            CLIENT_ROLE,
+            db,
+            &c.ca_cert_pem,
+            None,
+            CONNECT_TIMEOUT
+        ),
+        pgconn::connect_tls(
+            host,
+            port,
+            boot_role,
+            db,
+            &c.ca_cert_pem,
+            with_cert,
+            CONNECT_TIMEOUT
+        ),
+        pgconn::connect_tls(
+            host,
+            port,
+            "postgres",
+            db,
+            &c.ca_cert_pem,
+            with_cert,
+            CONNECT_TIMEOUT
+        ),
+    );
+    if plain.is_ok() {
         return Err(FinaliseError::Proof(
             "plain TCP without TLS was accepted".into(),
         ));
     }
-    if pgconn::connect_tls(
-        host,
-        port,
-        CLIENT_ROLE,
-        db,
-        &c.ca_cert_pem,
-        None,
-        CONNECT_TIMEOUT,
-    )
-    .await
-    .is_ok()
-    {
+    if no_cert.is_ok() {
         return Err(FinaliseError::Proof(
             "TLS without a client certificate was accepted".into(),
         ));
     }
-    for role in [boot_role, "postgres"] {
-        if pgconn::connect_tls(
-            host,
-            port,
-            role,
-            db,
-            &c.ca_cert_pem,
-            Some((&c.client_cert_pem, &c.client_key_pem)),
-            CONNECT_TIMEOUT,
-        )
-        .await
-        .is_ok()
-        {
+    for (role, accepted) in [
+        (boot_role, as_boot.is_ok()),
+        ("postgres", as_postgres.is_ok()),
+    ] {
+        if accepted {
             return Err(FinaliseError::Proof(format!(
                 "role {role} was accepted over TCP"
             )));

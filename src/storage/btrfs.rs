@@ -166,6 +166,8 @@ pub fn delete_subvolume(path: &Path) -> Result<()> {
     }
     match destroy(path) {
         Ok(()) => Ok(()),
+        // Deleted meanwhile by someone else (a background delete).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
             // Nested subvolumes: delete them deepest first, then retry.
             let mut nested = Vec::new();

@@ -181,8 +181,54 @@ pub fn format_ts(t: OffsetDateTime) -> String {
 }
 
 fn parse_ts(s: &str) -> OffsetDateTime {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+    parse_stored_ts(s)
+        .or_else(|| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The exact shape [`format_ts`] writes, `YYYY-MM-DDTHH:MM:SS[.f…]Z`,
+/// read without the general RFC 3339 parser (listings read thousands).
+fn parse_stored_ts(s: &str) -> Option<OffsetDateTime> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let (rest, nanos) = match b[19] {
+        b'Z' => (&b[19..], 0),
+        b'.' => {
+            let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=9).contains(&digits) {
+                return None;
+            }
+            let frac = num(20..20 + digits)?;
+            (&b[20 + digits..], frac * 10u32.pow(9 - digits as u32))
+        }
+        _ => return None,
+    };
+    if rest != b"Z" {
+        return None;
+    }
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(num(0..4)? as i32, month, num(8..10)? as u8).ok()?;
+    let t = time::Time::from_hms_nano(
+        num(11..13)? as u8,
+        num(14..16)? as u8,
+        num(17..19)? as u8,
+        nanos,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
 }
 
 fn ts_col(row: &Row, idx: &str) -> rusqlite::Result<OffsetDateTime> {
@@ -212,21 +258,29 @@ fn image_row(row: &Row) -> rusqlite::Result<Image> {
     })
 }
 
+/// A row of `SELECT {INSTANCE_COLS}`, by position (listings read
+/// hundreds of rows; looking columns up by name costs more than reading
+/// them).
 fn instance_row(row: &Row) -> rusqlite::Result<Instance> {
+    let ts =
+        |i: usize| -> rusqlite::Result<OffsetDateTime> { Ok(parse_ts(row.get_ref(i)?.as_str()?)) };
+    let opt_ts = |i: usize| -> rusqlite::Result<Option<OffsetDateTime>> {
+        Ok(row.get_ref(i)?.as_str_or_null()?.map(parse_ts))
+    };
     Ok(Instance {
-        id: row.get("id")?,
-        image_id: row.get("image_id")?,
-        owner_id: row.get("owner_id")?,
-        owner_name: row.get("owner_name")?,
-        state: InstanceState::parse(&row.get::<_, String>("state")?),
-        failure_reason: row.get("failure_reason")?,
-        port: row.get("port")?,
-        pid: row.get("pid")?,
-        expires_at: opt_ts_col(row, "expires_at")?,
-        last_active_at: opt_ts_col(row, "last_active_at")?,
-        pooled: row.get("pooled")?,
-        created_at: ts_col(row, "created_at")?,
-        updated_at: ts_col(row, "updated_at")?,
+        id: row.get(0)?,
+        image_id: row.get(1)?,
+        owner_id: row.get(2)?,
+        owner_name: row.get(3)?,
+        state: InstanceState::parse(row.get_ref(4)?.as_str()?),
+        failure_reason: row.get(5)?,
+        port: row.get(6)?,
+        pid: row.get(7)?,
+        expires_at: opt_ts(8)?,
+        last_active_at: opt_ts(9)?,
+        pooled: row.get(10)?,
+        created_at: ts(11)?,
+        updated_at: ts(12)?,
     })
 }
 
@@ -595,7 +649,7 @@ impl Store {
     /// Instances, optionally only one owner's or one image's.
     pub fn instances(&self, owner: Option<i64>, image: Option<i64>) -> Result<Vec<Instance>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {INSTANCE_COLS} FROM instances i JOIN users u ON u.id = i.owner_id \
              WHERE (?1 IS NULL OR i.owner_id = ?1) AND (?2 IS NULL OR i.image_id = ?2) ORDER BY i.id"
         ))?;
@@ -879,6 +933,44 @@ fn key_row(row: &Row) -> rusqlite::Result<SshKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_timestamps_read_back_exactly() {
+        let rfc = |s: &str| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        for s in [
+            "2026-11-22T23:30:01Z",
+            "2026-11-22T23:30:01.5Z",
+            "2026-11-22T23:30:01.123456789Z",
+            "2024-02-29T00:00:00.000001Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_stored_ts(s), Some(rfc(s)), "{s}");
+            assert_eq!(parse_ts(&format_ts(rfc(s))), rfc(s), "{s}");
+        }
+        let t = now();
+        assert_eq!(parse_ts(&format_ts(t)), t);
+        // Anything else goes through the general parser (or is the epoch).
+        for s in [
+            "2026-11-22T23:30:01+01:00",
+            "2026-11-22t23:30:01z",
+            "2026-13-22T23:30:01Z",
+            "2026-11-22T23:30:01.Z",
+            "2026-11-22T23:30:01.1234567890Z",
+            "2026-11-22T23:30:01Zx",
+            "2026-02-30T00:00:00Z",
+            "",
+            "garbage",
+        ] {
+            assert_eq!(parse_stored_ts(s), None, "{s}");
+        }
+        assert_eq!(
+            parse_ts("2026-11-22T23:30:01+01:00"),
+            rfc("2026-11-22T22:30:01Z")
+        );
+        assert_eq!(parse_ts("garbage"), OffsetDateTime::UNIX_EPOCH);
+    }
 
     #[test]
     fn migrations_apply_once_and_ports_are_unique() {

@@ -1,0 +1,383 @@
+//! Finalise latency (issue 7, target 3): for a 1 GiB data directory and a
+//! one-statement script, `finalise_image` within 1.5× the floor.
+//!
+//! The data directory is built once per run (full run: `initdb` plus a
+//! ~1 GiB table, built with `fsync=off` and `wal_level=minimal`; smoke
+//! run: the small test fixture) and uploaded through the core as a `tar`
+//! stream, untimed. The floor is done by the benchmark itself on the same
+//! btrfs, from a writable snapshot of that upload (untimed): `postgres`
+//! started as the instance user, the one statement run with `psql`, a
+//! clean (fast) stop, a read-only snapshot. Against it: the core's
+//! `finalise_image` on a fresh upload of the same directory, with the time
+//! of each step it reports.
+//!
+//! `cargo bench --bench finalise`; `cargo test --bench finalise` is the
+//! one-round smoke run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use draupnir::core::{Actor, FinaliseProgress, Service, UploadTarget};
+use draupnir::postgres::cluster::InstanceUser;
+use draupnir::postgres::finalise::{sync_fs, Progress};
+use draupnir::storage::btrfs;
+use support::chart::Chart;
+use support::{Bench, Row, Stats, Target, Unit};
+
+/// The one statement of the anonymisation script (and of the floor).
+const STATEMENT: &str = "UPDATE users SET email = 'x' || id";
+
+/// Rows of the bulk table in the full run: ~1 GiB of heap (29 rows of
+/// ~276 bytes per 8 KiB page).
+const BULK_ROWS: u64 = 3_800_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run());
+}
+
+/// A postgres binary run as the instance user with a clean environment.
+fn as_user(prog: &str, user: &InstanceUser) -> Command {
+    let mut c = Command::new(Path::new(common::PG_BIN).join(prog));
+    c.uid(user.uid)
+        .gid(user.gid)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/");
+    c
+}
+
+fn check(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Wait until `postmaster.pid` says the server accepts connections (what
+/// `pg_ctl -w` waits for, polled every millisecond), or the process ends.
+fn wait_ready(dir: &Path, pg: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) {
+            if text.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = pg.try_wait() {
+            panic!("postgres in {} exited: {status}", dir.display());
+        }
+        assert!(Instant::now() < deadline, "postgres never became ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `psql` as the instance user over the private socket in `dir`, one
+/// `-c` (one transaction) per statement.
+fn psql(dir: &Path, port: u16, user: &InstanceUser, statements: &[&str]) {
+    let mut cmd = as_user("psql", user);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(dir)
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"]);
+    for sql in statements {
+        cmd.args(["-c", sql]);
+    }
+    check(&mut cmd);
+}
+
+fn stop(pg: &mut std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pg.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = pg.wait();
+}
+
+/// Start postgres on `dir` with a Unix socket only (plus `settings`).
+fn start(dir: &Path, port: u16, user: &InstanceUser, settings: &[&str]) -> std::process::Child {
+    let mut c = as_user("postgres", user);
+    c.arg("-D")
+        .arg(dir)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()));
+    for s in settings {
+        c.args(["-c", s]);
+    }
+    c.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres")
+}
+
+/// The data directory to upload: `initdb` plus a `users` table (the
+/// statement's) and, in the full run, a ~1 GiB bulk table.
+fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
+    let data = root.join("pgdata");
+    if !full {
+        std::fs::create_dir(&data).expect("mkdir");
+        let mut ar = tar::Archive::new(&common::FIXTURE.tar[..]);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_ownerships(true);
+        ar.unpack(&data).expect("unpack fixture");
+        return data;
+    }
+    std::fs::create_dir(&data).expect("mkdir");
+    std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).expect("chown");
+    check(
+        as_user("initdb", user)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&data),
+    );
+    let port = 5432;
+    // Minimal WAL: the bulk table is created in the transaction that
+    // fills it, so it is written straight to its file, not to pg_wal.
+    let mut pg = start(
+        &data,
+        port,
+        user,
+        &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
+    );
+    wait_ready(&data, &mut pg);
+    let users = format!(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, secret text);
+         INSERT INTO users SELECT g, 'user' || g || '@example.com', md5(g::text)
+           FROM generate_series(1, {}) g;",
+        common::FIXTURE_USERS
+    );
+    let bulk = format!(
+        "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS digest, repeat('x', 200) AS filler
+           FROM generate_series(1, {BULK_ROWS}) g"
+    );
+    psql(
+        &data,
+        port,
+        user,
+        // No FREEZE: it would rewrite every page and log each one in full.
+        &[&users, &bulk, "VACUUM (ANALYZE)", "CHECKPOINT"],
+    );
+    stop(&mut pg);
+    data
+}
+
+/// Upload `dir` into a new image through the core, as a `tar` stream.
+async fn upload(svc: &Service, admin: &Actor, dir: &Path, script: Option<&str>) -> i64 {
+    let image = svc.create_image(admin, None, script).expect("create image");
+    let mut tar = tokio::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tar");
+    let out = tar.stdout.take().expect("tar stdout");
+    svc.ingest(admin, image.id, UploadTarget::Stream, out)
+        .await
+        .expect("upload");
+    assert!(tar.wait().await.expect("tar").success());
+    image.id
+}
+
+/// The floor, by hand, from a writable snapshot of the upload.
+fn floor_once(source: &Path, scratch: &Path, user: &InstanceUser, port: u16) -> Floor {
+    let dir = scratch.join("floor");
+    let sealed = scratch.join("floor-sealed");
+    btrfs::snapshot(source, &dir, false).expect("snapshot");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
+    sync_fs(&dir);
+    let t = Instant::now();
+    let mut pg = start(&dir, port, user, &[]);
+    wait_ready(&dir, &mut pg);
+    let ready = t.elapsed();
+    psql(&dir, port, user, &[STATEMENT]);
+    let ran = t.elapsed();
+    stop(&mut pg);
+    let stopped = t.elapsed();
+    btrfs::snapshot(&dir, &sealed, true).expect("read-only snapshot");
+    let took = t.elapsed();
+    btrfs::delete_subvolume(&sealed).expect("delete");
+    btrfs::delete_subvolume(&dir).expect("delete");
+    Floor {
+        took,
+        steps: [ready, ran - ready, stopped - ran, took - stopped],
+    }
+}
+
+/// One floor run and its four parts.
+struct Floor {
+    took: Duration,
+    steps: [Duration; 4],
+}
+
+const FLOOR_STEPS: [&str; 4] = [
+    "postgres start, until ready",
+    "psql: the statement",
+    "fast stop (shutdown checkpoint)",
+    "read-only snapshot",
+];
+
+/// One finalise through the core; returns its time and the time from
+/// each reported step to the next.
+async fn finalise_once(svc: &Service, admin: &Actor, image: i64) -> (Duration, Vec<(String, f64)>) {
+    let marks: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let m = marks.clone();
+    let progress: FinaliseProgress = Arc::new(move |p| {
+        if let Progress::Step(s) = p {
+            m.lock().unwrap().push((s, Instant::now()));
+        }
+    });
+    let t = Instant::now();
+    svc.finalise_image(admin, image, Some(progress))
+        .await
+        .expect("finalise");
+    let took = t.elapsed();
+    let marks = marks.lock().unwrap().clone();
+    let mut steps = Vec::new();
+    let mut prev = ("(before the first step)".to_string(), t);
+    for (name, at) in marks {
+        steps.push((prev.0.clone(), (at - prev.1).as_secs_f64() * 1000.0));
+        prev = (name, at);
+    }
+    (took, steps)
+}
+
+async fn run() {
+    let mut bench = Bench::new("finalise");
+    let base = common::port_base();
+    let env = TestEnv::with(&format!(
+        "min_instance_port = {base}\nmax_instance_port = {}\nloopback_size = \"8G\"\nmax_image_bytes = \"4G\"",
+        base + 39
+    ))
+    .await;
+    let svc = env.svc().clone();
+    let admin = env.admin();
+    let user = InstanceUser::ensure(common::INSTANCE_USER).expect("instance user");
+
+    let root = tempfile::Builder::new()
+        .prefix("drp-finbench-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (datadir, built) = {
+        let (r, u, full) = (root.path().to_owned(), user.clone(), bench.full);
+        support::time(|| build_datadir(&r, &u, full))
+    };
+    let size = btrfs::apparent_size(&datadir);
+    eprintln!(
+        "data directory: {:.0} MiB (pg_wal {:.0} MiB), built in {:.1} s",
+        size as f64 / 1048576.0,
+        btrfs::apparent_size(&datadir.join("pg_wal")) as f64 / 1048576.0,
+        built.as_secs_f64()
+    );
+
+    // The floor's source: one upload that is never finalised.
+    let source = upload(&svc, &admin, &datadir, None).await;
+    let (source_dir, _) = svc.image_path(source);
+    let scratch = env.data().join("bench");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let floor_port = base + 39;
+
+    // Warm up the binaries and the page cache once, untimed.
+    floor_once(&source_dir, &scratch, &user, floor_port);
+
+    let mut floor = Vec::new();
+    let mut floor_steps: [Vec<Duration>; 4] = Default::default();
+    let mut fin = Vec::new();
+    let mut steps: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    for _ in 0..bench.rounds(7, 1) {
+        let f = floor_once(&source_dir, &scratch, &user, floor_port);
+        floor.push(f.took);
+        for (all, d) in floor_steps.iter_mut().zip(f.steps) {
+            all.push(d);
+        }
+
+        let image = upload(&svc, &admin, &datadir, Some(STATEMENT)).await;
+        sync_fs(&env.data());
+        let (took, s) = finalise_once(&svc, &admin, image).await;
+        fin.push(took);
+        for (i, (name, ms)) in s.into_iter().enumerate() {
+            steps.entry((i, name)).or_default().push(ms);
+        }
+        svc.destroy_image(&admin, image, true)
+            .await
+            .expect("destroy image");
+    }
+    let floor = Stats::ms(&floor);
+    let fin = Stats::ms(&fin);
+    let label = format!("{:.0} MiB", size as f64 / 1048576.0);
+    bench.row(Row::new(
+        "floor: start, statement, stop, snapshot",
+        None,
+        &floor,
+        Target::None,
+    ));
+    for (name, d) in FLOOR_STEPS.iter().zip(&floor_steps) {
+        bench.row(Row::new(
+            format!("  floor: {name}"),
+            None,
+            &Stats::ms(d),
+            Target::None,
+        ));
+    }
+    bench.row(Row::new(
+        format!("core finalise_image ({label})"),
+        Some(&floor),
+        &fin,
+        Target::RatioAtMost(1.5),
+    ));
+    for ((_, name), ms) in &steps {
+        bench.row(Row::new(
+            format!("  step: {}", short(name)),
+            None,
+            &Stats::new(Unit::Ms, ms.clone()),
+            Target::None,
+        ));
+    }
+    bench.chart(
+        Chart::new(
+            "finalise",
+            &format!("finalise, {label} data directory, one statement"),
+        )
+        .baseline("floor (by hand)", &floor)
+        .draupnir("core finalise_image", &fin),
+    );
+    svc.destroy_image(&admin, source, true)
+        .await
+        .expect("destroy source");
+    drop(env);
+    bench.finish();
+}
+
+/// A step's name, cut to fit the table.
+fn short(name: &str) -> String {
+    let name = name.split(" (").next().unwrap_or(name);
+    name.chars().take(36).collect()
+}
