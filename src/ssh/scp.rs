@@ -276,8 +276,8 @@ async fn receive_file<R: AsyncBufReadExt + Unpin>(
     ack(out).await?;
     let mut left = size;
     while left > 0 {
-        // Hand the core full chunks, not one per SSH packet (32 KiB from
-        // OpenSSH): fewer wake-ups of the extractor, and no zeroing.
+        // Hand the core full chunks, not one per SSH packet (OpenSSH's are
+        // mostly 32 KiB): fewer wake-ups of the extractor, and no zeroing.
         let want = left.min(CHUNK as u64) as usize;
         let mut buf = Vec::with_capacity(want);
         while buf.len() < want {
