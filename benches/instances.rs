@@ -360,8 +360,9 @@ fn assert_nothing_left(env: &SshEnv, svc: &draupnir::core::Service, admin: &drau
         .collect();
     assert!(pms.is_empty(), "postmasters left: {pms:?}");
     let cfg = svc.config();
+    let listening = support::listening_ports();
     let taken: Vec<u16> = (cfg.min_instance_port..=cfg.max_instance_port)
-        .filter(|p| !process::port_free(*p))
+        .filter(|p| listening.contains(p))
         .collect();
     assert!(taken.is_empty(), "ports still bound: {taken:?}");
 }

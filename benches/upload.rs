@@ -22,7 +22,7 @@
 //! every upload also logs where its extractor waited (for input, or for
 //! room in its queue) and the CPU of its decoding and writing threads;
 //! `DRAUPNIR_BENCH_PERF=DIR` records each copy with `perf` (see [`scp`]).
-//! Findings: `docs/bench/upload-notes.md`.
+//! Findings: `docs/bench/upload-notes.md` and BENCHMARKS.md.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

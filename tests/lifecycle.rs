@@ -116,6 +116,11 @@ async fn full_lifecycle() {
 
     // The script ran; draupnir owns the data; writes stay private.
     assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "10");
+    // No subscription in the upload may reach its publisher from an instance.
+    assert_eq!(
+        psql_cert(&a, "SHOW max_logical_replication_workers").unwrap(),
+        "0"
+    );
     psql_cert(&a, "INSERT INTO users VALUES (1000, 'new@example.com', 'x'); DROP TABLE orders CASCADE; ALTER TABLE app_owned ADD COLUMN y int").unwrap();
     assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "11");
     assert_eq!(psql_cert(&b, "SELECT count(*) FROM users").unwrap(), "10");

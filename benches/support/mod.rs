@@ -398,3 +398,25 @@ pub async fn time_async<T>(f: impl std::future::Future<Output = T>) -> (T, Durat
     let v = f.await;
     (v, t.elapsed())
 }
+
+/// Ports something listens on (TCP, IPv4 and IPv6), from /proc/net. A
+/// bind test would also count connections in TIME_WAIT.
+pub fn listening_ports() -> std::collections::BTreeSet<u16> {
+    let mut out = std::collections::BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3 && f[3] == "0A" {
+                if let Some(port) = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+                {
+                    out.insert(port);
+                }
+            }
+        }
+    }
+    out
+}

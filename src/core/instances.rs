@@ -91,6 +91,9 @@ impl Service {
                     datadir.display().to_string(),
                 ),
                 ("cluster_name".into(), format!("draupnir-{id}")),
+                // A subscription carried over in the upload must not connect
+                // to its publisher (production) from every instance.
+                ("max_logical_replication_workers".into(), "0".into()),
             ],
             datadir,
             log_file: self.log_file("instance", id),
