@@ -1,5 +1,6 @@
-//! Density (issue 7, targets 5 and 6): 200 running instances of one image
-//! on one machine, all accepting connections.
+//! Density (issue 7): 200 running instances of one image on one machine,
+//! all accepting connections, and (target 6) 200 destroys that leave
+//! nothing behind.
 //!
 //! The real daemon binary (`draupnir serve`) runs on its own loopback
 //! btrfs; everything goes through its front doors with real clients: the
@@ -13,13 +14,17 @@
 //!   subvolume's exclusive bytes), and as a cross-check the file system's
 //!   used bytes before and after divided by the number of instances;
 //! * PSS per instance: `Pss` of `/proc/PID/smaps_rollup` summed over each
-//!   postmaster and all its children;
-//! * the daemon's RSS (`VmRSS`) with 1 and with all instances;
+//!   postmaster and all its children (and its shared-memory, private and
+//!   file parts); the CPU all instances use while idle;
+//! * the daemon's RSS (`VmRSS`) with 1 and with all instances, its CPU
+//!   while idle and its open files;
 //! * the latency of `ssh draupnir instances` and of `GET /instances`
-//!   (HTTPS, one kept-alive connection) with 1 instance and with all.
+//!   (HTTPS: a new connection per call, as curl or a 5.x client, and one
+//!   kept-alive connection) with 1 instance and with all.
 //!
 //! Finally every instance is destroyed with `ssh … destroy-instance` and
-//! nothing may be left: no subvolume, no process, no row, no bound port.
+//! nothing may be left: no row, no subvolume, no process, no bound port,
+//! no file the daemon held open for it.
 //!
 //! `cargo bench --bench density` (200 instances); `cargo test --bench
 //! density` is the smoke run (3 instances).
@@ -629,7 +634,7 @@ async fn run() {
     .collect();
     let mut procs: Vec<usize> = families.iter().map(Vec::len).collect();
     // What they all cost while nobody uses them.
-    let idle = if bench.full { 10 } else { 2 };
+    let idle = if bench.full { 10 } else { 1 };
     let all: Vec<i32> = families.iter().flatten().copied().collect();
     let instances_cpu = cpu_percent(&all, Duration::from_secs(idle));
     let daemon_cpu = cpu_percent(&[daemon.pid()], Duration::from_secs(idle));
