@@ -185,30 +185,7 @@ struct Ssh {
 
 impl Ssh {
     fn opts(&self) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ConnectTimeout=20",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.push(self.key.display().to_string());
-        v
+        support::ssh_client_opts(&self.key)
     }
 
     async fn run(&self, mut cmd: tokio::process::Command) -> Output {

@@ -318,30 +318,7 @@ impl Drop for Sshd {
 /// The client options both servers get: those of the tests, without
 /// forcing a cipher.
 fn client_opts(key: &Path) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "ConnectTimeout=20",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(key.display().to_string());
-    v
+    support::ssh_client_opts(key)
 }
 
 /// A server to copy to.
