@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash packaging/setup-debian.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+# --no-fail-fast: one run reports every failing test binary, not just the first.
+cargo test --locked --all-targets --no-fail-fast

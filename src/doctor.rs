@@ -181,11 +181,56 @@ fn existing(path: &Path) -> PathBuf {
         .to_owned()
 }
 
+/// (available, total) bytes of the file system holding `at`.
+fn space(at: &Path) -> nix::Result<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(at)?;
+    let frag = st.fragment_size() as u64;
+    Ok((
+        st.blocks_available() as u64 * frag,
+        st.blocks() as u64 * frag,
+    ))
+}
+
 fn free_space(config: &Config) -> Check {
     const NAME: &str = "free space";
+    // `min_free_space` guards the btrfs file system at data_path. Until
+    // there is one, the host's own free space says nothing about it: with
+    // a loopback file, what matters is room for that file to grow.
+    if !crate::storage::btrfs::is_btrfs(&config.data_path).unwrap_or(false) {
+        let Some(size) = config.loopback_size else {
+            return pass(
+                NAME,
+                "not checked: data_path is not on btrfs (see data_path)",
+            );
+        };
+        let file = crate::storage::loopback::loopback_file(&config.state_path);
+        let at = existing(&file);
+        let used = std::fs::metadata(&file)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        let Ok((avail, _)) = space(&at) else {
+            return pass(NAME, format!("not checked: cannot stat {}", at.display()));
+        };
+        let room = size.0.saturating_sub(used);
+        let detail = format!(
+            "{} MiB free on {} for the loopback file to grow by up to {} MiB",
+            avail >> 20,
+            at.display(),
+            room >> 20
+        );
+        return if avail >= room {
+            pass(NAME, detail)
+        } else {
+            fail(
+                NAME,
+                detail,
+                "free space on that file system, move state_path, or lower loopback_size",
+            )
+        };
+    }
     let at = existing(&config.data_path);
-    let st = match nix::sys::statvfs::statvfs(&at) {
-        Ok(st) => st,
+    let (avail, total) = match space(&at) {
+        Ok(space) => space,
         Err(e) => {
             return fail(
                 NAME,
@@ -194,9 +239,6 @@ fn free_space(config: &Config) -> Check {
             )
         }
     };
-    let frag = st.fragment_size() as u64;
-    let total = st.blocks() as u64 * frag;
-    let avail = st.blocks_available() as u64 * frag;
     let floor = config.min_free_space.bytes(total);
     let detail = format!(
         "{} MiB free of {} MiB on {} (min_free_space {} = {} MiB)",

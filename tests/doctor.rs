@@ -135,6 +135,40 @@ async fn healthy_then_each_check_broken_once() {
     }
     drop(held);
 
+    // data_path not on btrfs: free space is not judged by the host's disk
+    // (above, only data_path failed whatever the host has free). With a
+    // loopback file it is judged by the room that file has to grow.
+    let plain = base
+        .replace(&format!("\"{d}/data\""), &format!("\"{d}/plain\""))
+        .replace("loopback_size = \"1G\"", "");
+    let (_, out) = doctor(dir, "broken.toml", &plain, false);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok   free space") && l.contains("not checked")),
+        "{out}"
+    );
+    let (code, out) = doctor(
+        dir,
+        "loop.toml",
+        &format!("loopback_size = \"1G\"\n{plain}"),
+        false,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("for the loopback file to grow"), "{out}");
+    let (code, out) = doctor(
+        dir,
+        "loop.toml",
+        &format!("loopback_size = \"100000T\"\n{plain}"),
+        false,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    let fails = failing(&out);
+    assert_eq!(fails.len(), 1, "{out}");
+    assert!(
+        fails[0][5..].starts_with("free space") && fails[0].contains("loopback_size"),
+        "{out}"
+    );
+
     // The metadata file gone while data_path holds volumes: a failure
     // pointing at backup-state.
     let admin = env.admin();
