@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::http::*;
 use common::*;
-use draupnir::core::{ConnectionInfo, UploadTarget};
+use draupnir::core::{ConnectionInfo, InstanceRef, UploadTarget};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -286,6 +286,36 @@ async fn images_and_instances_conform_and_connect() {
     let data = r.json()["data"].as_array().unwrap().clone();
     assert_eq!(data.len(), 1);
     assert_eq!(data[0]["id"], inst2.to_string());
+
+    // The listing is kept rendered between changes: the same bytes again,
+    // and every change, whichever door made it, shows at once.
+    let kept = api.get("/instances", &alice_token).await;
+    assert_eq!(kept.body, r.body);
+    assert_eq!(kept.header("content-type"), "application/json");
+    let inst3 = svc
+        .create_instance(&admin, InstanceRef::Id(id))
+        .await
+        .expect("a core create")
+        .instance
+        .id;
+    let r = api.get("/instances", &alice_token).await;
+    let ids: Vec<_> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [inst2.to_string(), inst3.to_string()]);
+    assert_eq!(
+        api.get("/instances", INTEGRATION).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    svc.destroy_instance(&admin, inst3).await.unwrap();
+    let r = api.get("/instances", &alice_token).await;
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 1);
 
     // GET /instances/:id: own with credentials; someone else's is 404.
     let r = api.get(&format!("/instances/{inst1}"), INTEGRATION).await;

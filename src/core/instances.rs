@@ -405,6 +405,13 @@ impl Service {
         Ok(inst)
     }
 
+    /// A number that changes whenever anything stored changes; a listing
+    /// read after it was taken is exact for as long as it stays the same
+    /// (front doors may keep a rendered listing that long).
+    pub fn listing_version(&self) -> u64 {
+        self.inner.store.version()
+    }
+
     /// The caller's instances; `all` (admins only) lists everyone's.
     pub fn list_instances(&self, actor: &Actor, all: bool) -> Result<Vec<Instance>> {
         if all {

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod forwarded;
+mod listing;
 pub mod metrics;
 mod middleware;
 mod oauth;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     integration: bool,
     pub oauth: Option<oauth::Oauth>,
     pub metrics: metrics::Metrics,
+    /// Rendered `GET /instances` bodies (see [`listing`]).
+    pub listings: listing::Listings,
 }
 
 /// State every handler sees. Cheap to clone.
@@ -86,6 +89,7 @@ impl AppState {
             integration: config.environment == Environment::Test,
             oauth: oauth::Oauth::from_config(config).map_err(HttpError::Oauth)?,
             metrics: metrics::Metrics::default(),
+            listings: listing::Listings::default(),
         })))
     }
 

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
@@ -242,14 +243,21 @@ pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed
     struct List<'a> {
         data: Vec<Doc<'a>>,
     }
-    let instances = state.service.list_instances(&actor, false)?;
     let config = state.service.config();
+    let hostname = config.public_hostname.as_str();
+    // Taken before the rows are read: a body is never newer than the
+    // version it is kept under says.
+    let version = state.service.listing_version();
+    if let Some(body) = state.listings.get(actor.user_id, version, hostname) {
+        return Ok(json_body(body));
+    }
+    let instances = state.service.list_instances(&actor, false)?;
     let data = instances
         .iter()
         .map(|i| Doc {
             attributes: Attributes {
                 created_at: timestamp(i.created_at),
-                hostname: &config.public_hostname,
+                hostname,
                 image_id: i.image_id,
                 port: i.port,
                 updated_at: timestamp(i.updated_at),
@@ -258,7 +266,16 @@ pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed
             kind: "instances",
         })
         .collect();
-    Ok((StatusCode::OK, Json(List { data })).into_response())
+    let body = Bytes::from(serde_json::to_vec(&List { data }).map_err(|_| ApiError::internal())?);
+    state
+        .listings
+        .put(actor.user_id, version, hostname, body.clone());
+    Ok(json_body(body))
+}
+
+/// `200 OK` with an already rendered JSON body.
+fn json_body(body: Bytes) -> Response {
+    (StatusCode::OK, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `image_id` as a string of digits or a non-negative integer; anything

@@ -9,6 +9,7 @@ pub mod paths;
 pub mod scp;
 pub mod server;
 pub mod sftp;
+mod socket;
 
 pub use server::{serve, SshServer};
 

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::commands;
+use super::socket::QuickAck;
 use super::{hostkey, scp, sftp, SshError};
 use crate::config::SshConfig;
 use crate::core::{Actor, Service};
@@ -267,7 +268,7 @@ async fn run_connection(
     // straight from the socket: buffer them, so a stream of upload packets
     // (OpenSSH's are mostly 32 KiB) costs one recv per 256 KiB instead of
     // two per packet.
-    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUF, socket);
+    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUF, QuickAck::new(socket));
     let session =
         match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler))
             .await

@@ -388,6 +388,13 @@ impl Store {
         Ok(store)
     }
 
+    /// Changes whenever any row is inserted, updated or deleted (SQLite's
+    /// `total_changes` of the one connection every write goes through):
+    /// anything read at one version is still exact at the same version.
+    pub fn version(&self) -> u64 {
+        self.conn().total_changes()
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (statements are atomic), so a poisoned lock is still usable.
