@@ -147,20 +147,14 @@ async fn healthy_then_each_check_broken_once() {
             .any(|l| l.starts_with("ok   free space") && l.contains("not checked")),
         "{out}"
     );
-    let (code, out) = doctor(
-        dir,
-        "loop.toml",
-        &format!("loopback_size = \"1G\"\n{plain}"),
-        false,
-    );
+    let with_loop = |size: &str| {
+        let text = format!("loopback_size = \"{size}\"\n{plain}");
+        doctor(dir, "loop.toml", &text, false)
+    };
+    let (code, out) = with_loop("1G");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("for the loopback file to grow"), "{out}");
-    let (code, out) = doctor(
-        dir,
-        "loop.toml",
-        &format!("loopback_size = \"100000T\"\n{plain}"),
-        false,
-    );
+    let (code, out) = with_loop("100000T");
     assert_eq!(code, Some(1), "{out}");
     let fails = failing(&out);
     assert_eq!(fails.len(), 1, "{out}");
