@@ -51,12 +51,9 @@ use support::{Bench, Row, Stats, Target, Unit};
 const BIN: &str = env!("CARGO_BIN_EXE_draupnir");
 const API_VERSION: &str = "5.3.6";
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+#[tokio::main]
+async fn main() {
+    run().await;
 }
 
 /// `draupnir serve` on a private loopback btrfs. Dropping it (also on a
@@ -185,7 +182,7 @@ struct Ssh {
 
 impl Ssh {
     fn opts(&self) -> Vec<String> {
-        support::ssh_client_opts(&self.key)
+        common::ssh::client_opts(&self.key, None)
     }
 
     async fn run(&self, mut cmd: tokio::process::Command) -> Output {
@@ -350,15 +347,7 @@ fn parents() -> HashMap<i32, i32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<i32>().ok())
-            });
-        if let Some(ppid) = ppid {
+        if let Some(ppid) = draupnir::postgres::process::parent_pid(pid) {
             map.insert(pid, ppid);
         }
     }
@@ -685,24 +674,18 @@ async fn run() {
         &rss_n,
         Target::AtMost(60.0),
     ));
-    bench.row(Row::new(
-        format!("ssh draupnir instances, 1 → {n}"),
-        Some(&ssh_1),
-        &ssh_n,
-        Target::RatioAtMost(1.3),
-    ));
-    bench.row(Row::new(
-        format!("GET /instances, new connection, 1 → {n}"),
-        Some(&fresh_1),
-        &fresh_n,
-        Target::RatioAtMost(1.3),
-    ));
-    bench.row(Row::new(
-        format!("GET /instances, kept-alive, 1 → {n}"),
-        Some(&kept_1),
-        &kept_n,
-        Target::RatioAtMost(1.3),
-    ));
+    for (call, one, all) in [
+        ("ssh draupnir instances", &ssh_1, &ssh_n),
+        ("GET /instances, new connection", &fresh_1, &fresh_n),
+        ("GET /instances, kept-alive", &kept_1, &kept_n),
+    ] {
+        bench.row(Row::new(
+            format!("{call}, 1 → {n}"),
+            Some(one),
+            all,
+            Target::RatioAtMost(1.3),
+        ));
+    }
     let creates = Stats::ms(&creates);
     bench.row(Row::new(
         format!("  ssh new-instance, over {n} creates"),

@@ -20,13 +20,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{as_instance_user, check, TestEnv};
 use draupnir::core::{Actor, FinaliseProgress, Service, UploadTarget};
 use draupnir::postgres::cluster::InstanceUser;
 use draupnir::postgres::finalise::{sync_fs, Progress};
@@ -41,33 +40,9 @@ const STATEMENT: &str = "UPDATE users SET email = 'x' || id";
 /// ~276 bytes per 8 KiB page).
 const BULK_ROWS: u64 = 3_800_000;
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
-}
-
-/// A postgres binary run as the instance user with a clean environment.
-fn as_user(prog: &str, user: &InstanceUser) -> Command {
-    let mut c = Command::new(Path::new(common::PG_BIN).join(prog));
-    c.uid(user.uid)
-        .gid(user.gid)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir("/");
-    c
-}
-
-fn check(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+#[tokio::main]
+async fn main() {
+    run().await;
 }
 
 /// Wait until `postmaster.pid` says the server accepts connections (what
@@ -90,8 +65,8 @@ fn wait_ready(dir: &Path, pg: &mut std::process::Child) {
 
 /// `psql` as the instance user over the private socket in `dir`, one
 /// `-c` (one transaction) per statement.
-fn psql(dir: &Path, port: u16, user: &InstanceUser, statements: &[&str]) {
-    let mut cmd = as_user("psql", user);
+fn psql(dir: &Path, port: u16, statements: &[&str]) {
+    let mut cmd = as_instance_user("psql");
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(dir)
         .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"]);
@@ -110,8 +85,8 @@ fn stop(pg: &mut std::process::Child) {
 }
 
 /// Start postgres on `dir` with a Unix socket only (plus `settings`).
-fn start(dir: &Path, port: u16, user: &InstanceUser, settings: &[&str]) -> std::process::Child {
-    let mut c = as_user("postgres", user);
+fn start(dir: &Path, port: u16, settings: &[&str]) -> std::process::Child {
+    let mut c = as_instance_user("postgres");
     c.arg("-D")
         .arg(dir)
         .args(["-p", &port.to_string(), "-c", "listen_addresses="])
@@ -143,7 +118,7 @@ fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
     std::fs::create_dir(&data).expect("mkdir");
     std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).expect("chown");
     check(
-        as_user("initdb", user)
+        as_instance_user("initdb")
             .args([
                 "-U",
                 "postgres",
@@ -161,7 +136,6 @@ fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
     let mut pg = start(
         &data,
         port,
-        user,
         &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
     );
     wait_ready(&data, &mut pg);
@@ -178,7 +152,6 @@ fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
     psql(
         &data,
         port,
-        user,
         // No FREEZE: it would rewrite every page and log each one in full.
         &[&users, &bulk, "VACUUM (ANALYZE)", "CHECKPOINT"],
     );
@@ -214,10 +187,10 @@ fn floor_once(source: &Path, scratch: &Path, user: &InstanceUser, port: u16) -> 
     std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
     sync_fs(&dir);
     let t = Instant::now();
-    let mut pg = start(&dir, port, user, &[]);
+    let mut pg = start(&dir, port, &[]);
     wait_ready(&dir, &mut pg);
     let ready = t.elapsed();
-    psql(&dir, port, user, &[STATEMENT]);
+    psql(&dir, port, &[STATEMENT]);
     let ran = t.elapsed();
     stop(&mut pg);
     let stopped = t.elapsed();

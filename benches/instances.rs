@@ -27,12 +27,9 @@ use draupnir::storage::btrfs;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target};
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+#[tokio::main]
+async fn main() {
+    run().await;
 }
 
 /// Connect with the client certificate (polling every millisecond while

@@ -30,23 +30,20 @@ mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ssh::{keygen, public_line, SshEnv};
+use common::{as_instance_user, check};
 use draupnir::postgres::cluster::InstanceUser;
 use draupnir::store::ImageState;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+#[tokio::main]
+async fn main() {
+    run().await;
 }
 
 /// `pgbench -i` scale and rows of the text table in a full run.
@@ -71,17 +68,6 @@ fn size_of(p: &Path) -> u64 {
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
-}
-
-fn check(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// Regular files and their bytes beneath `dir` (not following links).
@@ -113,20 +99,14 @@ fn build_dataset(full: bool) -> Dataset {
     let data = dir.path().join("pgdata");
     std::fs::create_dir(&data).unwrap();
     std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).unwrap();
-    let as_user = |prog: &str| {
-        let mut c = Command::new(Path::new(common::PG_BIN).join(prog));
-        c.uid(user.uid).gid(user.gid);
-        c.env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
-        c
-    };
     let t = Instant::now();
     check(
-        as_user("initdb")
+        as_instance_user("initdb")
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
             .args(["--locale=C", "-D"])
             .arg(&data),
     );
-    let mut pg = as_user("postgres")
+    let mut pg = as_instance_user("postgres")
         .arg("-D")
         .arg(&data)
         .args(["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"])
@@ -139,7 +119,7 @@ fn build_dataset(full: bool) -> Dataset {
         .expect("postgres");
     let host = data.display().to_string();
     let psql = |sql: &str| {
-        as_user("psql")
+        as_instance_user("psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &host])
             .args(["-p", "5432", "-U", "postgres", "-d", "postgres", "-c", sql])
             .output()
@@ -160,7 +140,7 @@ fn build_dataset(full: bool) -> Dataset {
     );
     if full {
         check(
-            as_user("pgbench")
+            as_instance_user("pgbench")
                 .args(["-q", "-i", "-s", &PGBENCH_SCALE.to_string(), "-h", &host])
                 .args(["-p", "5432", "-U", "postgres", "postgres"]),
         );
@@ -318,7 +298,7 @@ impl Drop for Sshd {
 /// The client options both servers get: those of the tests, without
 /// forcing a cipher.
 fn client_opts(key: &Path) -> Vec<String> {
-    support::ssh_client_opts(key)
+    common::ssh::client_opts(key, None)
 }
 
 /// A server to copy to.

@@ -420,33 +420,3 @@ pub fn listening_ports() -> std::collections::BTreeSet<u16> {
     }
     out
 }
-
-/// Options for the real OpenSSH clients (`ssh`, `scp`) against a
-/// benchmark's own servers: no user config, no host key checks, no agent,
-/// only `key`, and no forced cipher (each server's own choice shows).
-pub fn ssh_client_opts(key: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "ConnectTimeout=20",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(key.display().to_string());
-    v
-}

@@ -655,16 +655,24 @@ async fn prove_running(
 ) -> Result<(), FinaliseError> {
     let host = "127.0.0.1";
     let db = spec.database;
-    let client = process::until_ready(pm, spec.start_timeout, || {
+    let with_cert = Some((c.client_cert_pem.as_str(), c.client_key_pem.as_str()));
+    let tls = |role, client| {
         pgconn::connect_tls(
             host,
             port,
-            CLIENT_ROLE,
+            role,
             db,
             &c.ca_cert_pem,
-            Some((&c.client_cert_pem, &c.client_key_pem)),
+            client,
             CONNECT_TIMEOUT,
         )
+    };
+    // One connector for the readiness poll (building one per attempt costs
+    // more than the attempt).
+    let connector = pgconn::tls_connector(&c.ca_cert_pem, with_cert)
+        .map_err(|e| FinaliseError::Proof(e.to_string()))?;
+    let client = process::until_ready(pm, spec.start_timeout, || {
+        pgconn::connect_tls_with(&connector, host, port, CLIENT_ROLE, db, CONNECT_TIMEOUT)
     })
     .await
     .map_err(|last| match last {
@@ -687,36 +695,11 @@ async fn prove_running(
     drop(client);
     // Every refusal is tried at once: each costs the server a fork and an
     // authentication round trip, none depends on another.
-    let with_cert = Some((c.client_cert_pem.as_str(), c.client_key_pem.as_str()));
     let (plain, no_cert, as_boot, as_postgres) = tokio::join!(
         pgconn::connect_plain(host, port, CLIENT_ROLE, db, CONNECT_TIMEOUT),
-        pgconn::connect_tls(
-            host,
-            port,
-            CLIENT_ROLE,
-            db,
-            &c.ca_cert_pem,
-            None,
-            CONNECT_TIMEOUT
-        ),
-        pgconn::connect_tls(
-            host,
-            port,
-            boot_role,
-            db,
-            &c.ca_cert_pem,
-            with_cert,
-            CONNECT_TIMEOUT
-        ),
-        pgconn::connect_tls(
-            host,
-            port,
-            "postgres",
-            db,
-            &c.ca_cert_pem,
-            with_cert,
-            CONNECT_TIMEOUT
-        ),
+        tls(CLIENT_ROLE, None),
+        tls(boot_role, with_cert),
+        tls("postgres", with_cert),
     );
     if plain.is_ok() {
         return Err(FinaliseError::Proof(

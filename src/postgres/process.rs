@@ -106,17 +106,25 @@ pub fn alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesised command name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
+    // The state is the first field after the command name.
+    match stat_field(pid, 0) {
+        Some(state) => !matches!(state.as_str(), "Z" | "X"),
+        None => false,
     }
+}
+
+/// Field `n` of `/proc/PID/stat` counted from just after the command name
+/// (which may itself hold spaces and parentheses): 0 is the state, 1 the
+/// parent's PID.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(n)?
+            .to_owned(),
+    )
 }
 
 /// The PID recorded in `datadir/postmaster.pid`, if it names a live
@@ -130,6 +138,11 @@ pub fn running_postmaster(datadir: &Path) -> Option<i32> {
     } else {
         None
     }
+}
+
+/// `pid`'s parent.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)?.parse().ok()
 }
 
 /// Does `pid` name a live `postgres` running in `datadir`?
@@ -174,15 +187,7 @@ pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
         }
         // Only the postmaster itself: its parent is not a postgres in the
         // same directory.
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<i32>().ok())
-            })
-            .unwrap_or(0);
+        let ppid = parent_pid(pid).unwrap_or(0);
         if is_postmaster_of(pid, &cwd) && !is_postmaster_of(ppid, &cwd) {
             found.push((pid, cwd));
         }
@@ -229,7 +234,7 @@ pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
 /// How often [`until_ready`] tries: a refused TCP connect costs
 /// microseconds, and every millisecond here is a millisecond of
 /// `new-instance`.
-pub const READY_POLL: Duration = Duration::from_millis(1);
+const READY_POLL: Duration = Duration::from_millis(1);
 
 /// The last `lines` lines of a log file (for failure reasons).
 pub fn log_tail(path: &Path, lines: usize) -> String {

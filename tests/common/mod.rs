@@ -40,7 +40,8 @@ pub struct Fixture {
 
 pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(build_fixture);
 
-fn run(cmd: &mut Command) -> String {
+/// Run `cmd`; its stdout, or a panic with everything it printed.
+pub fn check(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -49,6 +50,16 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `PG_BIN/prog` run as the instance user, with a clean environment.
+pub fn as_instance_user(prog: &str) -> Command {
+    let (uid, gid) = instance_ids();
+    let mut c = Command::new(Path::new(PG_BIN).join(prog));
+    std::os::unix::process::CommandExt::uid(&mut c, uid);
+    std::os::unix::process::CommandExt::gid(&mut c, gid);
+    c.env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
+    c
 }
 
 fn instance_ids() -> (u32, u32) {
@@ -67,25 +78,20 @@ fn build_fixture() -> Fixture {
     let data = root.path().join("pgdata");
     std::fs::create_dir(&data).unwrap();
     std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
-    let as_user = |prog: &str| {
-        let mut c = Command::new(Path::new(PG_BIN).join(prog));
-        std::os::unix::process::CommandExt::uid(&mut c, uid);
-        std::os::unix::process::CommandExt::gid(&mut c, gid);
-        c.env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
-        c
-    };
-    run(as_user("initdb")
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "-D",
-        ])
-        .arg(&data));
-    let mut pg = as_user("postgres")
+    check(
+        as_instance_user("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&data),
+    );
+    let mut pg = as_instance_user("postgres")
         .arg("-D")
         .arg(&data)
         .args(["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"])
@@ -106,7 +112,7 @@ fn build_fixture() -> Fixture {
     );
     let mut ok = false;
     for _ in 0..400 {
-        let out = as_user("psql")
+        let out = as_instance_user("psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&data)
             .args(["-p", "5432", "-U", "postgres", "-d", "postgres", "-c", &sql])
@@ -126,7 +132,7 @@ fn build_fixture() -> Fixture {
         std::thread::sleep(Duration::from_millis(25));
     }
     let basebackup = if ok {
-        let out = as_user("pg_basebackup")
+        let out = as_instance_user("pg_basebackup")
             .args(["-h"])
             .arg(&data)
             .args([

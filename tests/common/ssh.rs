@@ -132,34 +132,9 @@ impl SshEnv {
     }
 
     fn common_opts(key: &Path) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ConnectTimeout=20",
-            // Fastest on this machine (the server offers only AES-GCM on
-            // CPUs with AES instructions).
-            "-c",
-            "aes128-gcm@openssh.com",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.push(key.display().to_string());
-        v
+        // Fastest on this machine (the server offers only AES-GCM on CPUs
+        // with AES instructions).
+        client_opts(key, Some("aes128-gcm@openssh.com"))
     }
 
     /// `ssh -p PORT -i KEY draupnir@127.0.0.1 ARGS…` with stdin closed.
@@ -312,4 +287,36 @@ async fn run(mut cmd: Command, stdin: &[u8]) -> Output {
         Ok(out) => out.expect("client output"),
         Err(_) => panic!("client timed out: {cmd:?}"),
     }
+}
+
+/// Options for the real OpenSSH clients (`ssh`, `scp`, `sftp`) against a
+/// server of our own: no user config, no host key checks, no agent, only
+/// `key`; `cipher` forced, or (`None`) left to the client and server.
+pub fn client_opts(key: &Path, cipher: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "ConnectTimeout=20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(cipher) = cipher {
+        v.extend(["-c".to_string(), cipher.to_string()]);
+    }
+    v.extend(["-i".to_string(), key.display().to_string()]);
+    v
 }
