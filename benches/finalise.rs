@@ -185,7 +185,7 @@ fn floor_once(source: &Path, scratch: &Path, user: &InstanceUser, port: u16) -> 
     btrfs::snapshot(source, &dir, false).expect("snapshot");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
-    sync_fs(&dir);
+    sync_fs(&dir).expect("syncfs");
     let t = Instant::now();
     let mut pg = start(&dir, port, &[]);
     wait_ready(&dir, &mut pg);
@@ -293,7 +293,7 @@ async fn run() {
         }
 
         let image = upload(&svc, &admin, &datadir, Some(STATEMENT)).await;
-        sync_fs(&env.data());
+        sync_fs(&env.data()).expect("syncfs");
         let (took, s) = finalise_once(&svc, &admin, image).await;
         fin.push(took);
         for (i, (name, ms)) in s.into_iter().enumerate() {

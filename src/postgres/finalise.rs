@@ -153,14 +153,29 @@ pub async fn finalise(
         // its start, each writing its own copy (about 500 KiB of
         // pg_statistic pages and WAL per instance for a fresh initdb).
         // Instances start counting from zero instead; planner statistics
-        // (pg_statistic) are kept.
-        "pg_stat/pgstat.stat",
+        // (pg_statistic) are kept. PostgreSQL 15 keeps them in
+        // pg_stat/pgstat.stat, earlier majors in global.stat and one
+        // db_OID.stat per database: every file of pg_stat goes.
     ] {
         let _ = std::fs::remove_file(spec.datadir.join(name));
     }
+    for e in std::fs::read_dir(spec.datadir.join("pg_stat"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     proof?;
     step("flushing the data directory to disk");
-    sync_fs(spec.datadir);
+    sync_fs(spec.datadir).map_err(|e| {
+        FinaliseError::Other(format!(
+            "flushing {} to disk failed: {e}",
+            spec.datadir.display()
+        ))
+    })?;
     Ok(Finalised { major })
 }
 
@@ -725,8 +740,8 @@ async fn prove_running(
 }
 
 /// Flush the file system holding `path` (the first start ran with fsync off).
-pub fn sync_fs(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = rustix::fs::syncfs(&f);
-    }
+pub fn sync_fs(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    rustix::fs::syncfs(&f)?;
+    Ok(())
 }

@@ -55,15 +55,22 @@ impl Postmaster {
         }
     }
 
-    /// Wait until the process has exited.
+    /// Wait until the process has exited (an adopted one, which cannot be
+    /// waited for, is looked at every 100 ms: the supervisor waits like
+    /// this for as long as an instance runs).
     pub async fn wait(&mut self) {
+        self.wait_polling(Duration::from_millis(100)).await
+    }
+
+    /// [`Postmaster::wait`], looking at an adopted process every `every`.
+    async fn wait_polling(&mut self, every: Duration) {
         match self {
             Postmaster::Child(c) => {
                 let _ = c.wait().await;
             }
             Postmaster::Adopted(pid) => {
                 while alive(*pid) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(every).await;
                 }
             }
         }
@@ -87,14 +94,19 @@ impl Postmaster {
             Shutdown::Fast => steps,
             Shutdown::Immediate => &steps[1..],
         };
+        // A stop is waited for closely: destroy and reset wait on it.
+        let every = Duration::from_millis(5);
         for &(signal, wait) in steps {
             let Some(pid) = self.pid() else { return };
             if kill(Pid::from_raw(pid), signal).is_err() {
                 // Already gone; reap it if it is our child.
-                self.wait().await;
+                self.wait_polling(every).await;
                 return;
             }
-            if tokio::time::timeout(wait, self.wait()).await.is_ok() {
+            if tokio::time::timeout(wait, self.wait_polling(every))
+                .await
+                .is_ok()
+            {
                 return;
             }
         }
@@ -294,5 +306,19 @@ where
             }
         }
         tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_state_and_parent() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        assert_eq!(parent_pid(me), Some(nix::unistd::getppid().as_raw()));
+        assert!(!alive(0) && !alive(i32::MAX));
+        assert_eq!(parent_pid(i32::MAX), None);
     }
 }

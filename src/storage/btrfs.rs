@@ -164,21 +164,27 @@ pub fn delete_subvolume(path: &Path) -> Result<()> {
             std::fs::remove_file(path).map_err(err("delete", path))
         };
     }
-    match destroy(path) {
-        Ok(()) => Ok(()),
-        // Deleted meanwhile by someone else (a background delete).
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+    match destroy_unless_gone(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
             // Nested subvolumes: delete them deepest first, then retry.
             let mut nested = Vec::new();
             find_nested(path, meta.dev(), &mut nested).map_err(err("delete", path))?;
             nested.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for n in nested {
-                destroy(&n).map_err(err("delete", &n))?;
+                destroy_unless_gone(&n).map_err(err("delete", &n))?;
             }
-            destroy(path).map_err(err("delete", path))
+            destroy_unless_gone(path).map_err(err("delete", path))
         }
-        Err(e) => Err(err("delete", path)(e)),
+        r => r.map_err(err("delete", path)),
+    }
+}
+
+/// [`destroy`], where a subvolume deleted meanwhile by someone else (a
+/// background delete) counts as done.
+fn destroy_unless_gone(path: &Path) -> io::Result<()> {
+    match destroy(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
