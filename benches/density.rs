@@ -283,7 +283,12 @@ fn rss_mib(pid: i32) -> f64 {
 }
 
 fn status_kib(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(pid, "status", key)
+}
+
+/// The KiB figure of line `key` in `/proc/PID/FILE` (0 when missing).
+fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(key))
@@ -331,13 +336,7 @@ fn cpu_percent(pids: &[i32], span: Duration) -> f64 {
 
 /// One field of a process's `smaps_rollup` (`Pss:`, `Pss_Shmem:`…), KiB.
 fn smaps_kib(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    proc_kib(pid, "smaps_rollup", key)
 }
 
 /// Every process's parent.

@@ -105,7 +105,7 @@ fn start(dir: &Path, port: u16, settings: &[&str]) -> std::process::Child {
 
 /// The data directory to upload: `initdb` plus a `users` table (the
 /// statement's) and, in the full run, a ~1 GiB bulk table.
-fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
+fn build_datadir(root: &Path, full: bool) -> PathBuf {
     let data = root.join("pgdata");
     if !full {
         std::fs::create_dir(&data).expect("mkdir");
@@ -115,21 +115,7 @@ fn build_datadir(root: &Path, user: &InstanceUser, full: bool) -> PathBuf {
         ar.unpack(&data).expect("unpack fixture");
         return data;
     }
-    std::fs::create_dir(&data).expect("mkdir");
-    std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).expect("chown");
-    check(
-        as_instance_user("initdb")
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
-            .arg(&data),
-    );
+    common::initdb(&data);
     let port = 5432;
     // Minimal WAL: the bulk table is created in the transaction that
     // fills it, so it is written straight to its file, not to pg_wal.
@@ -260,8 +246,8 @@ async fn run() {
         .expect("tempdir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (datadir, built) = {
-        let (r, u, full) = (root.path().to_owned(), user.clone(), bench.full);
-        support::time(|| build_datadir(&r, &u, full))
+        let (r, full) = (root.path().to_owned(), bench.full);
+        support::time(|| build_datadir(&r, full))
     };
     let size = btrfs::apparent_size(&datadir);
     eprintln!(

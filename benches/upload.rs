@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use common::ssh::{keygen, public_line, SshEnv};
 use common::{as_instance_user, check};
-use draupnir::postgres::cluster::InstanceUser;
 use draupnir::store::ImageState;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
@@ -90,22 +89,14 @@ fn tree_size(dir: &Path) -> (u64, u64) {
 /// `initdb`, some data, a clean stop; packed as `.tar` and `.tar.gz` with
 /// the system tools.
 fn build_dataset(full: bool) -> Dataset {
-    let user = InstanceUser::ensure(common::INSTANCE_USER).expect("instance user");
     let dir = tempfile::Builder::new()
         .prefix("drp-bench-upload-")
         .tempdir_in("/tmp")
         .expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("pgdata");
-    std::fs::create_dir(&data).unwrap();
-    std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).unwrap();
     let t = Instant::now();
-    check(
-        as_instance_user("initdb")
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
-            .args(["--locale=C", "-D"])
-            .arg(&data),
-    );
+    common::initdb(&data);
     let mut pg = as_instance_user("postgres")
         .arg("-D")
         .arg(&data)

@@ -62,6 +62,20 @@ pub fn as_instance_user(prog: &str) -> Command {
     c
 }
 
+/// A new data directory at `data` (which must not exist), owned by the
+/// instance user: `initdb` with a `postgres` superuser, trust, UTF8, C.
+pub fn initdb(data: &Path) {
+    let (uid, gid) = instance_ids();
+    std::fs::create_dir(data).expect("mkdir data directory");
+    std::os::unix::fs::chown(data, Some(uid), Some(gid)).expect("chown data directory");
+    check(
+        as_instance_user("initdb")
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .args(["--locale=C", "-D"])
+            .arg(data),
+    );
+}
+
 fn instance_ids() -> (u32, u32) {
     let u =
         draupnir::postgres::cluster::InstanceUser::ensure(INSTANCE_USER).expect("instance user");
@@ -69,28 +83,13 @@ fn instance_ids() -> (u32, u32) {
 }
 
 fn build_fixture() -> Fixture {
-    let (uid, gid) = instance_ids();
     let root = tempfile::Builder::new()
         .prefix("drp-fix-")
         .tempdir_in("/tmp")
         .expect("tempdir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = root.path().join("pgdata");
-    std::fs::create_dir(&data).unwrap();
-    std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
-    check(
-        as_instance_user("initdb")
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
-            .arg(&data),
-    );
+    initdb(&data);
     let mut pg = as_instance_user("postgres")
         .arg("-D")
         .arg(&data)
