@@ -29,6 +29,7 @@ use common::{as_instance_user, check, TestEnv};
 use draupnir::core::{Actor, FinaliseProgress, Service, UploadTarget};
 use draupnir::postgres::cluster::InstanceUser;
 use draupnir::postgres::finalise::{sync_fs, Progress};
+use draupnir::postgres::sandbox::Confinement;
 use draupnir::storage::btrfs;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
@@ -270,6 +271,7 @@ async fn run() {
     let mut floor = Vec::new();
     let mut floor_steps: [Vec<Duration>; 4] = Default::default();
     let mut fin = Vec::new();
+    let mut fin_unboxed = Vec::new();
     let mut steps: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
     for _ in 0..bench.rounds(7, 1) {
         let f = floor_once(&source_dir, &scratch, &user, floor_port);
@@ -277,6 +279,18 @@ async fn run() {
         for (all, d) in floor_steps.iter_mut().zip(f.steps) {
             all.push(d);
         }
+
+        // The same finalise with the Landlock box off, on the same machine
+        // at the same time: what the box costs.
+        support::set_confinement(&svc, Confinement::None);
+        let image = upload(&svc, &admin, &datadir, Some(STATEMENT)).await;
+        sync_fs(&env.data()).expect("syncfs");
+        let (took, _) = finalise_once(&svc, &admin, image).await;
+        fin_unboxed.push(took);
+        svc.destroy_image(&admin, image, true)
+            .await
+            .expect("destroy image");
+        support::set_confinement(&svc, Confinement::Landlock);
 
         let image = upload(&svc, &admin, &datadir, Some(STATEMENT)).await;
         sync_fs(&env.data()).expect("syncfs");
@@ -311,6 +325,19 @@ async fn run() {
         Some(&floor),
         &fin,
         Target::RatioAtMost(1.5),
+    ));
+    let fin_unboxed = Stats::ms(&fin_unboxed);
+    bench.row(Row::new(
+        "  the same with no Landlock box (confinement = none)",
+        Some(&floor),
+        &fin_unboxed,
+        Target::None,
+    ));
+    bench.row(Row::new(
+        "  boxed vs unboxed",
+        Some(&fin_unboxed),
+        &fin,
+        Target::RatioAtMost(1.1),
     ));
     for ((_, name), ms) in &steps {
         bench.row(Row::new(

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::ssh::SshEnv;
 use draupnir::core::{ConnectionInfo, InstanceRef};
 use draupnir::postgres::cluster::{self, InstanceUser, CLIENT_ROLE};
+use draupnir::postgres::sandbox::Confinement;
 use draupnir::postgres::{pgconn, process};
 use draupnir::storage::btrfs;
 use support::chart::Chart;
@@ -169,21 +170,31 @@ async fn run() {
     // 1. The floor and the core's cold create, interleaved round by round
     // so both see the same machine (other work on it comes and goes).
     // The 100 creates are sequential and stay running.
+    // Each round also creates one instance with the Landlock box off, so
+    // what the box costs is measured on the same machine at the same time.
     let mut floor = Vec::new();
     let mut cold = Vec::new();
+    let mut unboxed = Vec::new();
     let mut ids = Vec::new();
     for i in 0..bench.rounds(100, 1) {
         let port = free_port(base + 380 + (i % 5) as u16);
         floor.push(floor_once(&snapshot, &scratch, &instance_user, port).await);
-        let t = Instant::now();
-        let info = svc
-            .create_instance(&user, InstanceRef::Id(image))
-            .await
-            .expect("create_instance");
-        query_instance(&info).await;
-        cold.push(t.elapsed());
-        ids.push(info.instance.id);
+        for (confinement, times) in [
+            (Confinement::Landlock, &mut cold),
+            (Confinement::None, &mut unboxed),
+        ] {
+            support::set_confinement(&svc, confinement);
+            let t = Instant::now();
+            let info = svc
+                .create_instance(&user, InstanceRef::Id(image))
+                .await
+                .expect("create_instance");
+            query_instance(&info).await;
+            times.push(t.elapsed());
+            ids.push(info.instance.id);
+        }
     }
+    support::set_confinement(&svc, Confinement::Landlock);
     let floor = Stats::ms(&floor);
     bench.row(Row::new(
         "floor: snapshot + postgres + first cert query",
@@ -197,6 +208,19 @@ async fn run() {
         Some(&floor),
         &cold,
         Target::RatioAtMost(1.3),
+    ));
+    let unboxed = Stats::ms(&unboxed);
+    bench.row(Row::new(
+        "  the same with no Landlock box (confinement = none)",
+        Some(&floor),
+        &unboxed,
+        Target::None,
+    ));
+    bench.row(Row::new(
+        "  boxed vs unboxed",
+        Some(&unboxed),
+        &cold,
+        Target::RatioAtMost(1.1),
     ));
     bench.row(Row::new(
         format!("  … over {} sequential creates", cold.n()),
@@ -330,6 +354,7 @@ async fn run() {
         Chart::new("new-instance", "new-instance latency")
             .baseline("floor (by hand)", &floor)
             .draupnir("core, cold (+ first query)", &cold)
+            .draupnir("core, cold, no Landlock box", &unboxed)
             .draupnir("ssh new-instance, cold", &over_ssh)
             .draupnir("ssh whoami (the connection alone)", &handshake)
             .draupnir("core, warm pool", &warm)

@@ -7,7 +7,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in btrfs-progs postgresql iptables iproute2 util-linux openssh-client openssh-server openssl ca-certificates; do
+for pkg in btrfs-progs postgresql iptables iproute2 util-linux openssh-client openssh-server openssl ca-certificates gdb; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -212,6 +212,9 @@ pub struct PostgresConfig {
     /// How long client certificates stay valid.
     #[serde(deserialize_with = "de_duration")]
     pub certificate_validity: Duration,
+    /// How each postmaster is boxed (`landlock`, or `none` on a kernel
+    /// without Landlock).
+    pub confinement: crate::postgres::sandbox::Confinement,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +305,7 @@ impl Default for PostgresConfig {
             settings: Default::default(),
             start_timeout: Duration::from_secs(60),
             certificate_validity: Duration::from_secs(90 * 24 * 3600),
+            confinement: Default::default(),
         }
     }
 }

@@ -100,6 +100,7 @@ pub fn run_with(config: &Config) -> Vec<Check> {
         free_space(config),
         postgres(config),
         instance_user(config),
+        confinement(config),
     ];
     let store = sqlite(config, &mut checks);
     if let Some(store) = &store {
@@ -354,6 +355,28 @@ fn instance_user(config: &Config) -> Check {
             format!("useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {name} (the package's postinst does this)"),
         ),
         Err(e) => fail(NAME, format!("cannot look up {name}: {e}"), "check /etc/nsswitch.conf"),
+    }
+}
+
+/// Can this kernel box postmasters the way `[postgres] confinement` says?
+fn confinement(config: &Config) -> Check {
+    use crate::postgres::sandbox::{self, Confinement};
+    const NAME: &str = "confinement";
+    let support = sandbox::probe();
+    match config.postgres.confinement {
+        Confinement::Landlock if support.usable() => pass(NAME, support.describe()),
+        Confinement::Landlock => fail(
+            NAME,
+            format!("{}: postmasters cannot be boxed, so none will start", support.describe()),
+            "boot Linux 5.13+ with `landlock` in the lsm= parameter, or set [postgres] confinement = \"none\" to run them unconfined",
+        ),
+        Confinement::None => pass(
+            NAME,
+            format!(
+                "none: postmasters run unconfined (this kernel: {})",
+                support.describe()
+            ),
+        ),
     }
 }
 

@@ -386,6 +386,17 @@ impl Row {
 }
 
 /// Time one call.
+/// Put `confinement` in force for the postmasters `svc` starts next (a
+/// reload), so one run can measure with and without the box.
+pub fn set_confinement(
+    svc: &draupnir::core::Service,
+    confinement: draupnir::postgres::sandbox::Confinement,
+) {
+    let mut cfg = (*svc.config()).clone();
+    cfg.postgres.confinement = confinement;
+    svc.reload(cfg);
+}
+
 pub fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let v = f();

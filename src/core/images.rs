@@ -517,6 +517,7 @@ impl Service {
             settings: &cfg.postgres.settings,
             log_file: self.log_file("image", id),
             start_timeout: cfg.postgres.start_timeout,
+            confinement: cfg.postgres.confinement,
         };
         let report = |p: Progress| {
             if let Progress::Step(s) = &p {

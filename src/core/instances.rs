@@ -98,6 +98,7 @@ impl Service {
             datadir,
             log_file: self.log_file("instance", id),
             user: self.inner.user.clone(),
+            confinement: self.config().postgres.confinement,
         })
     }
 

@@ -72,6 +72,7 @@ fn diff(old: &Config, new: &Config) -> ReloadReport {
         true
     );
     k!("postgres.bin_root", postgres.bin_root, true);
+    k!("postgres.confinement", postgres.confinement, true);
     k!("http.tls_certificate", http.tls_certificate, true);
     k!("http.tls_private_key", http.tls_private_key, true);
     // Fixed when the daemon started.

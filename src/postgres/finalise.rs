@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE, CLIENT_ROLE};
 use super::pgconn::{self, PgConnError};
 use super::process::{self, Postmaster, PostmasterSpec};
+use super::sandbox::Confinement;
 use crate::certs;
 
 /// What a finalise reports while it runs.
@@ -57,6 +58,8 @@ pub struct FinaliseSpec<'a> {
     pub settings: &'a BTreeMap<String, String>,
     pub log_file: PathBuf,
     pub start_timeout: Duration,
+    /// How its postmasters are boxed (to the upload's directory).
+    pub confinement: Confinement,
 }
 
 /// The result of a successful finalise.
@@ -200,6 +203,7 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
         ],
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
+        confinement: spec.confinement,
     }
 }
 
@@ -386,8 +390,8 @@ async fn single_user_create_admin(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
 ) -> Result<(), FinaliseError> {
-    let mut child = tokio::process::Command::new(bin.postgres())
-        .arg("--single")
+    let mut cmd = tokio::process::Command::new(bin.postgres());
+    cmd.arg("--single")
         .arg("-D")
         .arg(spec.datadir)
         .args(["-c", "fsync=off", "-c", "listen_addresses="])
@@ -399,7 +403,12 @@ async fn single_user_create_admin(
         .gid(spec.user.gid)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Single-user mode runs the upload's catalog too: boxed like any
+    // postmaster of it.
+    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
+        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    let mut child = cmd
         .spawn()
         .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -654,6 +663,7 @@ async fn prove(spec: &FinaliseSpec<'_>, bin: &PgBin, boot_role: &str) -> Result<
         ],
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
+        confinement: spec.confinement,
     };
     let mut pm = start(&pspec).await?;
     let res = prove_running(spec, &mut pm, port, &c, boot_role).await;

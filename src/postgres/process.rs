@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::cluster::{InstanceUser, PgBin};
+use super::sandbox::{self, Confinement, SandboxError};
 
 /// Everything needed to (re)start one postmaster.
 #[derive(Debug, Clone)]
@@ -26,6 +27,29 @@ pub struct PostmasterSpec {
     pub settings: Vec<(String, String)>,
     pub log_file: PathBuf,
     pub user: InstanceUser,
+    /// The box it runs in: its data directory, its port
+    /// ([`sandbox`]).
+    pub confinement: Confinement,
+}
+
+/// Why a postmaster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("cannot open the log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start {program} for {datadir}: {source}")]
+    Exec {
+        program: PathBuf,
+        datadir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running postmaster: our own child, or one adopted by PID.
@@ -208,17 +232,27 @@ pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
 }
 
 /// Start a postmaster for `spec`. It runs as the instance user in a new
-/// session with a clean environment; stdout and stderr append to the log.
-pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
+/// session with a clean environment, in its own box ([`sandbox`]); stdout
+/// and stderr append to the log.
+pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
+    let log_err = |source| SpawnError::Log {
+        path: spec.log_file.clone(),
+        source,
+    };
     let log = File::options()
         .create(true)
         .append(true)
-        .open(&spec.log_file)?;
+        .open(&spec.log_file)
+        .map_err(log_err)?;
     let mut cmd = tokio::process::Command::new(spec.bin.postgres());
     cmd.arg("-D")
         .arg(&spec.datadir)
         .arg("-p")
         .arg(spec.port.to_string());
+    let (dsm, dsm_value) = sandbox::DSM_SETTING;
+    if spec.confinement != Confinement::None {
+        cmd.arg("-c").arg(format!("{dsm}={dsm_value}"));
+    }
     for (name, value) in &spec.settings {
         cmd.arg("-c").arg(format!("{name}={value}"));
     }
@@ -227,20 +261,51 @@ pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
         .env("LC_ALL", "C.UTF-8")
         .current_dir(&spec.datadir)
         .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(log.try_clone().map_err(log_err)?)
         .stderr(log)
         .uid(spec.user.uid)
         .gid(spec.user.gid);
-    // SAFETY: setsid is async-signal-safe and touches no memory.
+    confine(
+        &mut cmd,
+        spec.confinement,
+        &spec.bin,
+        &spec.datadir,
+        spec.port,
+    )?;
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: spec.bin.postgres(),
+        datadir: spec.datadir.clone(),
+        source,
+    })?;
+    Ok(Postmaster::Child(child))
+}
+
+/// Make `cmd` start in a new session, boxed to `datadir` and TCP `port`
+/// ([`sandbox`]). For every `postgres` run on data Draupnir did not make
+/// (postmasters and single-user mode alike).
+pub fn confine(
+    cmd: &mut tokio::process::Command,
+    confinement: Confinement,
+    bin: &PgBin,
+    datadir: &Path,
+    port: u16,
+) -> Result<(), SandboxError> {
+    let mut boxed = sandbox::prepare(confinement, datadir, &bin.dir, port)?;
+    // SAFETY: runs in the forked child before exec. setsid is
+    // async-signal-safe; `Prepared::enter` makes two system calls (prctl,
+    // landlock_restrict_self) and allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(b) = boxed.as_mut() {
+                b.enter()?;
             }
             Ok(())
         });
     }
-    Ok(Postmaster::Child(cmd.spawn()?))
+    Ok(())
 }
 
 /// How often [`until_ready`] tries: a refused TCP connect costs

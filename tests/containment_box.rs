@@ -1,0 +1,231 @@
+//! One instance, one box: code running inside one postmaster cannot reach
+//! another instance, a raw upload, the daemon's state or the host's files.
+//!
+//! Proved from inside the process: `gdb` attaches to a running postmaster
+//! and calls `open()` and `system()` in it (what `COPY … PROGRAM`, an
+//! untrusted language or an extension bug would do), then reads back what
+//! the kernel answered. Its own data directory opens; nothing else does.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use draupnir::core::{InstanceRef, UploadTarget};
+use draupnir::postgres::process;
+
+/// What `gdb` printed for each `print` expression run inside `pid`
+/// (`$1 = …`, `$2 = …`), as integers.
+fn in_process(pid: i32, exprs: &[String]) -> Vec<i64> {
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-p", &pid.to_string(), "-batch", "-nx", "-q"]);
+    cmd.args(["-ex", "set confirm off"]);
+    for e in exprs {
+        cmd.args(["-ex", &format!("print {e}")]);
+    }
+    let out = cmd.output().expect("gdb runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let values: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('$'))
+        .filter_map(|l| l.split_once(" = "))
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        values.len(),
+        exprs.len(),
+        "gdb printed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    values
+}
+
+/// `open(path, O_RDONLY)` inside `pid`: `Ok(())` when it opened (the
+/// descriptor is closed again), `Err(errno)` otherwise.
+fn open_inside(pid: i32, path: &Path) -> Result<(), i64> {
+    let path = path.display();
+    let v = in_process(
+        pid,
+        &[
+            format!("(int) open(\"{path}\", 0)"),
+            "*(int *) __errno_location()".into(),
+        ],
+    );
+    if v[0] >= 0 {
+        in_process(pid, &[format!("(int) close({})", v[0])]);
+        Ok(())
+    } else {
+        Err(v[1])
+    }
+}
+
+/// Exit status of `sh -c cmd` run by `system()` inside `pid`.
+fn shell_inside(pid: i32, cmd: &str) -> i64 {
+    assert!(!cmd.contains('"') && !cmd.contains('\\'));
+    let status = in_process(pid, &[format!("(int) system(\"{cmd}\")")])[0];
+    // A wait status: the exit code is in the second byte.
+    (status >> 8) & 0xff
+}
+
+/// A world-readable file in /tmp: file modes let the instance user read
+/// it, so only the box can refuse it.
+struct Canary(std::path::PathBuf);
+
+impl Canary {
+    fn new() -> Canary {
+        let p = std::env::temp_dir().join(format!("draupnir-canary-{}", rand::random::<u64>()));
+        std::fs::write(&p, "canary").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Canary(p)
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const EACCES: i64 = 13;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_postmaster_reaches_only_its_own_files() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let a = svc
+        .create_instance(&env.user("alice"), InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let b = svc
+        .create_instance(&env.user("bob"), InstanceRef::Id(image))
+        .await
+        .unwrap();
+    // A raw upload: production data before anonymisation.
+    let raw = svc.create_image(&admin, None, None).unwrap();
+    svc.ingest(
+        &admin,
+        raw.id,
+        UploadTarget::File("base.tar.gz".into()),
+        &FIXTURE.tar_gz[..],
+    )
+    .await
+    .unwrap();
+
+    let data = env.data();
+    let dir_a = data.join("instances").join(a.instance.id.to_string());
+    let dir_b = data.join("instances").join(b.instance.id.to_string());
+    let upload = data.join("image_uploads").join(raw.id.to_string());
+    let pid_a = process::running_postmaster(&dir_a).expect("a's postmaster");
+    let pid_b = process::running_postmaster(&dir_b).expect("b's postmaster");
+    let canary = Canary::new();
+
+    // Control: the probe works, and the box holds the postmaster's own
+    // files.
+    assert_eq!(open_inside(pid_a, &dir_a.join("PG_VERSION")), Ok(()));
+    assert_eq!(open_inside(pid_a, &dir_a.join("server.key")), Ok(()));
+    assert_eq!(open_inside(pid_a, Path::new("/usr/lib/os-release")), Ok(()));
+
+    for target in [
+        dir_b.join("server.key"),
+        dir_b.join("PG_VERSION"),
+        dir_b.join("global").join("pg_control"),
+        upload.join("PG_VERSION"),
+        data.join("image_snapshots")
+            .join(image.to_string())
+            .join("PG_VERSION"),
+        env.config.state_path.join("draupnir.sqlite3"),
+        canary.0.clone(),
+    ] {
+        assert_eq!(
+            open_inside(pid_a, &target),
+            Err(EACCES),
+            "{} opened from inside instance {}",
+            target.display(),
+            a.instance.id
+        );
+    }
+
+    // What a backend's child would do (COPY … PROGRAM, plperlu): a shell
+    // in the box runs, reads its own files, and nothing else.
+    let own = dir_a.join("PG_VERSION");
+    assert_eq!(
+        shell_inside(pid_a, &format!("cat {} >/dev/null", own.display())),
+        0
+    );
+    for cmd in [
+        format!("cat {} >/dev/null", dir_b.join("server.key").display()),
+        format!("ls {} >/dev/null", upload.display()),
+        format!("cat {} >/dev/null", canary.0.display()),
+        // Another box's process: no signals, no /proc/PID/environ.
+        format!("kill -0 {pid_b}"),
+        format!("cat /proc/{pid_b}/environ >/dev/null"),
+        // Nothing to write outside its own directory.
+        format!("touch {}.written", canary.0.display()),
+    ] {
+        assert_ne!(
+            shell_inside(pid_a, &cmd),
+            0,
+            "`{cmd}` succeeded inside the box"
+        );
+    }
+    assert!(!Path::new(&format!("{}.written", canary.0.display())).exists());
+
+    // Both instances still serve their owners.
+    for info in [&a, &b] {
+        assert_eq!(psql_cert(info, "SELECT 1").unwrap().trim(), "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalise_postmaster_is_boxed_to_its_upload() {
+    let env = TestEnv::new().await;
+    let svc = env.svc().clone();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let a = svc
+        .create_instance(&env.user("alice"), InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let dir_a = env.data().join("instances").join(a.instance.id.to_string());
+
+    // A finalise whose script keeps its postmaster up long enough to look
+    // inside it.
+    let img = svc
+        .create_image(&admin, None, Some("SELECT pg_sleep(15);"))
+        .unwrap();
+    svc.ingest(
+        &admin,
+        img.id,
+        UploadTarget::File("base.tar.gz".into()),
+        &FIXTURE.tar_gz[..],
+    )
+    .await
+    .unwrap();
+    let upload = env.data().join("image_uploads").join(img.id.to_string());
+    let finalising = {
+        let svc = svc.clone();
+        let admin = admin.clone();
+        tokio::spawn(async move { svc.finalise_image(&admin, img.id, None).await })
+    };
+    // The first start of the upload (its PID file names it once it is up).
+    let mut pid = None;
+    while pid.is_none() && !finalising.is_finished() {
+        pid = process::running_postmaster(&upload);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = pid.expect("the finalise postmaster");
+    assert_eq!(open_inside(pid, &upload.join("PG_VERSION")), Ok(()));
+    for target in [dir_a.join("server.key"), dir_a.join("PG_VERSION")] {
+        assert_eq!(
+            open_inside(pid, &target),
+            Err(EACCES),
+            "{}",
+            target.display()
+        );
+    }
+    finalising.await.unwrap().expect("finalise");
+}
