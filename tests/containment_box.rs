@@ -17,44 +17,63 @@ use draupnir::core::{InstanceRef, UploadTarget};
 use draupnir::postgres::process;
 
 /// What `gdb` printed for each `print` expression run inside `pid`
-/// (`$1 = …`, `$2 = …`), as integers.
+/// (`$1 = …`, `$2 = …`), as integers. A call that a signal interrupts
+/// (the postmaster gets SIGUSR1 from its children) is unwound by gdb and
+/// tried again.
 fn in_process(pid: i32, exprs: &[String]) -> Vec<i64> {
-    let mut cmd = Command::new("gdb");
-    cmd.args(["-p", &pid.to_string(), "-batch", "-nx", "-q"]);
-    cmd.args(["-ex", "set confirm off"]);
-    for e in exprs {
-        cmd.args(["-ex", &format!("print {e}")]);
+    let mut last = String::new();
+    for _ in 0..10 {
+        let mut cmd = Command::new("gdb");
+        cmd.args(["-p", &pid.to_string(), "-batch", "-nx", "-q"]);
+        // Only libc's symbols (open, system): loading every library the
+        // postmaster links is most of gdb's time.
+        cmd.args(["-iex", "set auto-solib-add off", "-iex", "set debuginfod enabled off"]);
+        cmd.args(["-ex", "sharedlibrary libc\\.so", "-ex", "set confirm off"]);
+        cmd.args(["-ex", "set unwindonsignal on"]);
+        for e in exprs {
+            cmd.args(["-ex", &format!("print {e}")]);
+        }
+        let out = cmd.output().expect("gdb runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let values: Vec<i64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('$'))
+            .filter_map(|l| l.split_once(" = "))
+            .filter_map(|(_, v)| v.trim().parse().ok())
+            .collect();
+        if values.len() == exprs.len() {
+            return values;
+        }
+        last = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = cmd.output().expect("gdb runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let values: Vec<i64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix('$'))
-        .filter_map(|l| l.split_once(" = "))
-        .filter_map(|(_, v)| v.trim().parse().ok())
-        .collect();
-    assert_eq!(
-        values.len(),
-        exprs.len(),
-        "gdb printed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    values
+    panic!("gdb could not run {exprs:?} in {pid}:\n{last}");
+}
+
+/// Does `pid` have child processes (a postmaster that is up has its
+/// checkpointer and others; single-user mode has none)?
+fn has_children(pid: i32) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|p| process::parent_pid(p) == Some(pid))
 }
 
 /// `open(path, O_RDONLY)` inside `pid`: `Ok(())` when it opened (the
 /// descriptor is closed again), `Err(errno)` otherwise.
 fn open_inside(pid: i32, path: &Path) -> Result<(), i64> {
     let path = path.display();
+    // close(-1) after a refused open is harmless.
     let v = in_process(
         pid,
         &[
             format!("(int) open(\"{path}\", 0)"),
             "*(int *) __errno_location()".into(),
+            "(int) close($1)".into(),
         ],
     );
     if v[0] >= 0 {
-        in_process(pid, &[format!("(int) close({})", v[0])]);
         Ok(())
     } else {
         Err(v[1])
@@ -192,10 +211,19 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
         .unwrap();
     let dir_a = env.data().join("instances").join(a.instance.id.to_string());
 
-    // A finalise whose script keeps its postmaster up long enough to look
-    // inside it.
+    // A finalise whose script keeps its postmaster up until the test has
+    // looked inside it (the file `go` in the upload, at most two minutes).
     let img = svc
-        .create_image(&admin, None, Some("SELECT pg_sleep(15);"))
+        .create_image(
+            &admin,
+            None,
+            Some(
+                "DO $$ BEGIN FOR i IN 1..1200 LOOP
+                   EXIT WHEN 'go' IN (SELECT pg_ls_dir('.'));
+                   PERFORM pg_sleep(0.1);
+                 END LOOP; END $$;",
+            ),
+        )
         .unwrap();
     svc.ingest(
         &admin,
@@ -211,10 +239,12 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
         let admin = admin.clone();
         tokio::spawn(async move { svc.finalise_image(&admin, img.id, None).await })
     };
-    // The first start of the upload (its PID file names it once it is up).
+    // The postmaster running the script (single-user mode, which creates
+    // the admin role first, names itself in the same PID file for a
+    // moment, with no children).
     let mut pid = None;
     while pid.is_none() && !finalising.is_finished() {
-        pid = process::running_postmaster(&upload);
+        pid = process::running_postmaster(&upload).filter(|p| has_children(*p));
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let pid = pid.expect("the finalise postmaster");
