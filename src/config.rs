@@ -661,7 +661,11 @@ impl std::str::FromStr for ByteSize {
             "t" | "tb" | "tib" => 1 << 40,
             other => return Err(format!("unknown size unit `{other}` (use K, M, G or T)")),
         };
-        Ok(ByteSize((num * mult as f64) as u64))
+        let bytes = num * mult as f64;
+        if !bytes.is_finite() || bytes > MAX_SIZE as f64 {
+            return Err(format!("`{s}` is too large (at most 1048576T, 1 EiB)"));
+        }
+        Ok(ByteSize(bytes as u64))
     }
 }
 
@@ -674,23 +678,39 @@ impl<'de> Deserialize<'de> for ByteSize {
             Str(String),
         }
         match Raw::deserialize(d)? {
+            Raw::Int(n) if n > MAX_SIZE => Err(serde::de::Error::custom(format!(
+                "{n} is too large (at most 1048576T, 1 EiB)"
+            ))),
             Raw::Int(n) => Ok(ByteSize(n)),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
 
-/// Parse a duration written as `500ms`, `30s`, `10m`, `26h`, `7d`.
+/// The longest duration anything accepts (100 years): a lifetime, an
+/// extension or an interval beyond it is a typo or an attack, and every
+/// time computed from it stays far inside what dates and clocks can hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// The largest size anything accepts (1 EiB).
+pub const MAX_SIZE: u64 = 1 << 60;
+
+/// Parse a duration written as `500ms`, `30s`, `10m`, `26h`, `7d`; refused
+/// beyond [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 26h"))?;
-    let secs = |m: u64| Duration::from_secs(num.saturating_mul(m));
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(num),
+    let too_long = || format!("`{s}` is too long (at most 36500d, 100 years)");
+    let num: u64 = match num.parse() {
+        Ok(n) => n,
+        // All digits but more than a u64 holds.
+        Err(_) if !num.is_empty() => return Err(too_long()),
+        Err(_) => return Err(format!("`{s}` is not a duration like 30s, 10m or 26h")),
+    };
+    let secs = |m: u64| num.checked_mul(m).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(num)),
         "" | "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
@@ -700,7 +720,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 "unknown duration unit `{other}` (use ms, s, m, h or d)"
             ))
         }
-    })
+    };
+    match d {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(too_long()),
+    }
 }
 
 fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
@@ -840,5 +864,31 @@ mod tests {
             Duration::from_secs(26 * 3600)
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for absurd in [
+            "9999999999h",
+            "87600000h",
+            "99999999999999d",
+            "36501d",
+            "99999999999999999999999s",
+            "18446744073709551615ms",
+        ] {
+            let err = parse_duration(absurd).unwrap_err();
+            assert!(err.contains("too long"), "{absurd}: {err}");
+        }
+        assert!(parse_duration("h").unwrap_err().contains("not a duration"));
+        for absurd in ["99999999999999T", "1e400", "2000P", "1025P"] {
+            assert!(absurd.parse::<ByteSize>().is_err(), "{absurd}");
+        }
+        for (key, text) in [
+            ("clean_interval", "clean_interval = \"9999999999h\""),
+            ("max_instance_ttl", "max_instance_ttl = \"87600000h\""),
+            ("max_image_bytes", "max_image_bytes = \"99999999999999T\""),
+            ("max_image_bytes", "max_image_bytes = 18446744073709551615"),
+            ("idle_timeout", "[ssh]\nidle_timeout = \"99999999999999d\""),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("too "), "{text}: {err}");
+        }
     }
 }

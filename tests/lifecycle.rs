@@ -466,6 +466,7 @@ async fn reset_instance_keeps_id_port_and_credentials() {
     ));
     let again = svc.reset_instance(&bob, info.instance.id).await.unwrap();
     assert_eq!(again.port, info.port);
+    let again = svc.instance_credentials(&bob, info.instance.id).unwrap();
     assert_eq!(again.credentials.client_key, info.credentials.client_key);
     // The old certificate files still work: nothing changed for the client.
     assert_eq!(

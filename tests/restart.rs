@@ -105,7 +105,13 @@ fn assert_consistent(env: &TestEnv) {
     assert_eq!(pms.len(), rows.len(), "postmasters match rows: {pms:?}");
     for r in &rows {
         assert_eq!(r.state, InstanceState::Running);
-        let info = env.svc().instance_credentials(&admin, r.id).unwrap();
+        // Credentials go to the owner only.
+        let owner = draupnir::core::Actor {
+            user_id: r.owner_id,
+            name: r.owner_name.clone(),
+            admin: false,
+        };
+        let info = env.svc().instance_credentials(&owner, r.id).unwrap();
         assert_eq!(psql_cert(&info, "SELECT 1").unwrap(), "1");
     }
     let mut ports: Vec<u16> = rows.iter().map(|r| r.port).collect();

@@ -137,7 +137,7 @@ async fn handovers_are_atomic_and_never_repeat() {
     // before its owner does, not even an admin; and nobody logs in as the
     // pool's user.
     let err = svc.instance_credentials(&admin, later[0]).unwrap_err();
-    assert!(matches!(err, CoreError::InvalidState(_)), "{err}");
+    assert!(matches!(err, CoreError::NotOwner { .. }), "{err}");
     assert!(svc
         .allow_address(&admin, later[0], "192.0.2.7".parse().unwrap())
         .is_err());
@@ -400,7 +400,13 @@ async fn ssh_new_instance_gets_a_warm_one() {
     // Connect with what `env` gives bob.
     let o = s.ssh(&bob, &["env", &id.to_string(), "--json"]).await;
     assert!(o.status.success(), "{}", text(&o));
-    let info = s.svc().instance_credentials(&s.admin(), id).unwrap();
+    let row = s.svc().instance(&s.admin(), id).unwrap();
+    let owner = draupnir::core::Actor {
+        user_id: row.owner_id,
+        name: row.owner_name,
+        admin: false,
+    };
+    let info = s.svc().instance_credentials(&owner, id).unwrap();
     let creds: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(creds["client_key"], info.credentials.client_key.as_str());
     let count = tokio::task::spawn_blocking(move || psql_cert(&info, "SELECT count(*) FROM users"))

@@ -10,6 +10,13 @@ pub enum CoreError {
     NotFound { what: &'static str, id: String },
     #[error("admin only: {0}")]
     AdminOnly(&'static str),
+    /// An instance's key material goes to its owner only (admins and the
+    /// upload user may see and destroy it, never connect as its owner).
+    #[error("instance {id} is {owner}'s; only its owner gets its credentials")]
+    NotOwner { id: i64, owner: String },
+    /// One upload stream at a time per image.
+    #[error("image {id} is already receiving an upload (started {secs}s ago); wait for it to end")]
+    UploadBusy { id: i64, secs: u64 },
     #[error("image {id} is not ready (state: {state})")]
     ImageNotReady { id: i64, state: &'static str },
     #[error("image {id} has {count} instance(s); destroy them first")]

@@ -225,7 +225,13 @@ impl Service {
         Ok(image)
     }
 
-    /// Flow 2: start an upload stream into an `uploading` image.
+    /// Flow 2: start an upload stream into an `uploading` image. One
+    /// stream at a time per image, whichever door it comes through
+    /// (`upload-image`, `scp`, SFTP): two streams writing one data
+    /// directory would ruin both, so a second one is refused at once with
+    /// [`CoreError::UploadBusy`] and the first goes on. A client uploading
+    /// several files (`scp -r`, SFTP `put -r`) sends them one after the
+    /// other, each its own stream.
     pub fn begin_upload(&self, actor: &Actor, id: i64, target: UploadTarget) -> Result<Upload> {
         actor.require_admin("uploading images")?;
         let image = self.image_or_404(id)?;
@@ -233,11 +239,23 @@ impl Service {
         if image.state == ImageState::Uploading {
             self.check_free_space("upload")?;
         }
-        if !self.inner.store.begin_upload(id)? {
-            return Err(CoreError::InvalidState(format!(
-                "image {id} does not accept uploads (state: {})",
-                image.state.as_str()
-            )));
+        {
+            // Held across the claim: two streams cannot both see it free.
+            let mut uploads = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(since) = uploads.get(&id) {
+                return Err(CoreError::UploadBusy {
+                    id,
+                    secs: since.elapsed().as_secs(),
+                });
+            }
+            if !self.inner.store.begin_upload(id)? {
+                let image = self.image_or_404(id)?;
+                return Err(CoreError::InvalidState(format!(
+                    "image {id} does not accept uploads (state: {})",
+                    image.state.as_str()
+                )));
+            }
+            uploads.insert(id, std::time::Instant::now());
         }
         let budget = self
             .config()
@@ -360,7 +378,19 @@ impl Service {
         upload.finish().await
     }
 
+    /// The stream into image `id` ended: record the outcome, then let the
+    /// next stream in (in that order, so the next one sees the image as
+    /// this one left it).
     fn end_upload(&self, id: i64, outcome: &Result<Report>) {
+        self.record_upload(id, outcome);
+        self.inner
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn record_upload(&self, id: i64, outcome: &Result<Report>) {
         match outcome {
             Ok(report) => {
                 let _ = self.inner.store.end_upload(id, report.bytes_written);

@@ -28,7 +28,12 @@ pub struct NewInstance {
     pub oauth_refresh_token: Option<String>,
 }
 
-/// Everything a client needs to connect to an instance.
+/// Everything a client needs to connect to an instance, its key material
+/// included. The core makes one only for the instance's owner
+/// ([`Service::instance_credentials`], and creating an instance for the
+/// actor who then owns it): admins and the upload user see and destroy
+/// other people's instances (as [`Instance`], which holds no key), never
+/// get this.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub instance: Instance,
@@ -178,7 +183,7 @@ impl Service {
             warm = false, ms = started.elapsed().as_millis() as u64, "instance created");
         // The pool of this image is empty: it may want refilling.
         self.poke_pool();
-        self.connection_info(id)
+        self.owner_connection(actor, id)
     }
 
     /// Start a new instance of a ready image (flow 4): record the intent,
@@ -220,15 +225,15 @@ impl Service {
         let _lock = self.lock_instance(id).await;
         let mut outcome = Ok(());
         if let Some(ttl) = ttl {
-            let until = time::OffsetDateTime::now_utc() + ttl;
-            outcome = self.inner.store.set_instance_expiry(id, Some(until));
+            outcome = super::policy::expiry_after(ttl)
+                .and_then(|until| Ok(self.inner.store.set_instance_expiry(id, Some(until))?));
         }
         if let (Ok(()), Some(token)) = (&outcome, oauth_refresh_token) {
-            outcome = self.inner.store.set_instance_oauth_token(id, token);
+            outcome = Ok(self.inner.store.set_instance_oauth_token(id, token)?);
         }
         let outcome = match outcome {
             Ok(()) => self.bring_up(id, image_id, row.port, major).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => Ok((id, row.port)),
@@ -331,7 +336,9 @@ impl Service {
     /// Return an instance to its image, keeping its id, port and
     /// credentials: a fresh snapshot is prepared beside the old one, then
     /// the postmaster is stopped, the snapshots swapped and it is started.
-    pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+    /// The owner or an admin may; the answer carries no key material (the
+    /// owner's certificates are unchanged: `env` gives them).
+    pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<Instance> {
         let started = std::time::Instant::now();
         let inst = self.owned_instance_for(actor, id)?;
         let _lock = self.lock_instance(id).await;
@@ -376,7 +383,7 @@ impl Service {
             return Err(e);
         }
         tracing::info!(instance = id, user = %actor.name, ms = started.elapsed().as_millis() as u64, "instance reset");
-        self.connection_info(id)
+        self.instance_for(actor, id)
     }
 
     /// An instance someone owns, for what only an owner does (connect,
@@ -427,15 +434,24 @@ impl Service {
         self.instance_for(actor, id)
     }
 
-    pub(crate) fn connection_info(&self, id: i64) -> Result<ConnectionInfo> {
-        let instance = self
-            .inner
-            .store
-            .instance(id)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "instance",
-                id: id.to_string(),
-            })?;
+    /// The one place key material leaves the core: instance `id` with its
+    /// credentials, for its owner only. Anyone else is refused — a user as
+    /// if it did not exist, an admin or the upload user with
+    /// [`CoreError::NotOwner`] (HTTP: 404, as LEGACY_API.md says), and so
+    /// is everyone for a warm instance waiting in the pool (it has no owner
+    /// yet).
+    pub(crate) fn owner_connection(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+        let instance = self.instance_for(actor, id)?;
+        if instance.owner_id != actor.user_id {
+            return Err(CoreError::NotOwner {
+                id,
+                owner: if instance.pooled {
+                    "the warm pool".into()
+                } else {
+                    instance.owner_name
+                },
+            });
+        }
         let credentials = self.inner.store.instance_credentials(id)?.ok_or_else(|| {
             CoreError::InvalidState(format!("instance {id} has no credentials yet"))
         })?;
@@ -449,17 +465,19 @@ impl Service {
         })
     }
 
-    /// Flow 5: how to connect, with the certificates. Only the owner (or
-    /// an admin) gets them.
+    /// Flow 5: how to connect, with the certificates — to the instance's
+    /// owner only ([`Service::owner_connection`]).
     pub fn instance_credentials(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
-        let inst = self.owned_instance_for(actor, id)?;
-        if inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying {
+        let inst = self.instance_for(actor, id)?;
+        if inst.owner_id == actor.user_id
+            && (inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying)
+        {
             return Err(CoreError::InvalidState(format!(
                 "instance {id} is {}",
                 inst.state.as_str()
             )));
         }
-        self.connection_info(id)
+        self.owner_connection(actor, id)
     }
 
     /// Remember an address the owner used, for the allow-list.

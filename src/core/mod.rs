@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// The warm pool's refill task state.
     pub pool: Arc<pool::PoolState>,
+    /// Images receiving an upload stream, and since when (one at a time).
+    pub uploads: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
 }
 
 /// The service. Cheap to clone.
@@ -142,6 +144,7 @@ impl Service {
                 token_checker: Default::default(),
                 instance_locks: Default::default(),
                 pool: Default::default(),
+                uploads: Default::default(),
             }),
         };
         service.spawn_event_loop(events);

@@ -68,6 +68,32 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// Refuse a lifetime or extension beyond [`crate::config::MAX_DURATION`]
+/// (front doors parse with that cap; the core does not rely on it).
+fn check_span(d: Duration) -> Result<()> {
+    if d > crate::config::MAX_DURATION {
+        return Err(CoreError::BadInput(format!(
+            "a duration of {} is too long (at most 36500d, 100 years)",
+            human(d)
+        )));
+    }
+    Ok(())
+}
+
+/// `base + d`, or a one-line refusal when it does not fit a date.
+pub(crate) fn checked_after(base: OffsetDateTime, d: Duration) -> Result<OffsetDateTime> {
+    check_span(d)?;
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| base.checked_add(d))
+        .ok_or_else(|| CoreError::BadInput(format!("a duration of {} is too long", human(d))))
+}
+
+/// When something that lives `ttl` from now ends.
+pub(crate) fn expiry_after(ttl: Duration) -> Result<OffsetDateTime> {
+    checked_after(OffsetDateTime::now_utc(), ttl)
+}
+
 /// The refusal at `max_instances_total`.
 pub(crate) fn total_quota_error(n: usize, max: u32) -> CoreError {
     CoreError::Quota(format!(
@@ -85,6 +111,9 @@ impl Service {
     pub(crate) fn instance_ttl(&self, asked: Option<Duration>) -> Result<Option<Duration>> {
         let cfg = self.config();
         let ttl = asked.or(cfg.default_instance_ttl).or(cfg.max_instance_ttl);
+        if let Some(t) = ttl {
+            check_span(t)?;
+        }
         if let (Some(t), Some(max)) = (ttl, cfg.max_instance_ttl) {
             if t > max {
                 return Err(CoreError::BadInput(format!(
@@ -155,9 +184,9 @@ impl Service {
         }
         let now = OffsetDateTime::now_utc();
         let base = inst.expires_at.filter(|e| *e > now).unwrap_or(now);
-        let mut until = base + by;
+        let mut until = checked_after(base, by)?;
         if let Some(max) = self.config().max_instance_ttl {
-            let cap = now + max;
+            let cap = checked_after(now, max)?;
             if until > cap {
                 return Err(CoreError::BadInput(format!(
                     "that would keep instance {id} past max_instance_ttl ({} from now)",

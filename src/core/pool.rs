@@ -108,7 +108,7 @@ impl Service {
         ttl: Option<Duration>,
         oauth_refresh_token: Option<&str>,
     ) -> Result<Option<ConnectionInfo>> {
-        let expires_at = ttl.map(|t| time::OffsetDateTime::now_utc() + t);
+        let expires_at = ttl.map(super::policy::expiry_after).transpose()?;
         let Some(id) = self.inner.store.claim_pooled_instance(
             image_id,
             actor.user_id,
@@ -119,7 +119,7 @@ impl Service {
             return Ok(None);
         };
         self.poke_pool();
-        self.connection_info(id).map(Some)
+        self.owner_connection(actor, id).map(Some)
     }
 
     /// Make room under `max_instances_total` for a cold create of

@@ -241,7 +241,9 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match &e {
-            CoreError::NotFound { .. } => Self::not_found(),
+            // LEGACY_API.md: someone else's instance is a 404, for admins
+            // and the upload user too.
+            CoreError::NotFound { .. } | CoreError::NotOwner { .. } => Self::not_found(),
             CoreError::AdminOnly(_) => Self::unauthorized(),
             CoreError::ImageNotReady { .. } => Self::image_not_ready(),
             CoreError::ImageHasInstances { .. } => Self::image_has_instances(),
@@ -249,6 +251,7 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidState(m) | CoreError::Conflict(m) | CoreError::Finalise(m) => {
                 Self::unprocessable(m)
             }
+            CoreError::UploadBusy { .. } => Self::unprocessable(&e.to_string()),
             CoreError::Upload(_) => Self::unprocessable(&e.to_string()),
             CoreError::Quota(m) => Self::quota_exceeded(m),
             CoreError::NoFreePort { .. }

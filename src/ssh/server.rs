@@ -77,12 +77,16 @@ pub(crate) struct SessionSlot {
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         crate::http::metrics::SSH_SESSIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut m) = self.shared.sessions.lock() {
-            if let Some(n) = m.get_mut(&self.user_id) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.user_id);
-                }
+        // The counts stay right even if a task panicked holding the lock.
+        let mut m = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user_id);
             }
         }
     }
@@ -90,7 +94,7 @@ impl Drop for SessionSlot {
 
 impl Shared {
     fn take_slot(self: &Arc<Self>, user_id: i64) -> Option<SessionSlot> {
-        let mut m = self.sessions.lock().ok()?;
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user_id).or_insert(0);
         if *n >= self.cfg.max_sessions_per_user {
             return None;
@@ -606,6 +610,10 @@ async fn finish_channel(chan: &Channel<Msg>, status: u32) {
     let _ = chan.close().await;
 }
 
+/// Run one exec request to its end. The command runs in a task of its
+/// own: should it panic, the client still gets one line on stderr, exit
+/// status 1 and a closed channel, and the session slot is given back
+/// (`slot` lives here, outside the command's task).
 async fn run_exec(
     chan: Channel<Msg>,
     slot: SessionSlot,
@@ -613,9 +621,35 @@ async fn run_exec(
     argv: Result<Vec<String>, String>,
 ) {
     let _slot = slot;
-    let (mut read_half, write_half) = chan.split();
-    let mut stdout = write_half.make_writer();
-    let mut stderr = write_half.make_writer_ext(Some(1));
+    let (read_half, write_half) = chan.split();
+    let stdout = write_half.make_writer();
+    let stderr = write_half.make_writer_ext(Some(1));
+    let user = session.actor.name.clone();
+    let status = match tokio::spawn(exec_body(read_half, stdout, stderr, session, argv)).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::error!(%user, error = %e, "ssh command task failed");
+            let mut stderr = write_half.make_writer_ext(Some(1));
+            let _ = stderr
+                .write_all(b"draupnir: internal error: the command failed unexpectedly (logged)\n")
+                .await;
+            let _ = stderr.flush().await;
+            1
+        }
+    };
+    let _ = write_half.exit_status(status).await;
+    let _ = write_half.eof().await;
+    let _ = write_half.close().await;
+}
+
+/// The command (or `scp -t` sink) itself; returns its exit status.
+async fn exec_body(
+    mut read_half: russh::ChannelReadHalf,
+    mut stdout: impl tokio::io::AsyncWrite + Unpin + Send,
+    mut stderr: impl tokio::io::AsyncWrite + Unpin + Send,
+    session: commands::Session,
+    argv: Result<Vec<String>, String>,
+) -> u32 {
     let status = match argv {
         Err(reason) => {
             let _ = stderr
@@ -645,9 +679,7 @@ async fn run_exec(
     };
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
-    let _ = write_half.exit_status(status).await;
-    let _ = write_half.eof().await;
-    let _ = write_half.close().await;
+    status
 }
 
 #[cfg(test)]
