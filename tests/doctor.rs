@@ -51,6 +51,7 @@ async fn healthy_then_each_check_broken_once() {
         "free space",
         "postgres",
         "instance_user",
+        "confinement",
         "sqlite",
         "iptables",
         "ssh port",
@@ -65,6 +66,12 @@ async fn healthy_then_each_check_broken_once() {
     }
     assert!(out.contains(&fingerprint), "{out}");
     assert!(out.contains("integrity ok"), "{out}");
+    // This kernel (6.18) has Landlock ABI 7: the box holds files, TCP
+    // ports, signals and abstract sockets.
+    assert!(
+        out.contains("Landlock ABI") && out.contains("signals and abstract sockets"),
+        "{out}"
+    );
     let (code, json) = doctor(dir, "healthy.toml", &env.config_text, true);
     assert_eq!(code, Some(0));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
