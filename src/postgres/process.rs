@@ -207,9 +207,51 @@ pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
     found
 }
 
+/// Why a postmaster could not be started: which program, in which
+/// directory, as whom, and (for `EACCES`) the directory the instance user
+/// cannot get through. Carried inside the [`io::Error`] [`spawn`] returns,
+/// with the same kind.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start {} in {} as {user}: {source}{}", program.display(), datadir.display(), blocked.as_ref().map(|b| format!("; {b}")).unwrap_or_default())]
+pub struct SpawnError {
+    pub program: PathBuf,
+    pub datadir: PathBuf,
+    pub user: String,
+    #[source]
+    pub source: io::Error,
+    pub blocked: Option<Box<super::reach::Blocked>>,
+}
+
 /// Start a postmaster for `spec`. It runs as the instance user in a new
 /// session with a clean environment; stdout and stderr append to the log.
+/// A failure names the program, the data directory and the user.
 pub fn spawn(spec: &PostmasterSpec) -> io::Result<Postmaster> {
+    spawn_inner(spec).map_err(|source| {
+        let program = spec.bin.postgres();
+        let blocked = if source.kind() == io::ErrorKind::PermissionDenied {
+            let mut dirs = vec![spec.datadir.clone()];
+            dirs.extend(program.parent().map(Path::to_path_buf));
+            match super::reach::check(&spec.user, &dirs) {
+                Err(super::reach::ReachError::Blocked(b)) => Some(b),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        io::Error::new(
+            source.kind(),
+            SpawnError {
+                program,
+                datadir: spec.datadir.clone(),
+                user: spec.user.name.clone(),
+                source,
+                blocked,
+            },
+        )
+    })
+}
+
+fn spawn_inner(spec: &PostmasterSpec) -> io::Result<Postmaster> {
     let log = File::options()
         .create(true)
         .append(true)
