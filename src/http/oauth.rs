@@ -82,6 +82,8 @@ enum Phase {
 }
 
 struct Pending {
+    /// Tells this login from a later one on the same state.
+    id: u64,
     created: Instant,
     /// Requests waiting on this state now.
     waiters: usize,
@@ -91,7 +93,9 @@ struct Pending {
 
 impl Pending {
     fn new(phase: Phase) -> Pending {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Pending {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             created: Instant::now(),
             waiters: 0,
             phase,
@@ -127,6 +131,8 @@ impl Logins {
 struct Waiter<'a> {
     oauth: &'a Oauth,
     state: String,
+    /// The login it waits in ([`Pending::id`]).
+    id: u64,
     addr: Option<IpAddr>,
 }
 
@@ -139,7 +145,11 @@ impl Drop for Waiter<'_> {
                 logins.per_address.remove(&self.addr);
             }
         }
-        if let Some(p) = logins.pending.get_mut(&self.state) {
+        if let Some(p) = logins
+            .pending
+            .get_mut(&self.state)
+            .filter(|p| p.id == self.id)
+        {
             p.waiters = p.waiters.saturating_sub(1);
             if p.waiters == 0 && matches!(p.phase, Phase::Open) {
                 logins.pending.remove(&self.state);
@@ -377,6 +387,7 @@ impl Oauth {
                     .or_insert_with(|| Pending::new(Phase::Open)),
             };
             entry.waiters += 1;
+            let id = entry.id;
             let rx = entry.tx.subscribe();
             *logins.per_address.entry(addr).or_default() += 1;
             (
@@ -384,6 +395,7 @@ impl Oauth {
                 Waiter {
                     oauth: self,
                     state: state.to_string(),
+                    id,
                     addr,
                 },
             )
