@@ -8,6 +8,7 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -76,7 +77,7 @@ pub fn run(config_path: &Path) -> Report {
     match Config::load(config_path) {
         Ok(config) => {
             checks.push(pass("config", format!("{} is valid", config_path.display())));
-            checks.extend(run_with(&config));
+            checks.extend(run_with(&config, config_path));
         }
         Err(e) => checks.push(fail(
             "config",
@@ -93,14 +94,15 @@ pub fn run(config_path: &Path) -> Report {
     }
 }
 
-/// The checks that need a valid config.
-pub fn run_with(config: &Config) -> Vec<Check> {
+/// The checks that need a valid config (read from `config_path`).
+pub fn run_with(config: &Config, config_path: &Path) -> Vec<Check> {
     let mut checks = vec![
         data_path(config),
         free_space(config),
         postgres(config),
         instance_user(config),
         confinement(config),
+        instance_access(config),
     ];
     let store = sqlite(config, &mut checks);
     if let Some(store) = &store {
@@ -111,17 +113,20 @@ pub fn run_with(config: &Config) -> Vec<Check> {
         "ssh port",
         Some(config.ssh.listen_address),
         "[ssh] listen_address",
+        config_path,
     ));
     checks.push(port(
         "http port",
         config.http.listen_address,
         "[http] listen_address",
+        config_path,
     ));
     if config.http.insecure_listen_address.is_some() {
         checks.push(port(
             "http insecure port",
             config.http.insecure_listen_address,
             "[http] insecure_listen_address",
+            config_path,
         ));
     }
     checks.push(host_key(config));
@@ -380,6 +385,38 @@ fn confinement(config: &Config) -> Check {
     }
 }
 
+/// Can the instance user get to every directory a postmaster needs?
+/// Asked as that user (see [`crate::postgres::reach`]).
+fn instance_access(config: &Config) -> Check {
+    use crate::postgres::reach::{check, postmaster_dirs, ReachError};
+    const NAME: &str = "instance access";
+    let name = &config.postgres.instance_user;
+    let user = match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => crate::postgres::cluster::InstanceUser {
+            name: name.clone(),
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        },
+        _ => return pass(NAME, "not checked: no instance user (see instance_user)"),
+    };
+    let dirs = postmaster_dirs(&config.data_path, &config.postgres.bin_root);
+    match check(&user, &dirs) {
+        Ok(()) => pass(
+            NAME,
+            format!(
+                "{name} reaches {} and {}",
+                config.data_path.display(),
+                config.postgres.bin_root.display()
+            ),
+        ),
+        Err(ReachError::Blocked(b)) => fail(NAME, b.reason(), b.fix()),
+        Err(e @ ReachError::Identity { .. }) => {
+            pass(NAME, format!("not checked: {e} (run doctor as root)"))
+        }
+        Err(e) => fail(NAME, e.to_string(), "run doctor as root"),
+    }
+}
+
 /// The SQLite check; returns the read-only store when it is usable.
 fn sqlite(config: &Config, checks: &mut Vec<Check>) -> Option<Store> {
     const NAME: &str = "sqlite";
@@ -504,7 +541,7 @@ fn allow_list(config: &Config, store: Option<&Store>, checks: &mut Vec<Check>) {
     }
 }
 
-fn port(name: &str, addr: Option<SocketAddr>, key: &str) -> Check {
+fn port(name: &str, addr: Option<SocketAddr>, key: &str, config_path: &Path) -> Check {
     let Some(addr) = addr else {
         return pass(name, format!("{key} not set: not listening"));
     };
@@ -513,28 +550,92 @@ fn port(name: &str, addr: Option<SocketAddr>, key: &str) -> Check {
     }
     match TcpListener::bind(addr) {
         Ok(_) => pass(name, format!("{addr} is free")),
-        Err(e) if e.kind() == ErrorKind::AddrInUse => match listener_of(addr.port()) {
-            Some((pid, comm)) if comm == "draupnir" => pass(
-                name,
-                format!("{addr} is in use by the running daemon (pid {pid})"),
-            ),
-            owner => fail(
-                name,
-                match owner {
-                    Some((pid, comm)) => format!("{addr} is in use by {comm} (pid {pid})"),
-                    None => format!("{addr} is in use"),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            let fix = format!(
+                "stop what listens there (ss -ltnp 'sport = :{}') or change {key}",
+                addr.port()
+            );
+            match listener_of(addr.port()) {
+                Some((pid, comm)) if comm == "draupnir" => match daemon_config(pid) {
+                    Some(theirs) if same_file(&theirs, config_path) => pass(
+                        name,
+                        format!("{addr} is in use by the running daemon (pid {pid})"),
+                    ),
+                    theirs => fail(
+                        name,
+                        format!(
+                            "{addr} is in use by another draupnir (pid {pid}, config {})",
+                            theirs
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_else(|| "unknown".into())
+                        ),
+                        format!("stop that daemon, or give this config or that one another {key}"),
+                    ),
                 },
-                format!(
-                    "stop what listens there (ss -ltnp 'sport = :{}') or change {key}",
-                    addr.port()
+                owner => fail(
+                    name,
+                    match owner {
+                        Some((pid, comm)) => format!("{addr} is in use by {comm} (pid {pid})"),
+                        None => format!("{addr} is in use"),
+                    },
+                    fix,
                 ),
-            ),
-        },
+            }
+        }
         Err(e) => fail(
             name,
             format!("cannot listen on {addr}: {e}"),
             format!("use an address this host has in {key}"),
         ),
+    }
+}
+
+/// Where `draupnir serve` looks for its config when not told.
+const DEFAULT_CONFIG: &str = "/etc/draupnir/config.toml";
+
+/// The config file a `draupnir serve` process was started with, from its
+/// command line (`--config P`, `--config=P`, `-c P`, `-cP`; the default
+/// otherwise), relative to its working directory. `None` when `pid` is not
+/// a `serve`.
+fn daemon_config(pid: i32) -> Option<PathBuf> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let serve = args.iter().skip(1).position(|a| *a == b"serve")? + 1;
+    let mut found: Option<&[u8]> = None;
+    let mut rest = args[serve + 1..].iter();
+    while let Some(a) = rest.next() {
+        if *a == b"--" {
+            break;
+        } else if *a == b"--config" || *a == b"-c" {
+            found = rest.next().copied();
+        } else if let Some(v) = a.strip_prefix(b"--config=") {
+            found = Some(v);
+        } else if let Some(v) = a.strip_prefix(b"-c").filter(|v| !v.is_empty()) {
+            found = Some(v.strip_prefix(b"=").unwrap_or(v));
+        }
+    }
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(
+        found.unwrap_or(DEFAULT_CONFIG.as_bytes()),
+    ));
+    Some(if path.is_absolute() {
+        path
+    } else {
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()?
+            .join(path)
+    })
+}
+
+/// Do two paths name the same file (after symlinks; by path when one is
+/// gone)?
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+            abs(a) == abs(b)
+        }
     }
 }
 

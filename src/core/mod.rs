@@ -55,6 +55,22 @@ impl Actor {
     }
 }
 
+/// Refuse to start when the instance user cannot reach a directory
+/// postmasters need; a check that cannot be made is logged, not fatal.
+fn reachable(
+    checked: std::result::Result<(), crate::postgres::reach::ReachError>,
+) -> std::result::Result<(), StartError> {
+    use crate::postgres::reach::ReachError;
+    match checked {
+        Ok(()) => Ok(()),
+        Err(ReachError::Blocked(b)) => Err(StartError::Unreachable(b)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check that the instance user reaches data_path");
+            Ok(())
+        }
+    }
+}
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -64,6 +80,10 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Cluster(#[from] crate::postgres::cluster::ClusterError),
+    /// The instance user cannot get to `data_path` or the postgres
+    /// binaries (one line naming the directory and the `chmod`).
+    #[error("{0}")]
+    Unreachable(Box<crate::postgres::reach::Blocked>),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -117,6 +137,14 @@ impl Service {
             .map_err(io_err("cannot chmod state_path", &config.state_path))?;
         let logs = config.state_path.join("logs");
         std::fs::create_dir_all(&logs).map_err(io_err("cannot create", &logs))?;
+        let user = InstanceUser::ensure(&config.postgres.instance_user)?;
+        // Before mounting anything: the way to data_path, and the binaries.
+        use crate::postgres::reach::{check, check_way};
+        reachable(check_way(&user, std::slice::from_ref(&config.data_path)))?;
+        reachable(check(
+            &user,
+            std::slice::from_ref(&config.postgres.bin_root),
+        ))?;
         let mounted = loopback::ensure_btrfs(
             &config.data_path,
             &config.state_path,
@@ -129,8 +157,11 @@ impl Service {
         layout
             .create()
             .map_err(io_err("cannot create directories under", &config.data_path))?;
+        reachable(check(
+            &user,
+            &crate::postgres::reach::postmaster_dirs(&config.data_path, &config.postgres.bin_root),
+        ))?;
         let store = Store::open(&config.database_path())?;
-        let user = InstanceUser::ensure(&config.postgres.instance_user)?;
         let (supervisor, events) = Supervisor::new(RestartPolicy::default());
         let service = Service {
             inner: Arc::new(Inner {

@@ -197,8 +197,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// Most bytes of an over-long body read and thrown away before answering
-/// 413: a client still writing it then reads the answer instead of hitting
-/// a closed connection. Longer bodies are cut off at once.
+/// 413, so the connection can be kept. Longer bodies are answered at once;
+/// the connection's lingering close (`linger`) lets a client still
+/// writing read the answer.
 const DRAIN_CAP: u64 = 8 << 20;
 
 /// Answer 413 to a body whose `Content-Length` is over the limit, after

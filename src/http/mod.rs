@@ -8,6 +8,7 @@
 
 mod error;
 pub mod forwarded;
+mod linger;
 mod listing;
 pub mod metrics;
 mod middleware;
@@ -300,8 +301,12 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
         let handle = axum_server::Handle::new();
         let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         server.tls = Some(rustls.clone());
-        let srv = axum_server::from_tcp_rustls(listener, rustls)
+        let srv = axum_server::from_tcp(listener)
             .map_err(|source| HttpError::Bind { addr, source })?
+            .acceptor(
+                axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor),
+            )
             .handle(handle.clone());
         let make = app
             .clone()
@@ -323,6 +328,7 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
         let handle = axum_server::Handle::new();
         let srv = axum_server::from_tcp(listener)
             .map_err(|source| HttpError::Bind { addr, source })?
+            .acceptor(linger::LingerAcceptor)
             .handle(handle.clone());
         let make = app
             .clone()

@@ -6,8 +6,14 @@
 //!
 //! Endpoints come from `[oauth]` (Google's by default). Whether the e-mail
 //! belongs to a trusted user is the core's decision.
+//!
+//! A `state` is not a secret (released 5.x CLIs send the same one every
+//! time), so a token goes to a waiter only when it is the one request
+//! waiting on that state: when two meet, neither gets it, and the state
+//! takes no token for a while (see `docs/security.md`, "OAuth sign-in").
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +35,8 @@ const GOOGLE_USERINFO: &str = "https://openidconnect.googleapis.com/v1/userinfo"
 const MAX_PENDING: usize = 10_000;
 /// Most refresh tokens remembered at once.
 const MAX_CACHED: usize = 10_000;
+/// Most `POST /access_tokens` waiting at once from one client address.
+pub const MAX_WAITERS_PER_ADDRESS: usize = 4;
 
 type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
@@ -42,11 +50,112 @@ pub struct TokenJson {
     pub expiry: String,
 }
 
-type Outcome = Result<TokenJson, String>;
+/// Why `POST /access_tokens` gives no token (the detail of its `400 OAuth
+/// Error`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoginError {
+    #[error("{0}")]
+    Provider(String),
+    #[error("another login waited on the same state at the same time, so neither gets a token; try again in a minute")]
+    Collision,
+    #[error("too many logins are waiting from your address; finish one first")]
+    TooManyFromAddress,
+    #[error("too many logins in progress; try again")]
+    TooMany,
+    #[error("the login was abandoned")]
+    Abandoned,
+    #[error("timed out waiting for the browser to return")]
+    TimedOut,
+}
+
+type Outcome = Result<TokenJson, LoginError>;
+
+/// Where the login for one `state` stands.
+enum Phase {
+    /// Waiting for the callback (with at most one waiter).
+    Open,
+    /// The callback came before any waiter: the first waiter takes it.
+    Answered(Outcome),
+    /// Two waiters (or two callbacks) met on this state: until then, every
+    /// waiter is refused and every callback thrown away.
+    Collided { until: Instant },
+}
 
 struct Pending {
+    /// Tells this login from a later one on the same state.
+    id: u64,
     created: Instant,
+    /// Requests waiting on this state now.
+    waiters: usize,
+    phase: Phase,
     tx: watch::Sender<Option<Outcome>>,
+}
+
+impl Pending {
+    fn new(phase: Phase) -> Pending {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Pending {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            created: Instant::now(),
+            waiters: 0,
+            phase,
+            tx: watch::channel(None).0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Logins {
+    pending: HashMap<String, Pending>,
+    /// Waiting requests per client address (`None`: unknown).
+    per_address: HashMap<Option<IpAddr>, usize>,
+}
+
+impl Logins {
+    /// Drop what nobody can use any more.
+    fn prune(&mut self, horizon: Duration) {
+        let now = Instant::now();
+        self.pending.retain(|_, p| {
+            p.waiters > 0
+                || match p.phase {
+                    Phase::Open => false,
+                    Phase::Answered(_) => p.created.elapsed() < horizon,
+                    Phase::Collided { until } => until > now,
+                }
+        });
+    }
+}
+
+/// One waiting request: counted against its state and its address until
+/// it ends, however it ends (answered, timed out, or its client gone).
+struct Waiter<'a> {
+    oauth: &'a Oauth,
+    state: String,
+    /// The login it waits in ([`Pending::id`]).
+    id: u64,
+    addr: Option<IpAddr>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut logins = self.oauth.logins();
+        if let Some(n) = logins.per_address.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                logins.per_address.remove(&self.addr);
+            }
+        }
+        if let Some(p) = logins
+            .pending
+            .get_mut(&self.state)
+            .filter(|p| p.id == self.id)
+        {
+            p.waiters = p.waiters.saturating_sub(1);
+            if p.waiters == 0 && matches!(p.phase, Phase::Open) {
+                logins.pending.remove(&self.state);
+            }
+        }
+    }
 }
 
 /// What the provider said about a refresh token: `None` when it refused
@@ -70,7 +179,7 @@ pub struct Oauth {
     userinfo_url: String,
     ttl: Duration,
     callback_timeout: Duration,
-    pending: Mutex<HashMap<String, Pending>>,
+    logins: Mutex<Logins>,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -113,7 +222,7 @@ impl Oauth {
                 .unwrap_or_else(|| GOOGLE_USERINFO.into()),
             ttl: o.cache_ttl,
             callback_timeout: o.callback_timeout,
-            pending: Mutex::default(),
+            logins: Mutex::default(),
             cache: Mutex::default(),
         }))
     }
@@ -133,53 +242,71 @@ impl Oauth {
         url.to_string()
     }
 
-    fn slot(&self, state: &str) -> Option<watch::Sender<Option<Outcome>>> {
-        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let horizon = self.callback_timeout * 2;
-        map.retain(|_, p| p.created.elapsed() < horizon);
-        if let Some(p) = map.get(state) {
-            return Some(p.tx.clone());
-        }
-        if map.len() >= MAX_PENDING {
-            return None;
-        }
-        let (tx, _) = watch::channel(None);
-        map.insert(
-            state.to_string(),
-            Pending {
-                created: Instant::now(),
-                tx: tx.clone(),
-            },
-        );
-        Some(tx)
+    fn logins(&self) -> std::sync::MutexGuard<'_, Logins> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget(&self, state: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(state);
+    /// How long a collided state refuses waiters and callbacks: long
+    /// enough for every browser involved to come back.
+    fn quarantine(&self) -> Instant {
+        Instant::now() + self.callback_timeout * 2
     }
 
     /// `GET /oauth_callback`: exchange the code and hand the token (or the
-    /// failure) to whoever waits for `state`.
+    /// failure) to the one request waiting for `state`. False when the
+    /// login failed or its token was thrown away.
     pub async fn callback(&self, state: &str, code: Option<&str>, error: Option<&str>) -> bool {
         let outcome = match (code, error) {
-            (_, Some(e)) => Err(format!("the provider refused: {e}")),
-            (None, None) => Err("the provider sent no code".into()),
+            (_, Some(e)) => Err(LoginError::Provider(format!("the provider refused: {e}"))),
+            (None, None) => Err(LoginError::Provider("the provider sent no code".into())),
             (Some(code), None) => self.exchange_code(code).await,
         };
-        let ok = outcome.is_ok();
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, "oauth callback failed");
         }
-        match self.slot(state) {
-            Some(tx) => {
-                tx.send_replace(Some(outcome));
+        let ok = outcome.is_ok();
+        let mut logins = self.logins();
+        logins.prune(self.callback_timeout * 2);
+        let full = logins.pending.len() >= MAX_PENDING;
+        let quarantine = self.quarantine();
+        match logins.pending.get_mut(state) {
+            None if full => {
+                tracing::warn!("too many pending oauth logins; callback dropped");
+                false
             }
-            None => tracing::warn!("too many pending oauth logins; callback dropped"),
+            None => {
+                logins
+                    .pending
+                    .insert(state.to_string(), Pending::new(Phase::Answered(outcome)));
+                ok
+            }
+            Some(p) => match &p.phase {
+                Phase::Open if p.waiters > 0 => {
+                    p.tx.send_replace(Some(outcome));
+                    logins.pending.remove(state);
+                    ok
+                }
+                Phase::Open => {
+                    p.phase = Phase::Answered(outcome);
+                    ok
+                }
+                Phase::Answered(_) => {
+                    // Two browsers came back for one state nobody claimed
+                    // yet: whose token a waiter would get is unknowable.
+                    tracing::warn!(
+                        "two OAuth callbacks for one state; neither token is handed out"
+                    );
+                    p.phase = Phase::Collided { until: quarantine };
+                    false
+                }
+                Phase::Collided { .. } => {
+                    tracing::warn!(
+                        "OAuth callback for a state two logins waited on; token thrown away"
+                    );
+                    false
+                }
+            },
         }
-        ok
     }
 
     async fn exchange_code(&self, code: &str) -> Outcome {
@@ -188,7 +315,7 @@ impl Oauth {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .request_async(&self.http)
             .await
-            .map_err(|e| format!("token exchange failed: {e}"))?;
+            .map_err(|e| LoginError::Provider(format!("token exchange failed: {e}")))?;
         let expiry = match token.expires_in() {
             Some(d) => time::OffsetDateTime::now_utc()
                 .checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO))
@@ -210,13 +337,69 @@ impl Oauth {
         })
     }
 
-    /// `POST /access_tokens`: wait for the callback for `state`.
-    pub async fn wait(&self, state: &str) -> Outcome {
-        let Some(tx) = self.slot(state) else {
-            return Err("too many logins in progress; try again".into());
+    /// `POST /access_tokens` from `addr`: wait for the callback for
+    /// `state`. The token goes to this request only if no other waits on
+    /// the same state meanwhile.
+    pub async fn wait(&self, state: &str, addr: Option<IpAddr>) -> Outcome {
+        let (mut rx, _waiter) = {
+            let mut logins = self.logins();
+            logins.prune(self.callback_timeout * 2);
+            if logins.per_address.get(&addr).copied().unwrap_or(0) >= MAX_WAITERS_PER_ADDRESS {
+                tracing::warn!(peer = ?addr, "too many OAuth logins waiting from one address; refused");
+                return Err(LoginError::TooManyFromAddress);
+            }
+            let full = logins.pending.len() >= MAX_PENDING;
+            let quarantine = self.quarantine();
+            let entry = match logins.pending.get_mut(state) {
+                Some(p) => match &p.phase {
+                    Phase::Answered(_) if p.waiters == 0 => {
+                        // The callback came first: this request takes it,
+                        // and the state is done.
+                        let Some(Pending {
+                            phase: Phase::Answered(outcome),
+                            ..
+                        }) = logins.pending.remove(state)
+                        else {
+                            return Err(LoginError::Abandoned);
+                        };
+                        return outcome;
+                    }
+                    Phase::Collided { .. } => {
+                        tracing::warn!(peer = ?addr, "OAuth login on a state two logins waited on; refused");
+                        p.phase = Phase::Collided { until: quarantine };
+                        return Err(LoginError::Collision);
+                    }
+                    _ if p.waiters > 0 => {
+                        tracing::warn!(
+                            peer = ?addr,
+                            "two OAuth logins wait on one state; neither gets a token"
+                        );
+                        p.phase = Phase::Collided { until: quarantine };
+                        p.tx.send_replace(Some(Err(LoginError::Collision)));
+                        return Err(LoginError::Collision);
+                    }
+                    _ => p,
+                },
+                None if full => return Err(LoginError::TooMany),
+                None => logins
+                    .pending
+                    .entry(state.to_string())
+                    .or_insert_with(|| Pending::new(Phase::Open)),
+            };
+            entry.waiters += 1;
+            let id = entry.id;
+            let rx = entry.tx.subscribe();
+            *logins.per_address.entry(addr).or_default() += 1;
+            (
+                rx,
+                Waiter {
+                    oauth: self,
+                    state: state.to_string(),
+                    id,
+                    addr,
+                },
+            )
         };
-        let mut rx = tx.subscribe();
-        drop(tx);
         let waited = tokio::time::timeout(self.callback_timeout, async {
             rx.wait_for(|v| v.is_some())
                 .await
@@ -224,11 +407,10 @@ impl Oauth {
                 .and_then(|v| v.clone())
         })
         .await;
-        self.forget(state);
         match waited {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => Err("the login was abandoned".into()),
-            Err(_) => Err("timed out waiting for the browser to return".into()),
+            Ok(None) => Err(LoginError::Abandoned),
+            Err(_) => Err(LoginError::TimedOut),
         }
     }
 

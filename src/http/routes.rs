@@ -430,6 +430,7 @@ struct AccessTokenAttributes {
 
 pub async fn access_tokens(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     JsonBody(body): JsonBody<AccessTokenBody>,
 ) -> ApiResult {
     let Some(oauth) = &state.oauth else {
@@ -441,9 +442,9 @@ pub async fn access_tokens(
     if !valid_state(&s) {
         return Err(ApiError::oauth_error("a state is required"));
     }
-    match oauth.wait(&s).await {
+    match oauth.wait(&s, addr).await {
         Ok(token) => Ok((StatusCode::CREATED, Json(token)).into_response()),
-        Err(reason) => Err(ApiError::oauth_error(&reason)),
+        Err(reason) => Err(ApiError::oauth_error(&reason.to_string())),
     }
 }
 

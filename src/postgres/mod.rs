@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod finalise;
 pub mod pgconn;
 pub mod process;
+pub mod reach;
 pub mod sandbox;
 pub mod supervisor;

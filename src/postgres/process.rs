@@ -43,12 +43,15 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot start {program} for {datadir}: {source}")]
+    #[error("cannot start {} in {} as {user}: {source}{}", program.display(), datadir.display(), blocked.as_ref().map(|b| format!("; {b}")).unwrap_or_default())]
     Exec {
         program: PathBuf,
         datadir: PathBuf,
+        user: String,
         #[source]
         source: io::Error,
+        /// For `EACCES`: the directory the instance user cannot pass.
+        blocked: Option<Box<super::reach::Blocked>>,
     },
 }
 
@@ -233,7 +236,9 @@ pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
 
 /// Start a postmaster for `spec`. It runs as the instance user in a new
 /// session with a clean environment, in its own box ([`sandbox`]); stdout
-/// and stderr append to the log.
+/// and stderr append to the log. A failure names the program, the data
+/// directory and the user, and for `EACCES` the directory the instance
+/// user cannot get through.
 pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
     let log_err = |source| SpawnError::Log {
         path: spec.log_file.clone(),
@@ -272,10 +277,25 @@ pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
         &spec.datadir,
         spec.port,
     )?;
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        program: spec.bin.postgres(),
-        datadir: spec.datadir.clone(),
-        source,
+    let child = cmd.spawn().map_err(|source| {
+        let program = spec.bin.postgres();
+        let blocked = if source.kind() == io::ErrorKind::PermissionDenied {
+            let mut dirs = vec![spec.datadir.clone()];
+            dirs.extend(program.parent().map(Path::to_path_buf));
+            match super::reach::check(&spec.user, &dirs) {
+                Err(super::reach::ReachError::Blocked(b)) => Some(b),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        SpawnError::Exec {
+            program,
+            datadir: spec.datadir.clone(),
+            user: spec.user.name.clone(),
+            source,
+            blocked,
+        }
     })?;
     Ok(Postmaster::Child(child))
 }
