@@ -17,6 +17,10 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scp_sftp_mode_into_image_dir_and_explicit_name() {
     let s = SshEnv::new().await;
@@ -278,6 +282,22 @@ async fn refusals_are_clear() {
         assert!(!out.status.success(), "{batch}: {}", text(&out));
         assert!(!stderr(&out).is_empty(), "{batch}: {}", text(&out));
     }
+    // Attribute changes are refused as such (SECURITY: setstat), not
+    // answered OK while changing nothing.
+    for batch in [
+        format!("chmod 777 images/{id}"),
+        format!("chown 0 images/{id}"),
+        format!("chgrp 0 images/{id}"),
+        format!("chmod 700 images"),
+    ] {
+        let out = s.sftp_batch(&s.admin_key, &format!("{batch}\n")).await;
+        assert!(!out.status.success(), "{batch}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{batch}: {}",
+            text(&out)
+        );
+    }
     // Nothing of that reached the disk outside the tree.
     assert!(!std::path::Path::new("/x").exists());
     // And reading an uploaded file back is refused at open.
@@ -462,11 +482,18 @@ async fn exec_statuses_and_refused_shell() {
     let out = s.ssh(&s.admin_key, &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("no shell here"), "{}", text(&out));
-    // With a forced PTY too (the PTY is refused; nothing hangs).
+    // With a forced PTY too (the PTY is accepted, the shell is not;
+    // nothing hangs).
     let out = s.ssh_opts(&s.admin_key, &["-tt"], &[]).await;
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("no shell here"), "{}", text(&out));
+    // A command with a PTY requested (`ssh -t`, as many aliases say) runs.
+    let out = s.ssh_opts(&s.admin_key, &["-tt"], &["whoami"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("alice"), "{}", text(&out));
     assert!(
-        stderr(&out).contains("PTY allocation request failed"),
+        !stderr(&out).contains("PTY allocation request failed"),
         "{}",
         text(&out)
     );
@@ -519,11 +546,16 @@ async fn session_cap_per_user() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(first.try_wait().unwrap().is_none(), "sftp is connected");
     let out = s.ssh(&s.admin_key, &["help"]).await;
-    assert!(
-        !out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "a second session is refused: {}",
         text(&out)
     );
+    // With the reason, in one line the user sees.
+    let err = stderr(&out);
+    assert!(err.contains("max_sessions_per_user"), "{}", text(&out));
+    assert_eq!(err.trim().lines().count(), 1, "{}", text(&out));
     first.start_kill().unwrap();
     let _ = first.wait().await;
     let mut ok = false;
@@ -540,7 +572,11 @@ async fn session_cap_per_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unauthenticated_connections_are_capped_and_timed_out() {
     use tokio::io::AsyncReadExt;
-    let s = SshEnv::with("", "auth_timeout = \"1s\"\nmax_unauthenticated = 2").await;
+    let s = SshEnv::with(
+        "",
+        "auth_timeout = \"1s\"\nmax_unauthenticated = 2\nmax_unauthenticated_per_address = 2",
+    )
+    .await;
     let addr = s.server.as_ref().unwrap().local_addr();
     let mut idle = Vec::new();
     for _ in 0..2 {
