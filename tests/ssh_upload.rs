@@ -607,3 +607,99 @@ async fn unauthenticated_connections_are_capped_and_timed_out() {
     let out = s.ssh(&s.admin_key, &["help"]).await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// One SFTP packet: length, type, payload.
+fn sftp_packet(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(kind);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn sftp_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// Read one SFTP packet: (type, payload).
+async fn sftp_read(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.expect("sftp packet length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body).await.expect("sftp packet");
+    (body[0], body[1..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_write_with_a_gap_names_the_gap() {
+    use tokio::io::AsyncWriteExt;
+    let s = SshEnv::new().await;
+    let id = s.new_image();
+    // A raw SFTP client over `ssh -s`: OpenSSH's own never leaves a gap.
+    let mut child = tokio::process::Command::new("ssh")
+        .args(common::ssh::client_opts(&s.admin_key, None))
+        .args(["-p", &s.port.to_string(), "-s", "draupnir@127.0.0.1", "sftp"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to = child.stdin.take().unwrap();
+    let mut from = child.stdout.take().unwrap();
+    let step = async {
+        to.write_all(&sftp_packet(1, &3u32.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(sftp_read(&mut from).await.0, 2, "VERSION");
+        let mut open = 1u32.to_be_bytes().to_vec();
+        sftp_string(&mut open, format!("images/{id}/base.tar.gz").as_bytes());
+        open.extend_from_slice(&(0x02u32 | 0x08 | 0x10).to_be_bytes());
+        open.extend_from_slice(&0u32.to_be_bytes());
+        to.write_all(&sftp_packet(3, &open)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 102, "HANDLE: {}", String::from_utf8_lossy(&reply));
+        let handle = reply[8..].to_vec();
+        let write = |id: u32, offset: u64, data: &[u8]| {
+            let mut w = id.to_be_bytes().to_vec();
+            sftp_string(&mut w, &handle);
+            w.extend_from_slice(&offset.to_be_bytes());
+            sftp_string(&mut w, data);
+            sftp_packet(6, &w)
+        };
+        let fixture = &FIXTURE.tar_gz[..1000];
+        to.write_all(&write(2, 0, fixture)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 101);
+        assert_eq!(&reply[4..8], &0u32.to_be_bytes(), "first write OK");
+        to.write_all(&write(3, 5000, fixture)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 101);
+        assert_ne!(&reply[4..8], &0u32.to_be_bytes(), "the gap is refused");
+        String::from_utf8_lossy(&reply[12..]).to_string()
+    };
+    let message = tokio::time::timeout(Duration::from_secs(60), step)
+        .await
+        .expect("sftp answers");
+    assert!(
+        message.contains("write at offset 5000 but 1000 bytes were written so far"),
+        "{message}"
+    );
+    drop(to);
+    let _ = child.wait().await;
+    // The image names the gap, not an interruption.
+    let image = s.svc().image(&s.admin(), id).unwrap();
+    assert_eq!(image.state, ImageState::Failed);
+    let reason = image.failure_reason.unwrap_or_default();
+    assert!(reason.contains("writes must be sequential"), "{reason}");
+    assert!(!reason.contains("interrupted"), "{reason}");
+    // `reset-upload` is what the reason of a failed image points to.
+    let out = s
+        .ssh(&s.admin_key, &["finalise-image", &id.to_string()])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("reset-upload {id}")),
+        "{}",
+        text(&out)
+    );
+}

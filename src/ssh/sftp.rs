@@ -339,11 +339,15 @@ impl russh_sftp::server::Handler for SftpSession {
         }
         if offset != u.written {
             let reason = format!(
-                "writes must be sequential (expected offset {}, got {offset})",
-                u.written
+                "{}: write at offset {offset} but {} bytes were written so far: \
+                 writes must be sequential",
+                u.shown, u.written
             );
-            // The stream cannot go on: fail the upload now.
-            u.upload = None;
+            // The stream cannot go on: fail the upload (and the image) now,
+            // with this reason.
+            if let Some(upload) = u.upload.take() {
+                upload.fail(reason.clone()).await;
+            }
             u.failed = Some(reason.clone());
             return Err(StatusCode::Failure.with_message(reason));
         }
