@@ -155,7 +155,9 @@ pub struct HttpConfig {
     /// instances.
     pub max_connections: Option<usize>,
     /// Open HTTP(S) connections from one client address (per listener).
-    pub max_connections_per_address: usize,
+    /// Default: a quarter of the total cap, at most 128, so one address
+    /// never holds all of them.
+    pub max_connections_per_address: Option<usize>,
 }
 
 impl SshConfig {
@@ -186,6 +188,13 @@ impl HttpConfig {
             1024
         };
         (soft / 4).clamp(16, 4096)
+    }
+
+    /// `max_connections_per_address`, or a quarter of
+    /// [`HttpConfig::connection_cap`] (at least 1, at most 128).
+    pub fn connection_cap_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or_else(|| (self.connection_cap() / 4).clamp(1, 128))
     }
 }
 
@@ -335,7 +344,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(15),
             max_connections: None,
-            max_connections_per_address: 128,
+            max_connections_per_address: None,
         }
     }
 }
@@ -566,7 +575,7 @@ impl Config {
             ),
             (
                 "http.max_connections_per_address",
-                self.http.max_connections_per_address,
+                self.http.max_connections_per_address.unwrap_or(1),
                 1,
             ),
         ] {

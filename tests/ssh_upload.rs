@@ -288,7 +288,7 @@ async fn refusals_are_clear() {
         format!("chmod 777 images/{id}"),
         format!("chown 0 images/{id}"),
         format!("chgrp 0 images/{id}"),
-        format!("chmod 700 images"),
+        "chmod 700 images".to_string(),
     ] {
         let out = s.sftp_batch(&s.admin_key, &format!("{batch}\n")).await;
         assert!(!out.status.success(), "{batch}: {}", text(&out));
@@ -639,7 +639,13 @@ async fn sftp_write_with_a_gap_names_the_gap() {
     // A raw SFTP client over `ssh -s`: OpenSSH's own never leaves a gap.
     let mut child = tokio::process::Command::new("ssh")
         .args(common::ssh::client_opts(&s.admin_key, None))
-        .args(["-p", &s.port.to_string(), "-s", "draupnir@127.0.0.1", "sftp"])
+        .args([
+            "-p",
+            &s.port.to_string(),
+            "-s",
+            "draupnir@127.0.0.1",
+            "sftp",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -702,4 +708,21 @@ async fn sftp_write_with_a_gap_names_the_gap() {
         "{}",
         text(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_command_lines_are_refused_in_one_line() {
+    let s = SshEnv::new().await;
+    // 200 KB in 100 arguments (one argument may not exceed 128 KiB).
+    let arg = "a".repeat(2000);
+    let mut args = vec!["help"];
+    args.extend(std::iter::repeat_n(arg.as_str(), 100));
+    let out = s.ssh(&s.admin_key, &args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("longer than 16384 bytes"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The connection was fine: the next command on a new one works too.
+    let out = s.ssh(&s.admin_key, &["whoami"]).await;
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -154,9 +154,9 @@ impl Upload {
         let _ = handle.await;
         self.service.end_upload(
             self.image_id,
-            &Err(CoreError::Upload(IngestError::Source(std::io::Error::other(
-                reason,
-            )))),
+            &Err(CoreError::Upload(IngestError::Source(
+                std::io::Error::other(reason),
+            ))),
         );
     }
 }

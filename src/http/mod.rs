@@ -302,7 +302,7 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
     let app = router(state, config, Router::new());
     let header_timeout = config.http.header_timeout;
     let cap = config.http.connection_cap();
-    let per_address = config.http.max_connections_per_address;
+    let per_address = config.http.connection_cap_per_address();
     tracing::debug!(
         max_connections = cap,
         max_connections_per_address = per_address,
