@@ -369,6 +369,14 @@ async fn run_connection(
     };
     match outcome {
         Ok(()) => tracing::debug!(%peer, "ssh connection closed"),
+        // The transport refuses packets over 256 KiB (as OpenSSH's sshd
+        // does) and cannot answer on the channel then: say so here at
+        // least (a command line that long is the usual cause).
+        Err(russh::Error::PacketSize(bytes)) => tracing::info!(
+            %peer,
+            bytes,
+            "ssh connection dropped: a packet over the 256 KiB limit (a command line that long?)"
+        ),
         Err(e) => tracing::debug!(%peer, error = %e, "ssh connection ended with an error"),
     }
 }
