@@ -8,7 +8,7 @@
 //! authenticate, call [`Service`] and format; every decision about images,
 //! instances and users is the core's.
 
-mod conn_limit;
+pub(crate) mod conn_limit;
 mod error;
 pub mod forwarded;
 mod listing;
