@@ -124,6 +124,9 @@ pub struct SshConfig {
     pub max_sessions_per_user: usize,
     /// Connections that have not authenticated yet; more are dropped at once.
     pub max_unauthenticated: usize,
+    /// Unauthenticated connections from one client address (default: half
+    /// of `max_unauthenticated`), so one address cannot hold every slot.
+    pub max_unauthenticated_per_address: Option<usize>,
     /// Longest command line `ssh draupnir …` accepts, in bytes.
     pub max_command_bytes: usize,
 }
@@ -139,9 +142,60 @@ pub struct HttpConfig {
     pub metrics: bool,
     /// Largest request body accepted (larger: 413).
     pub max_body_size: ByteSize,
-    /// How long a client may take to send a request body.
+    /// How long a client may take to send a request body, in all.
     #[serde(deserialize_with = "de_duration")]
     pub body_timeout: Duration,
+    /// How long a client may take for the TLS handshake, and for each
+    /// request's headers (an idle kept-alive connection is closed after it).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Open HTTP(S) connections in all (per listener); more are closed at
+    /// once. Default: a quarter of the process's open-file limit, at most
+    /// 4096, so running short of descriptors hits HTTP, never SSH or
+    /// instances.
+    pub max_connections: Option<usize>,
+    /// Open HTTP(S) connections from one client address (per listener).
+    /// Default: a quarter of the total cap, at most 128, so one address
+    /// never holds all of them.
+    pub max_connections_per_address: Option<usize>,
+}
+
+impl SshConfig {
+    /// `max_unauthenticated_per_address`, or half of `max_unauthenticated`.
+    pub fn unauthenticated_per_address(&self) -> usize {
+        self.max_unauthenticated_per_address
+            .unwrap_or(self.max_unauthenticated / 2)
+            .max(1)
+    }
+}
+
+impl HttpConfig {
+    /// `max_connections`, or a quarter of the soft `RLIMIT_NOFILE` (at
+    /// least 16, at most 4096).
+    pub fn connection_cap(&self) -> usize {
+        if let Some(n) = self.max_connections {
+            return n;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let soft = if rc == 0 {
+            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            1024
+        };
+        (soft / 4).clamp(16, 4096)
+    }
+
+    /// `max_connections_per_address`, or a quarter of
+    /// [`HttpConfig::connection_cap`] (at least 1, at most 128).
+    pub fn connection_cap_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or_else(|| (self.connection_cap() / 4).clamp(1, 128))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +328,7 @@ impl Default for SshConfig {
             idle_timeout: Duration::from_secs(3600),
             max_sessions_per_user: 10,
             max_unauthenticated: 64,
+            max_unauthenticated_per_address: None,
             max_command_bytes: 16 * 1024,
         }
     }
@@ -290,6 +345,9 @@ impl Default for HttpConfig {
             metrics: false,
             max_body_size: ByteSize(10 << 20),
             body_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(15),
+            max_connections: None,
+            max_connections_per_address: None,
         }
     }
 }
@@ -509,6 +567,21 @@ impl Config {
             ("ssh.max_sessions_per_user", ssh.max_sessions_per_user, 1),
             ("ssh.max_unauthenticated", ssh.max_unauthenticated, 1),
             ("ssh.max_command_bytes", ssh.max_command_bytes, 256),
+            (
+                "ssh.max_unauthenticated_per_address",
+                ssh.max_unauthenticated_per_address.unwrap_or(1),
+                1,
+            ),
+            (
+                "http.max_connections",
+                self.http.max_connections.unwrap_or(1),
+                1,
+            ),
+            (
+                "http.max_connections_per_address",
+                self.http.max_connections_per_address.unwrap_or(1),
+                1,
+            ),
         ] {
             if value < min {
                 return Err(invalid(key, format!("must be at least {min}")));
@@ -528,6 +601,9 @@ impl Config {
         }
         if self.http.body_timeout.is_zero() {
             return Err(invalid("http.body_timeout", "must be above 0"));
+        }
+        if self.http.header_timeout.is_zero() {
+            return Err(invalid("http.header_timeout", "must be above 0"));
         }
         if self.oauth.cache_ttl.is_zero() {
             return Err(invalid("oauth.cache_ttl", "must be above 0"));

@@ -17,6 +17,10 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scp_sftp_mode_into_image_dir_and_explicit_name() {
     let s = SshEnv::new().await;
@@ -278,6 +282,22 @@ async fn refusals_are_clear() {
         assert!(!out.status.success(), "{batch}: {}", text(&out));
         assert!(!stderr(&out).is_empty(), "{batch}: {}", text(&out));
     }
+    // Attribute changes are refused as such (SECURITY: setstat), not
+    // answered OK while changing nothing.
+    for batch in [
+        format!("chmod 777 images/{id}"),
+        format!("chown 0 images/{id}"),
+        format!("chgrp 0 images/{id}"),
+        "chmod 700 images".to_string(),
+    ] {
+        let out = s.sftp_batch(&s.admin_key, &format!("{batch}\n")).await;
+        assert!(!out.status.success(), "{batch}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{batch}: {}",
+            text(&out)
+        );
+    }
     // Nothing of that reached the disk outside the tree.
     assert!(!std::path::Path::new("/x").exists());
     // And reading an uploaded file back is refused at open.
@@ -462,11 +482,18 @@ async fn exec_statuses_and_refused_shell() {
     let out = s.ssh(&s.admin_key, &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("no shell here"), "{}", text(&out));
-    // With a forced PTY too (the PTY is refused; nothing hangs).
+    // With a forced PTY too (the PTY is accepted, the shell is not;
+    // nothing hangs).
     let out = s.ssh_opts(&s.admin_key, &["-tt"], &[]).await;
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("no shell here"), "{}", text(&out));
+    // A command with a PTY requested (`ssh -t`, as many aliases say) runs.
+    let out = s.ssh_opts(&s.admin_key, &["-tt"], &["whoami"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("alice"), "{}", text(&out));
     assert!(
-        stderr(&out).contains("PTY allocation request failed"),
+        !stderr(&out).contains("PTY allocation request failed"),
         "{}",
         text(&out)
     );
@@ -519,11 +546,16 @@ async fn session_cap_per_user() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(first.try_wait().unwrap().is_none(), "sftp is connected");
     let out = s.ssh(&s.admin_key, &["help"]).await;
-    assert!(
-        !out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "a second session is refused: {}",
         text(&out)
     );
+    // With the reason, in one line the user sees.
+    let err = stderr(&out);
+    assert!(err.contains("max_sessions_per_user"), "{}", text(&out));
+    assert_eq!(err.trim().lines().count(), 1, "{}", text(&out));
     first.start_kill().unwrap();
     let _ = first.wait().await;
     let mut ok = false;
@@ -540,7 +572,11 @@ async fn session_cap_per_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unauthenticated_connections_are_capped_and_timed_out() {
     use tokio::io::AsyncReadExt;
-    let s = SshEnv::with("", "auth_timeout = \"1s\"\nmax_unauthenticated = 2").await;
+    let s = SshEnv::with(
+        "",
+        "auth_timeout = \"1s\"\nmax_unauthenticated = 2\nmax_unauthenticated_per_address = 2",
+    )
+    .await;
     let addr = s.server.as_ref().unwrap().local_addr();
     let mut idle = Vec::new();
     for _ in 0..2 {
@@ -569,5 +605,124 @@ async fn unauthenticated_connections_are_capped_and_timed_out() {
     // ...which frees the slots for real clients.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let out = s.ssh(&s.admin_key, &["help"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// One SFTP packet: length, type, payload.
+fn sftp_packet(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(kind);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn sftp_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// Read one SFTP packet: (type, payload).
+async fn sftp_read(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.expect("sftp packet length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body).await.expect("sftp packet");
+    (body[0], body[1..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sftp_write_with_a_gap_names_the_gap() {
+    use tokio::io::AsyncWriteExt;
+    let s = SshEnv::new().await;
+    let id = s.new_image();
+    // A raw SFTP client over `ssh -s`: OpenSSH's own never leaves a gap.
+    let mut child = tokio::process::Command::new("ssh")
+        .args(common::ssh::client_opts(&s.admin_key, None))
+        .args([
+            "-p",
+            &s.port.to_string(),
+            "-s",
+            "draupnir@127.0.0.1",
+            "sftp",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to = child.stdin.take().unwrap();
+    let mut from = child.stdout.take().unwrap();
+    let step = async {
+        to.write_all(&sftp_packet(1, &3u32.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(sftp_read(&mut from).await.0, 2, "VERSION");
+        let mut open = 1u32.to_be_bytes().to_vec();
+        sftp_string(&mut open, format!("images/{id}/base.tar.gz").as_bytes());
+        open.extend_from_slice(&(0x02u32 | 0x08 | 0x10).to_be_bytes());
+        open.extend_from_slice(&0u32.to_be_bytes());
+        to.write_all(&sftp_packet(3, &open)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 102, "HANDLE: {}", String::from_utf8_lossy(&reply));
+        let handle = reply[8..].to_vec();
+        let write = |id: u32, offset: u64, data: &[u8]| {
+            let mut w = id.to_be_bytes().to_vec();
+            sftp_string(&mut w, &handle);
+            w.extend_from_slice(&offset.to_be_bytes());
+            sftp_string(&mut w, data);
+            sftp_packet(6, &w)
+        };
+        let fixture = &FIXTURE.tar_gz[..1000];
+        to.write_all(&write(2, 0, fixture)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 101);
+        assert_eq!(&reply[4..8], &0u32.to_be_bytes(), "first write OK");
+        to.write_all(&write(3, 5000, fixture)).await.unwrap();
+        let (kind, reply) = sftp_read(&mut from).await;
+        assert_eq!(kind, 101);
+        assert_ne!(&reply[4..8], &0u32.to_be_bytes(), "the gap is refused");
+        String::from_utf8_lossy(&reply[12..]).to_string()
+    };
+    let message = tokio::time::timeout(Duration::from_secs(60), step)
+        .await
+        .expect("sftp answers");
+    assert!(
+        message.contains("write at offset 5000 but 1000 bytes were written so far"),
+        "{message}"
+    );
+    drop(to);
+    let _ = child.wait().await;
+    // The image names the gap, not an interruption.
+    let image = s.svc().image(&s.admin(), id).unwrap();
+    assert_eq!(image.state, ImageState::Failed);
+    let reason = image.failure_reason.unwrap_or_default();
+    assert!(reason.contains("writes must be sequential"), "{reason}");
+    assert!(!reason.contains("interrupted"), "{reason}");
+    // `reset-upload` is what the reason of a failed image points to.
+    let out = s
+        .ssh(&s.admin_key, &["finalise-image", &id.to_string()])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("reset-upload {id}")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_command_lines_are_refused_in_one_line() {
+    let s = SshEnv::new().await;
+    // 200 KB in 100 arguments (one argument may not exceed 128 KiB).
+    let arg = "a".repeat(2000);
+    let mut args = vec!["help"];
+    args.extend(std::iter::repeat_n(arg.as_str(), 100));
+    let out = s.ssh(&s.admin_key, &args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("longer than 16384 bytes"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The connection was fine: the next command on a new one works too.
+    let out = s.ssh(&s.admin_key, &["whoami"]).await;
     assert!(out.status.success(), "{}", text(&out));
 }

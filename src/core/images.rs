@@ -143,6 +143,22 @@ impl Upload {
         self.sender = None;
         self.join().await
     }
+
+    /// Give up with `reason` (a front door found the stream unusable):
+    /// the image is `failed` with that reason rather than "interrupted".
+    pub async fn fail(mut self, reason: String) {
+        let (Some(sender), Some(handle)) = (self.sender.take(), self.handle.take()) else {
+            return;
+        };
+        sender.abort(std::io::Error::other(reason.clone())).await;
+        let _ = handle.await;
+        self.service.end_upload(
+            self.image_id,
+            &Err(CoreError::Upload(IngestError::Source(
+                std::io::Error::other(reason),
+            ))),
+        );
+    }
 }
 
 impl Drop for Upload {
@@ -496,7 +512,7 @@ impl Service {
             ImageState::Ready => return Ok(Finalising::AlreadyReady(image)),
             ImageState::Failed => {
                 return Err(CoreError::InvalidState(format!(
-                    "image {id} failed ({}); reset the upload or create a new image",
+                    "image {id} failed ({}); `reset-upload {id}` lets it take a new upload",
                     image.failure_reason.as_deref().unwrap_or("no reason kept")
                 )))
             }

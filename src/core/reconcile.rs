@@ -59,7 +59,7 @@ impl Service {
             let upload = layout.upload(image.id);
             match image.state {
                 ImageState::Uploading if image.upload_active => {
-                    store.fail_image(image.id, "the upload was interrupted by a daemon restart; create a new image and upload again")?;
+                    store.fail_image(image.id, &format!("the upload was interrupted by a daemon restart; `reset-upload {}` lets it take a new upload", image.id))?;
                     btrfs::delete_subvolume(&upload)?;
                     report.failed_images.push(image.id);
                 }
@@ -73,7 +73,7 @@ impl Service {
                     if let Some(pid) = process::running_postmaster(&upload) {
                         Postmaster::Adopted(pid).stop(Duration::from_secs(30)).await;
                     }
-                    store.fail_image(image.id, "finalise was interrupted by a daemon restart; create a new image and upload again")?;
+                    store.fail_image(image.id, &format!("finalise was interrupted by a daemon restart; `reset-upload {}` lets it take a new upload", image.id))?;
                     btrfs::delete_subvolume(&layout.snapshot(image.id))?;
                     btrfs::delete_subvolume(&upload)?;
                     report.failed_images.push(image.id);

@@ -94,6 +94,11 @@ fn diff(old: &Config, new: &Config) -> ReloadReport {
         false
     );
     k!("ssh.max_unauthenticated", ssh.max_unauthenticated, false);
+    k!(
+        "ssh.max_unauthenticated_per_address",
+        ssh.max_unauthenticated_per_address,
+        false
+    );
     k!("ssh.max_command_bytes", ssh.max_command_bytes, false);
     k!("http.listen_address", http.listen_address, false);
     k!(
@@ -105,6 +110,13 @@ fn diff(old: &Config, new: &Config) -> ReloadReport {
     k!("http.metrics", http.metrics, false);
     k!("http.max_body_size", http.max_body_size, false);
     k!("http.body_timeout", http.body_timeout, false);
+    k!("http.header_timeout", http.header_timeout, false);
+    k!("http.max_connections", http.max_connections, false);
+    k!(
+        "http.max_connections_per_address",
+        http.max_connections_per_address,
+        false
+    );
     k!("oauth", oauth, false);
     r
 }

@@ -196,6 +196,44 @@ impl ApiError {
         )
     }
 
+    /// The body did not arrive within `body_timeout`.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request Timeout",
+            "The request body did not arrive in time",
+        )
+    }
+
+    /// A document whose `data.type` names another resource type
+    /// (JSON:API: 409 Conflict).
+    pub fn wrong_type(expected: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            &format!("data.type must be \"{expected}\""),
+        )
+    }
+
+    /// A request refused before the API saw it (by the HTTP parser).
+    pub fn malformed_request(status: StatusCode) -> Self {
+        let detail = match status {
+            StatusCode::URI_TOO_LONG => "The request path is too long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                "The request has too many or too large headers"
+            }
+            StatusCode::NOT_IMPLEMENTED => "The request uses an unsupported feature",
+            _ => "The request is malformed",
+        };
+        let mut e = Self::new(status, "bad_request", "Bad Request", detail);
+        if !status.is_client_error() && !status.is_server_error() {
+            e.status = StatusCode::BAD_REQUEST;
+        }
+        e
+    }
+
     pub fn oauth_error(detail: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -223,7 +261,8 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => Self::method_not_allowed(),
             StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(),
             StatusCode::UNAUTHORIZED => Self::unauthorized(),
-            s if s.is_client_error() => Self::unreadable_body(),
+            StatusCode::REQUEST_TIMEOUT => Self::body_timeout(),
+            s if s.is_client_error() => Self::malformed_request(s),
             _ => Self::internal(),
         }
     }
@@ -265,9 +304,9 @@ impl From<CoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Body {
+impl ApiError {
+    fn body(&self) -> Body<'_> {
+        Body {
             id: self.code,
             status: self.status.as_u16().to_string(),
             code: self.code,
@@ -276,8 +315,18 @@ impl IntoResponse for ApiError {
             source: Source {
                 parameter: self.parameter,
             },
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        }
+    }
+
+    /// The error document's bytes (for a response written outside axum).
+    pub fn json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
         response.extensions_mut().insert(ContractError);
         response
     }

@@ -24,8 +24,18 @@ const LINGER_IDLE: Duration = Duration::from_secs(5);
 /// Most bytes drained.
 const LINGER_BYTES: usize = 1 << 30;
 
-/// A TCP stream that lingers when dropped.
-pub struct Linger(Option<TcpStream>);
+/// A TCP stream that lingers when dropped, keeping `held` (the
+/// connection's place under the connection caps) until the drain ends:
+/// a lingering socket still holds its descriptor.
+pub struct Linger(Option<TcpStream>, Option<Box<dyn Send + Sync>>);
+
+impl Linger {
+    /// Wrap an accepted connection (the connection cap does, under TLS
+    /// too: the raw bytes are drained).
+    pub fn new(stream: TcpStream, held: impl Send + Sync + 'static) -> Linger {
+        Linger(Some(stream), Some(Box::new(held)))
+    }
+}
 
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection closed")
@@ -89,9 +99,13 @@ impl AsyncWrite for Linger {
 impl Drop for Linger {
     fn drop(&mut self) {
         let Some(stream) = self.0.take() else { return };
+        let held = self.1.take();
         // Outside a runtime (shutting down) the socket just closes.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(drain(stream));
+            rt.spawn(async move {
+                drain(stream).await;
+                drop(held);
+            });
         }
     }
 }
@@ -111,19 +125,4 @@ async fn drain(mut stream: TcpStream) {
         }
     })
     .await;
-}
-
-/// The acceptor that wraps every accepted connection in [`Linger`] (under
-/// TLS, too: it drains the raw bytes).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LingerAcceptor;
-
-impl<S> axum_server::accept::Accept<TcpStream, S> for LingerAcceptor {
-    type Stream = Linger;
-    type Service = S;
-    type Future = std::future::Ready<io::Result<(Linger, S)>>;
-
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        std::future::ready(Ok((Linger(Some(stream)), service)))
-    }
 }

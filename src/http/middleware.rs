@@ -1,15 +1,20 @@
 //! What every request goes through: the `Draupnir-Version` check, the
 //! response headers and error bodies every response carries, access log
-//! lines and request metrics, and the extractors that turn a request into
-//! an authenticated [`Actor`], a client address and a strictly parsed JSON
-//! body.
+//! lines and request metrics, the whole-body deadline, and the extractors
+//! that turn a request into an authenticated [`Actor`], a client address, a
+//! path id and a strictly parsed JSON body.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
 use axum::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -186,6 +191,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large()
+            } else if caused_by_timeout(&e) {
+                ApiError::body_timeout()
             } else {
                 ApiError::unreadable_body()
             }
@@ -225,5 +232,83 @@ pub async fn refuse_oversized(
             ApiError::payload_too_large().into_response()
         }
         _ => next.run(req).await,
+    }
+}
+
+/// Whether an error came from [`BodyDeadline`].
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTimedOut>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The request body did not arrive within `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within the body timeout")]
+pub struct BodyTimedOut;
+
+/// `body_timeout` as a total: the whole body must have arrived by then,
+/// however it is trickled (a per-read timeout is reset by every byte).
+pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let deadline = tokio::time::Instant::now() + limit;
+    let req = req.map(|inner| {
+        Body::new(BodyDeadline {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        })
+    });
+    next.run(req).await
+}
+
+/// A request body that fails with [`BodyTimedOut`] once its deadline has
+/// passed.
+struct BodyDeadline {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `{id}` of a path as given; a segment that is not valid UTF-8 once
+/// percent-decoded names nothing here, so it is a 404, not a 400 about
+/// the body.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| PathId(id))
+            .map_err(|_| ApiError::not_found())
     }
 }

@@ -1,11 +1,14 @@
 //! The HTTPS API: wire-compatible with Draupnir 5.x clients
 //! (`shared/LEGACY_API.md`).
 //!
-//! Owns the listeners (HTTPS with rustls, optional plain HTTP), the router
-//! and its layers, and turning bearer tokens into actors. Routes parse,
+//! Owns the listeners (HTTPS with rustls, optional plain HTTP) and their
+//! limits (connections in all and per address, TLS handshake and header
+//! deadlines, a total body deadline), the router and its layers, and
+//! turning bearer tokens into actors. Routes parse,
 //! authenticate, call [`Service`] and format; every decision about images,
 //! instances and users is the core's.
 
+pub(crate) mod conn_limit;
 mod error;
 pub mod forwarded;
 mod linger;
@@ -13,6 +16,7 @@ mod listing;
 pub mod metrics;
 mod middleware;
 mod oauth;
+mod parse_errors;
 mod routes;
 mod tls;
 
@@ -26,7 +30,6 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::{parse_api_version, Config, Environment};
 use crate::core::{Actor, Service};
@@ -208,7 +211,10 @@ fn router(state: AppState, config: &Config, extra: Router) -> Router {
             config.http.max_body_size.0,
             middleware::refuse_oversized,
         ))
-        .layer(RequestBodyTimeoutLayer::new(config.http.body_timeout))
+        .layer(from_fn_with_state(
+            config.http.body_timeout,
+            middleware::body_deadline,
+        ))
         .layer(from_fn_with_state(state.clone(), middleware::access_log))
         .layer(from_fn_with_state(state, middleware::response_headers))
 }
@@ -273,6 +279,16 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HttpError> {
     Ok(listener)
 }
 
+/// Log a failed accept: the listener's own (out of descriptors: the
+/// server backs off and retries) loudly, a connection's (over a cap, a
+/// failed or slow TLS handshake) quietly.
+fn accept_error(listener: &'static str) -> impl Fn(Option<&SocketAddr>, &std::io::Error) {
+    move |peer, e| match peer {
+        None => tracing::warn!(listener, error = %e, "accept failed"),
+        Some(peer) => tracing::debug!(listener, %peer, error = %e, "connection refused"),
+    }
+}
+
 /// Start the HTTPS listener (`[http] listen_address`) and the optional
 /// plain one (`insecure_listen_address`).
 pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, HttpError> {
@@ -285,6 +301,14 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
             .set_token_checker(Arc::new(oauth::Checker(Arc::downgrade(&state.0))));
     }
     let app = router(state, config, Router::new());
+    let header_timeout = config.http.header_timeout;
+    let cap = config.http.connection_cap();
+    let per_address = config.http.connection_cap_per_address();
+    tracing::debug!(
+        max_connections = cap,
+        max_connections_per_address = per_address,
+        "HTTP connection caps"
+    );
     let mut server = HttpServer {
         https: None,
         http: None,
@@ -301,13 +325,19 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
         let handle = axum_server::Handle::new();
         let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         server.tls = Some(rustls.clone());
-        let srv = axum_server::from_tcp(listener)
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+            .handshake_timeout(header_timeout)
+            .acceptor(conn_limit::ConnLimit::new(cap, per_address));
+        let acceptor = parse_errors::WithErrorBodies::new(acceptor, &config.http.api_version);
+        let mut srv = axum_server::from_tcp(listener)
             .map_err(|source| HttpError::Bind { addr, source })?
-            .acceptor(
-                axum_server::tls_rustls::RustlsAcceptor::new(rustls)
-                    .acceptor(linger::LingerAcceptor),
-            )
+            .acceptor(acceptor)
+            .first_request_timeout(header_timeout)
+            .accept_error_handler(accept_error("https"))
             .handle(handle.clone());
+        srv.http_builder()
+            .http1()
+            .header_read_timeout(Some(header_timeout));
         let make = app
             .clone()
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -326,10 +356,18 @@ pub async fn serve(service: Service, config: &Config) -> Result<HttpServer, Http
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
         let handle = axum_server::Handle::new();
-        let srv = axum_server::from_tcp(listener)
+        let mut srv = axum_server::from_tcp(listener)
             .map_err(|source| HttpError::Bind { addr, source })?
-            .acceptor(linger::LingerAcceptor)
+            .acceptor(parse_errors::WithErrorBodies::new(
+                conn_limit::ConnLimit::new(cap, per_address),
+                &config.http.api_version,
+            ))
+            .first_request_timeout(header_timeout)
+            .accept_error_handler(accept_error("http"))
             .handle(handle.clone());
+        srv.http_builder()
+            .http1()
+            .header_read_timeout(Some(header_timeout));
         let make = app
             .clone()
             .into_make_service_with_connect_info::<SocketAddr>();

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
-use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken};
+use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken, PathId};
 use super::AppState;
 use crate::core::{Actor, ConnectionInfo, InstanceRef};
 use crate::store::{Image, ImageState, Instance};
@@ -145,7 +145,7 @@ pub async fn list_images(State(state): State<AppState>, Authed(actor): Authed) -
 pub async fn show_image(
     State(state): State<AppState>,
     Authed(actor): Authed,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult {
     let image = state.service.image(&actor, path_id(&id)?)?;
     ok(StatusCode::OK, json!({"data": image_doc(&image)}))
@@ -159,7 +159,7 @@ pub struct CreateImageBody {
 #[derive(Deserialize)]
 struct CreateImageData {
     #[serde(rename = "type")]
-    _kind: Option<String>,
+    kind: Option<String>,
     attributes: CreateImageAttributes,
 }
 
@@ -174,6 +174,9 @@ pub async fn create_image(
     Authed(actor): Authed,
     JsonBody(body): JsonBody<CreateImageBody>,
 ) -> ApiResult {
+    if body.data.kind.as_deref().is_some_and(|k| k != "images") {
+        return Err(ApiError::wrong_type("images"));
+    }
     let attrs = body.data.attributes;
     let backed_up_at = match attrs.backed_up_at.as_deref() {
         None => None,
@@ -198,7 +201,7 @@ pub async fn create_image(
 pub async fn image_done(
     State(state): State<AppState>,
     Authed(actor): Authed,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let started = Instant::now();
@@ -211,7 +214,7 @@ pub async fn image_done(
 pub async fn destroy_image(
     State(state): State<AppState>,
     Authed(actor): Authed,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let service = state.service.clone();
@@ -278,6 +281,16 @@ fn json_body(body: Bytes) -> Response {
     (StatusCode::OK, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// `data.type`, when given, must name the collection posted to
+/// (JSON:API: 409 Conflict otherwise).
+fn check_type(given: Option<&Value>, expected: &str) -> Result<(), ApiError> {
+    match given {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s == expected => Ok(()),
+        Some(_) => Err(ApiError::wrong_type(expected)),
+    }
+}
+
 /// `image_id` as a string of digits or a non-negative integer; anything
 /// else is the contract's *Bad Request* on `image_id`.
 fn image_id_of(body: &Value) -> Result<i64, ApiError> {
@@ -303,6 +316,7 @@ pub async fn create_instance(
     if !body.is_object() {
         return Err(ApiError::invalid_json());
     }
+    check_type(body.pointer("/data/type"), "instances")?;
     let image_id = image_id_of(&body)?;
     let service = state.service.clone();
     let who = actor.clone();
@@ -329,7 +343,7 @@ pub async fn show_instance(
     State(state): State<AppState>,
     Authed(actor): Authed,
     addr: ClientAddr,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let info = state.service.instance_credentials(&actor, id)?;
@@ -340,7 +354,7 @@ pub async fn show_instance(
 pub async fn destroy_instance(
     State(state): State<AppState>,
     Authed(actor): Authed,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let service = state.service.clone();

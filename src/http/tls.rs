@@ -61,7 +61,7 @@ fn pem_pair(config: &Config) -> Result<(Vec<u8>, Vec<u8>), HttpError> {
     Ok((cert_pem.into_bytes(), key_pem.into_bytes()))
 }
 
-/// The rustls server configuration (aws-lc-rs, HTTP/1.1).
+/// The rustls server configuration (aws-lc-rs, HTTP/1.1 and 1.0).
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, HttpError> {
     let (cert_pem, key_pem) = pem_pair(config)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
@@ -81,6 +81,8 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, HttpError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| HttpError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // http/1.0 too: `curl --http1.0` offers only that, and a server
+    // that knows none of the offered protocols must fail the handshake.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(cfg))
 }

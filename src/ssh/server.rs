@@ -1,12 +1,18 @@
 //! The russh server: listening, connection limits, public-key
 //! authentication against the core, and channel dispatch. A session channel
 //! may run one `exec` (a Draupnir command, or the `scp -t` sink) or the
-//! `sftp` subsystem; shells, PTYs, forwarding, agent, X11 and env requests
-//! are refused. Each connection runs in its own task, so one that panics or
+//! `sftp` subsystem; a PTY request is accepted (and ignored: output is not
+//! translated); shells, forwarding, agent, X11 and env requests are
+//! refused. Each connection runs in its own task, so one that panics or
 //! misbehaves never takes the daemon down.
+//!
+//! Unauthenticated connections are bounded three ways: `auth_timeout` from
+//! accept, whatever the client sends (enforced on the socket itself, see
+//! [`AuthDeadline`]), `max_unauthenticated` in all and
+//! `max_unauthenticated_per_address` from one address.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,13 +25,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::commands;
-use super::socket::QuickAck;
+use super::socket::{AuthDeadline, QuickAck};
 use super::{hostkey, scp, sftp, SshError};
 use crate::config::SshConfig;
 use crate::core::{Actor, Service};
 
 /// Read buffer in front of each connection's socket.
 const SOCKET_READ_BUF: usize = 256 * 1024;
+
+/// After the authentication deadline, the time left for the polite
+/// "authentication timed out" disconnect before the socket itself fails.
+const AUTH_GRACE: Duration = Duration::from_secs(2);
+
+/// Channels a connection may hold open only to be told that its user has
+/// too many sessions.
+const MAX_REFUSED_CHANNELS: usize = 2;
 
 /// A running SSH server. Dropping it stops accepting connections.
 pub struct SshServer {
@@ -64,6 +78,10 @@ struct Shared {
     cfg: SshConfig,
     port: u16,
     unauthenticated: Arc<Semaphore>,
+    /// Unauthenticated connections per client address.
+    unauthenticated_from: Mutex<HashMap<IpAddr, usize>>,
+    /// Most unauthenticated connections from one address.
+    per_address: usize,
     /// Open session channels per user id.
     sessions: Mutex<HashMap<i64, usize>>,
 }
@@ -92,7 +110,45 @@ impl Drop for SessionSlot {
     }
 }
 
+/// An unauthenticated connection's place under both caps; released on
+/// drop (at authentication or when the connection ends).
+struct Unauthenticated {
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.unauthenticated_from.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 impl Shared {
+    /// A place for a new connection from `ip`, or `None` when either cap
+    /// is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Unauthenticated> {
+        let permit = self.unauthenticated.clone().try_acquire_owned().ok()?;
+        let mut m = self.unauthenticated_from.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated {
+            _permit: permit,
+            shared: self.clone(),
+            ip,
+        })
+    }
+
     fn take_slot(self: &Arc<Self>, user_id: i64) -> Option<SessionSlot> {
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user_id).or_insert(0);
@@ -129,6 +185,8 @@ pub async fn serve(service: Service, cfg: &SshConfig) -> Result<SshServer, SshEr
         cfg: cfg.clone(),
         port: local_addr.port(),
         unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        unauthenticated_from: Mutex::new(HashMap::new()),
+        per_address: cfg.unauthenticated_per_address(),
         sessions: Mutex::new(HashMap::new()),
     });
     let (stop, stopped) = watch::channel(false);
@@ -198,7 +256,9 @@ fn russh_config(cfg: &SshConfig, key: russh::keys::PrivateKey) -> russh::server:
         // OpenSSH probes with "none" first; do not make every login slow.
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![key],
-        max_auth_attempts: cfg.max_auth_attempts,
+        // russh counts OpenSSH's opening "none" probe as a rejected
+        // attempt: one more, so `max_auth_attempts` keys may really be tried.
+        max_auth_attempts: cfg.max_auth_attempts.saturating_add(1),
         inactivity_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
         // CRATES.md: a 16 MiB window and 256 KiB packets make SFTP fast;
         // an event buffer under 128 can deadlock an upload across a rekey.
@@ -234,7 +294,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = shared.unauthenticated.clone().try_acquire_owned() else {
+        let Some(permit) = shared.admit(crate::http::conn_limit::address_key(peer.ip())) else {
             tracing::warn!(%peer, "too many unauthenticated ssh connections; dropping one");
             drop(socket);
             continue;
@@ -252,7 +312,7 @@ async fn run_connection(
     shared: Arc<Shared>,
     socket: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: Unauthenticated,
 ) {
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
@@ -266,13 +326,15 @@ async fn run_connection(
         permit: Some(permit),
         authed: authed.clone(),
         channels: HashMap::new(),
+        refused: HashMap::new(),
         sftp: HashSet::new(),
     };
     // russh reads each packet with two exact reads (length block, rest)
     // straight from the socket: buffer them, so a stream of upload packets
     // (OpenSSH's are mostly 32 KiB) costs one recv per 256 KiB instead of
     // two per packet.
-    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUF, QuickAck::new(socket));
+    let socket = AuthDeadline::new(QuickAck::new(socket), deadline + AUTH_GRACE, authed.clone());
+    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUF, socket);
     let session =
         match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler))
             .await
@@ -311,6 +373,14 @@ async fn run_connection(
     };
     match outcome {
         Ok(()) => tracing::debug!(%peer, "ssh connection closed"),
+        // The transport refuses packets over 256 KiB (as OpenSSH's sshd
+        // does) and cannot answer on the channel then: say so here at
+        // least (a command line that long is the usual cause).
+        Err(russh::Error::PacketSize(bytes)) => tracing::info!(
+            %peer,
+            bytes,
+            "ssh connection dropped: a packet over the 256 KiB limit (a command line that long?)"
+        ),
         Err(e) => tracing::debug!(%peer, error = %e, "ssh connection ended with an error"),
     }
 }
@@ -320,11 +390,14 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     actor: Option<Actor>,
-    /// Held until authentication succeeds (the unauthenticated cap).
-    permit: Option<OwnedSemaphorePermit>,
+    /// Held until authentication succeeds (the unauthenticated caps).
+    permit: Option<Unauthenticated>,
     authed: Arc<AtomicBool>,
     /// Session channels opened but not started yet.
     channels: HashMap<ChannelId, (Channel<Msg>, SessionSlot)>,
+    /// Channels opened over the user's session cap, kept only to tell the
+    /// client why on stderr when it asks them to run something.
+    refused: HashMap<ChannelId, Channel<Msg>>,
     /// Channels running the SFTP subsystem.
     sftp: HashSet<ChannelId>,
 }
@@ -360,6 +433,21 @@ impl Conn {
             session.channel_failure(id)?;
             return Ok(None);
         };
+        if let Some(chan) = self.refused.remove(&id) {
+            session.channel_success(id)?;
+            let line = format!(
+                "draupnir: {} has {} sessions open already (max_sessions_per_user); \
+                 close one and try again\n",
+                actor.name, self.shared.cfg.max_sessions_per_user
+            );
+            tokio::spawn(async move {
+                let mut stderr = chan.make_writer_ext(Some(1));
+                let _ = stderr.write_all(line.as_bytes()).await;
+                let _ = stderr.flush().await;
+                finish_channel(&chan, 1).await;
+            });
+            return Ok(None);
+        }
         match self.channels.remove(&id) {
             Some((chan, slot)) => {
                 session.channel_success(id)?;
@@ -438,7 +526,14 @@ impl russh::server::Handler for Conn {
         };
         let Some(slot) = self.shared.take_slot(actor.user_id) else {
             tracing::warn!(user = %actor.name, peer = %self.peer, "too many ssh sessions");
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            if self.refused.len() >= MAX_REFUSED_CHANNELS {
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            } else {
+                // Accepted only to say why on stderr (a rejected open
+                // shows the client nothing but "resource shortage").
+                self.refused.insert(channel.id(), channel);
+                reply.accept().await;
+            }
             return Ok(());
         };
         self.channels.insert(channel.id(), (channel, slot));
@@ -452,6 +547,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.refused.remove(&channel);
         self.sftp.remove(&channel);
         Ok(())
     }
@@ -538,7 +634,15 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        // Many aliases say `ssh -t`: accept the terminal so the command
+        // runs; nothing here is interactive, so it is not used.
+        if self.actor.is_some()
+            && (self.channels.contains_key(&channel) || self.refused.contains_key(&channel))
+        {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
         Ok(())
     }
 

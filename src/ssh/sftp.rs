@@ -3,8 +3,11 @@
 //! uploads while the core lets it. Opening for write starts a core
 //! [`Upload`]; writes must be sequential; CLOSE finishes it and returns the
 //! core's verdict. Reading files back, links, renames, removals and
-//! attribute changes are refused (a size "truncate" equal to what was
-//! written, as `scp` sends, is accepted as a no-op).
+//! attribute changes are refused with *Permission denied*. Three no-ops
+//! clients send on their own are accepted: a size "truncate" equal to
+//! what was written (`scp`), the mode and times of a file being uploaded
+//! (`scp -p`, `put -p`; the core sets modes, times are irrelevant) and of
+//! a directory this session made (`scp -r`). Ownership is never accepted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -336,11 +339,15 @@ impl russh_sftp::server::Handler for SftpSession {
         }
         if offset != u.written {
             let reason = format!(
-                "writes must be sequential (expected offset {}, got {offset})",
-                u.written
+                "{}: write at offset {offset} but {} bytes were written so far: \
+                 writes must be sequential",
+                u.shown, u.written
             );
-            // The stream cannot go on: fail the upload now.
-            u.upload = None;
+            // The stream cannot go on: fail the upload (and the image) now,
+            // with this reason.
+            if let Some(upload) = u.upload.take() {
+                upload.fail(reason.clone()).await;
+            }
             u.failed = Some(reason.clone());
             return Err(StatusCode::Failure.with_message(reason));
         }
@@ -367,6 +374,9 @@ impl russh_sftp::server::Handler for SftpSession {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
+        if attrs.uid.is_some() || attrs.gid.is_some() {
+            return Err(denied("changing ownership"));
+        }
         match self.handles.get(&handle) {
             Some(OpenHandle::Upload(u)) => {
                 match attrs.size {
@@ -377,7 +387,7 @@ impl russh_sftp::server::Handler for SftpSession {
                         .with_message("an upload cannot be truncated or extended")),
                 }
             }
-            Some(OpenHandle::Dir(_)) => Ok(ok(id)),
+            Some(OpenHandle::Dir(_)) => Err(denied("changing attributes")),
             None => Err(StatusCode::Failure.with_message("invalid handle")),
         }
     }
@@ -386,16 +396,18 @@ impl russh_sftp::server::Handler for SftpSession {
         &mut self,
         id: u32,
         path: String,
-        _attrs: FileAttributes,
+        attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         // `scp -r` sets the mode of directories it made: a no-op here
-        // (ownership and modes of uploads are the core's), anything else
-        // is refused.
+        // (modes of uploads are the core's); anything else, and any
+        // ownership change, is refused.
+        if attrs.uid.is_some() || attrs.gid.is_some() || attrs.size.is_some() {
+            return Err(denied("changing attributes"));
+        }
         match resolve(&path)? {
             VPath::InImage(image, rel) if self.made_dirs.contains(&(image, rel.clone())) => {
                 Ok(ok(id))
             }
-            VPath::Image(_) => Ok(ok(id)),
             _ => Err(denied("changing attributes")),
         }
     }

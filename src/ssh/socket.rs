@@ -10,9 +10,17 @@
 //! leaves that mode but does not stick, so it is set again after every
 //! read and write of the first [`HANDSHAKE_OPS`]; bulk transfers after
 //! that are left to the kernel.
+//!
+//! Also [`AuthDeadline`]: a connection's socket that fails every read and
+//! write once the authentication deadline has passed while the client is
+//! still unauthenticated, whatever phase the SSH session is in (russh runs
+//! each session in a task of its own and times out only some phases).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -99,6 +107,86 @@ impl AsyncWrite for QuickAck {
     }
 }
 
+/// A stream that stops working at a deadline unless `authed` is set by
+/// then: every read and write after it fails with `TimedOut`, which ends
+/// the russh session task and so drops the socket and the connection's
+/// unauthenticated slot.
+pub struct AuthDeadline<S> {
+    inner: S,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    authed: Arc<AtomicBool>,
+}
+
+impl<S> AuthDeadline<S> {
+    pub fn new(inner: S, deadline: tokio::time::Instant, authed: Arc<AtomicBool>) -> Self {
+        AuthDeadline {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            authed,
+        }
+    }
+
+    /// `Err` once the deadline has passed unauthenticated; otherwise arms
+    /// a wake-up for the deadline (so a session blocked on a silent client
+    /// is polled again then).
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.authed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "ssh authentication deadline passed",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AuthDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +214,27 @@ mod tests {
         }
         client.await.unwrap();
         assert_eq!(s.left, 0);
+    }
+
+    #[tokio::test]
+    async fn deadline_fails_a_silent_read_unless_authenticated() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let (s1, _) = listener.accept().await.unwrap();
+        let at = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
+        let mut s = AuthDeadline::new(s1, at, Arc::new(AtomicBool::new(false)));
+        let mut b = [0u8; 1];
+        let e = s.read(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // Authenticated in time: the deadline no longer applies.
+        let mut c2 = TcpStream::connect(addr).await.unwrap();
+        let (s2, _) = listener.accept().await.unwrap();
+        let authed = Arc::new(AtomicBool::new(true));
+        let mut s = AuthDeadline::new(s2, at, authed);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        c2.write_all(b"x").await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(b"y").await.unwrap();
     }
 }

@@ -66,6 +66,11 @@ impl SshEnv {
 
     /// With extra top-level and `[ssh]` config lines.
     pub async fn with(extra: &str, ssh_extra: &str) -> SshEnv {
+        Self::with_http(extra, ssh_extra, super::DEFAULT_HTTP).await
+    }
+
+    /// With extra top-level and `[ssh]` lines, and these `[http]` lines.
+    pub async fn with_http(extra: &str, ssh_extra: &str, http: &str) -> SshEnv {
         // `RUST_LOG=debug cargo test …` shows the server's side.
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -88,7 +93,7 @@ impl SshEnv {
         } else {
             format!("{admin_keys}\n{ssh_extra}")
         };
-        let env = TestEnv::with_ssh(extra, &ssh_lines).await;
+        let env = TestEnv::with_all(extra, &ssh_lines, http, "").await;
         let mut me = SshEnv {
             server: None,
             env,
