@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod finalise;
 pub mod pgconn;
 pub mod process;
+pub mod roles;
 pub mod supervisor;
