@@ -27,10 +27,16 @@ struct Planted {
     _root: tempfile::TempDir,
     data: PathBuf,
     pg: Option<Child>,
+    superuser: String,
 }
 
 impl Planted {
     fn new() -> Planted {
+        Self::with_superuser("postgres")
+    }
+
+    /// A data directory whose bootstrap superuser is `superuser`.
+    fn with_superuser(superuser: &str) -> Planted {
         let root = tempfile::Builder::new()
             .prefix("drp-plant-")
             .tempdir_in("/tmp")
@@ -41,7 +47,22 @@ impl Planted {
         )
         .unwrap();
         let data = root.path().join("pgdata");
-        initdb(&data);
+        if superuser == "postgres" {
+            initdb(&data);
+        } else {
+            std::fs::create_dir(&data).unwrap();
+            let owner = nix::unistd::User::from_name(INSTANCE_USER)
+                .unwrap()
+                .unwrap();
+            std::os::unix::fs::chown(&data, Some(owner.uid.as_raw()), Some(owner.gid.as_raw()))
+                .unwrap();
+            check(
+                as_instance_user("initdb")
+                    .args(["-U", superuser, "--auth=trust", "-E", "UTF8"])
+                    .args(["--locale=C", "-D"])
+                    .arg(&data),
+            );
+        }
         let pg = as_instance_user("postgres")
             .arg("-D")
             .arg(&data)
@@ -56,6 +77,7 @@ impl Planted {
             _root: root,
             data,
             pg: Some(pg),
+            superuser: superuser.to_string(),
         };
         for _ in 0..400 {
             if p.sql("postgres", "SELECT 1").is_ok() {
@@ -71,7 +93,7 @@ impl Planted {
         let out = as_instance_user("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.data)
-            .args(["-p", "5432", "-U", "postgres", "-d", db, "-c", sql])
+            .args(["-p", "5432", "-U", &self.superuser, "-d", db, "-c", sql])
             .output()
             .expect("psql");
         if out.status.success() {
@@ -180,17 +202,35 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
     );
     planted.plant("postgres", "CREATE DATABASE second");
     planted.plant("second", &runner("public.run2", "FUNCTION"));
-    // Last: from now on every login loads this (missing) library, unless
-    // the session overrides it.
+    // Last: an event trigger that runs a host command on every DDL (were
+    // it to fire during the finalise, it would run as a superuser), and a
+    // library every login loads (a missing one here) unless the session
+    // overrides it.
+    let fired = format!("/tmp/pwned-evt-{}", rand::random::<u64>());
     planted.plant(
         "postgres",
-        "ALTER ROLE ALL SET session_preload_libraries = '/nonexistent/evil'",
+        &format!(
+            "CREATE FUNCTION public.on_ddl() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+               AS $f$ BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {fired}'); END $f$;
+             CREATE EVENT TRIGGER on_ddl ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
+             ALTER EVENT TRIGGER on_ddl ENABLE ALWAYS;
+             ALTER ROLE ALL SET session_preload_libraries = '/nonexistent/evil';"
+        ),
     );
     let tar = planted.stop_and_pack();
 
     let env = TestEnv::new().await;
-    let (image, r) = upload_and_finalise(&env, &tar, None).await;
+    let (image, r) = upload_and_finalise(
+        &env,
+        &tar,
+        Some("CREATE TABLE anonymised (x int); UPDATE t SET x = x;"),
+    )
+    .await;
     r.expect("a planted upload is finalised, contained");
+    assert!(
+        !Path::new(&fired).exists(),
+        "the upload's event trigger fired during the finalise"
+    );
     let admin = env.admin();
     let info = env
         .svc()
@@ -240,6 +280,8 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
         format!("CALL run_proc('touch {pwned}')"),
         format!("SELECT ext_run('touch {pwned}')"),
         "SELECT promote_me()".to_string(),
+        // DDL fires the upload's event trigger, as draupnir now.
+        "CREATE TABLE z (x int)".to_string(),
     ];
     for sql in &attacks {
         let r = psql_cert(&info, sql);
@@ -251,6 +293,15 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
         assert!(r.is_err(), "`{sql}` in {db} must fail, got {r:?}");
     }
     assert!(!Path::new(&pwned).exists(), "a host command ran");
+    assert!(
+        !Path::new(&fired).exists(),
+        "the event trigger ran a host command"
+    );
+    assert_eq!(
+        psql_cert(&info, "SELECT evtenabled FROM pg_event_trigger").unwrap(),
+        "A",
+        "the event trigger is enabled as it was"
+    );
     // The planted definer functions run, as draupnir.
     assert_eq!(psql_cert(&info, "SELECT am_i_super()").unwrap(), "off");
     assert_eq!(
@@ -269,6 +320,43 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
         .unwrap(),
         "f"
     );
+}
+
+/// The upload's bootstrap superuser is itself named `draupnir` (and no
+/// role `postgres` exists): the admin role is made in single-user mode,
+/// with its password, and the superuser is renamed away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_superuser_named_draupnir_is_renamed_away() {
+    let planted = Planted::with_superuser("draupnir");
+    planted.plant(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (x text); INSERT INTO t VALUES ('kept'); {}",
+            runner("public.run", "FUNCTION")
+        ),
+    );
+    let tar = planted.stop_and_pack();
+    let env = TestEnv::new().await;
+    let (image, r) = upload_and_finalise(&env, &tar, Some("UPDATE t SET x = 'anonymised';")).await;
+    r.expect("finalised");
+    let info = env
+        .svc()
+        .create_instance(&env.admin(), InstanceRef::Id(image))
+        .await
+        .unwrap();
+    assert_eq!(psql_cert(&info, "SELECT x FROM t").unwrap(), "anonymised");
+    assert_eq!(
+        psql_cert(
+            &info,
+            "SELECT rolname || ':' || rolsuper FROM pg_roles WHERE oid = 10 OR rolname = current_user ORDER BY oid"
+        )
+        .unwrap(),
+        "draupnir_upload_1:true\ndraupnir:false"
+    );
+    let pwned = format!("/tmp/pwned-{}", rand::random::<u64>());
+    assert!(psql_cert(&info, &format!("SELECT run('touch {pwned}')")).is_err());
+    assert!(psql_cert(&info, "SET ROLE draupnir_upload_1").is_err());
+    assert!(!Path::new(&pwned).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,6 +215,11 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
             ("fsync".into(), "off".into()),
             ("full_page_writes".into(), "off".into()),
             ("synchronous_commit".into(), "off".into()),
+            // Autovacuum would run as the owners of the upload's tables
+            // (superusers, until the reassignment) and evaluate their
+            // index expressions; the vacuum this needs is done after the
+            // reassignment instead.
+            ("autovacuum".into(), "off".into()),
             // No logical replication apply workers: a subscription that
             // came with the upload must not start pulling data here.
             ("max_logical_replication_workers".into(), "0".into()),
@@ -353,7 +358,30 @@ async fn prepare_and_anonymise(
             spec.database
         )));
     }
+    // The upload's event triggers would run its code as a superuser on the
+    // script's DDL and on ours: paused in every database until that
+    // database's hygiene is done, then enabled as they were.
+    let databases: Vec<String> = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     drop(admin);
+    let mut paused = BTreeMap::new();
+    for db in databases {
+        let c = admin_connect(spec, password, &db)
+            .await
+            .map_err(sql_err("connecting to pause event triggers"))?;
+        let triggers = pause_event_triggers(&c).await?;
+        if !triggers.is_empty() {
+            paused.insert(db, triggers);
+        }
+    }
 
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
         step("running anonymisation script");
@@ -391,6 +419,9 @@ async fn prepare_and_anonymise(
         c.batch_execute(&roles::database_hygiene_sql())
             .await
             .map_err(db_err("giving SECURITY DEFINER functions to draupnir"))?;
+        if let Some(triggers) = paused.remove(db) {
+            restore_event_triggers(&c, &triggers).await?;
+        }
         if !template {
             vacuum_what_autovacuum_would(&c, db, progress).await?;
         }
@@ -419,6 +450,55 @@ async fn prepare_and_anonymise(
     drop(c);
     step("stopping postgres");
     Ok(boot)
+}
+
+/// Disable the enabled event triggers of the connected database; returns
+/// each one's name and `evtenabled` state.
+async fn pause_event_triggers(
+    c: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, FinaliseError> {
+    let triggers: Vec<(String, String)> = c
+        .query(
+            "SELECT evtname::text, evtenabled::text FROM pg_event_trigger WHERE evtenabled <> 'D'",
+            &[],
+        )
+        .await
+        .map_err(db_err("pausing event triggers"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Commands on event triggers fire no event trigger.
+    let sql: String = triggers
+        .iter()
+        .map(|(name, _)| format!("ALTER EVENT TRIGGER {} DISABLE;", quote_ident(name)))
+        .collect();
+    if !sql.is_empty() {
+        c.batch_execute(&sql)
+            .await
+            .map_err(db_err("pausing event triggers"))?;
+    }
+    Ok(triggers)
+}
+
+/// Enable what [`pause_event_triggers`] disabled, as it was.
+async fn restore_event_triggers(
+    c: &tokio_postgres::Client,
+    triggers: &[(String, String)],
+) -> Result<(), FinaliseError> {
+    let sql: String = triggers
+        .iter()
+        .map(|(name, state)| {
+            let how = match state.as_str() {
+                "A" => " ALWAYS",
+                "R" => " REPLICA",
+                _ => "",
+            };
+            format!("ALTER EVENT TRIGGER {} ENABLE{how};", quote_ident(name))
+        })
+        .collect();
+    c.batch_execute(&sql)
+        .await
+        .map_err(db_err("enabling event triggers again"))
 }
 
 async fn single_user_create_admin(
