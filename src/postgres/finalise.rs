@@ -371,17 +371,25 @@ async fn prepare_and_anonymise(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    drop(admin);
+    let mut admin = Some(admin);
     let mut paused = BTreeMap::new();
     for db in databases {
-        let c = admin_connect(spec, password, &db)
-            .await
-            .map_err(sql_err("connecting to pause event triggers"))?;
+        // `admin` is connected to template1.
+        let c = match admin.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                admin = other;
+                admin_connect(spec, password, &db)
+                    .await
+                    .map_err(sql_err("connecting to pause event triggers"))?
+            }
+        };
         let triggers = pause_event_triggers(&c).await?;
         if !triggers.is_empty() {
             paused.insert(db, triggers);
         }
     }
+    drop(admin);
 
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
         step("running anonymisation script");
@@ -405,12 +413,18 @@ async fn prepare_and_anonymise(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    drop(c);
+    let mut template1 = Some(c);
     let mut last = None;
     for (db, template) in &databases {
-        let c = admin_connect(spec, password, db)
-            .await
-            .map_err(sql_err("connecting to reassign ownership"))?;
+        let c = match template1.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                template1 = other;
+                admin_connect(spec, password, db)
+                    .await
+                    .map_err(sql_err("connecting to reassign ownership"))?
+            }
+        };
         if !template {
             c.batch_execute(&reassign_sql(db))
                 .await
@@ -432,7 +446,7 @@ async fn prepare_and_anonymise(
     // Roles are cluster-wide: the last database's connection will do once
     // the admin role owns nothing in any database. The admin role cannot
     // drop itself; as the bootstrap superuser, its session can.
-    let c = match last {
+    let c = match last.or(template1) {
         Some(c) => c,
         None => admin_connect(spec, password, "template1")
             .await
@@ -840,12 +854,10 @@ async fn prove_running(
     if superuser {
         return Err(FinaliseError::Proof("role draupnir is a superuser".into()));
     }
-    prove_contained(&client, db, |other: String| {
-        let connector = &connector;
-        async move {
-            pgconn::connect_tls_with(connector, host, port, CLIENT_ROLE, &other, CONNECT_TIMEOUT)
-                .await
-        }
+    // The other databases over the socket, as root mapped to draupnir:
+    // the same role, without a TLS handshake each.
+    prove_contained(&client, db, |other: String| async move {
+        pgconn::connect_unix(spec.datadir, port, CLIENT_ROLE, &other, CONNECT_TIMEOUT).await
     })
     .await?;
     drop(client);
@@ -882,8 +894,9 @@ async fn prove_running(
 
 /// Prove, as `draupnir` itself, that it reaches nothing beyond its own
 /// rights ([`roles::Problem`]): cluster-wide over `client` (connected to
-/// `db`), and in every database it may connect to, each over a connection
-/// from `connect`. A few catalog queries per database.
+/// `db`), and in every other database it may connect to, each over a
+/// connection (as `draupnir`) from `connect`. A few catalog queries per
+/// database.
 async fn prove_contained<F, Fut>(
     client: &tokio_postgres::Client,
     db: &str,
