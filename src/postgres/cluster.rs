@@ -354,6 +354,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn socket_rules_trust_nobody_but_root_and_the_password() {
+        assert!(!FIRST_START_HBA.contains("trust"));
+        assert!(FIRST_START_HBA.contains(&format!("local all {ADMIN_ROLE}")));
+        assert_eq!(
+            first_start_ident("postgres").lines().last(),
+            Some("draupnir_root  root  \"postgres\"")
+        );
+        // Only root is mapped to draupnir on an instance's socket.
+        let mapped: Vec<&str> = FINAL_IDENT
+            .lines()
+            .filter(|l| l.starts_with("draupnir_local"))
+            .collect();
+        assert_eq!(mapped, ["draupnir_local  root  draupnir"]);
+    }
+
+    #[test]
     fn majors() {
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(
