@@ -64,9 +64,13 @@ pub fn rename_away_sql(role: &str) -> String {
 /// password is 256 random bits used for minutes on a Unix socket, and an
 /// MD5 exchange costs one hash where SCRAM costs 4096 rounds on both ends
 /// of each of the finalise's connections.
+///
+/// The session logs no statement text from here on (an upload may have set
+/// `log_statement` for its superuser), so the password never reaches the
+/// server log.
 pub fn create_admin_sql(password: &str) -> String {
     format!(
-        "{}\nSET password_encryption = 'md5';\nCREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN PASSWORD '{password}';\n",
+        "{}\nSET log_statement = 'none';\nSET log_min_error_statement = panic;\nSET password_encryption = 'md5';\nCREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN PASSWORD '{password}';\n",
         rename_away_sql(ADMIN_ROLE)
     )
 }
@@ -363,7 +367,7 @@ mod tests {
     #[test]
     fn statements_for_single_user_mode_are_one_line_each() {
         let sql = create_admin_sql("0123abcd");
-        assert_eq!(sql.lines().count(), 3, "{sql}");
+        assert_eq!(sql.lines().count(), 5, "{sql}");
         assert!(sql.contains("draupnir_finalise_upload_"));
     }
 }
