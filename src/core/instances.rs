@@ -272,6 +272,9 @@ impl Service {
         write(cluster::SERVER_CERT, &c.server_cert_pem)?;
         write(cluster::SERVER_KEY, &c.server_key_pem)?;
         write(cluster::CA_CERT, &c.ca_cert_pem)?;
+        // Images sealed before the instance user lost its mapping still
+        // carry it: only root (the daemon) may use an instance's socket.
+        write("pg_ident.conf", cluster::FINAL_IDENT)?;
         let creds = Credentials {
             ca_certificate: c.ca_cert_pem.clone(),
             client_certificate: c.client_cert_pem.clone(),
@@ -360,7 +363,12 @@ impl Service {
         let fresh = self.inner.layout.instances().join(format!("{id}.reset"));
         btrfs::delete_subvolume(&fresh)?;
         btrfs::snapshot(&self.inner.layout.snapshot(inst.image_id), &fresh, false)?;
-        for name in [cluster::SERVER_CERT, cluster::SERVER_KEY, cluster::CA_CERT] {
+        for name in [
+            cluster::SERVER_CERT,
+            cluster::SERVER_KEY,
+            cluster::CA_CERT,
+            "pg_ident.conf",
+        ] {
             let copied = std::fs::read(dir.join(name))
                 .map_err(|e| CoreError::Internal(format!("reading {name}: {e}")))
                 .and_then(|pem| {

@@ -316,31 +316,58 @@ pub fn durable_conf(settings: &BTreeMap<String, String>) -> String {
     conf
 }
 
-/// `pg_hba.conf` for the first start: only the private Unix socket, trust.
+/// `pg_hba.conf` for the first start, whose Unix socket sits in the
+/// upload's own directory. Every process running as the instance user
+/// (every other instance's postmaster too) can `connect()` to it, so
+/// nothing is trusted: the temporary admin role, which the anonymisation
+/// script's `psql` uses, needs the random password of this finalise
+/// (`md5` also accepts a SCRAM verifier and is understood by every major);
+/// any other role only by peer authentication mapped from root (the
+/// daemon), see [`first_start_ident`].
 pub const FIRST_START_HBA: &str = "# Draupnir finalise: Unix socket in a private directory only.\n\
-local all all trust\n";
+local all draupnir_finalise       md5\n\
+local all all                     peer map=draupnir_root\n";
+
+/// `pg_ident.conf` for the first start: root may connect as the configured
+/// superuser (to create the admin role), nobody else as anyone.
+pub fn first_start_ident(superuser: &str) -> String {
+    format!("# Written by Draupnir for the finalise.\ndraupnir_root  root  \"{superuser}\"\n")
+}
 
 /// The final `pg_hba.conf`: TCP is TLS with a client certificate, role
-/// `draupnir` only; the Unix socket (reachable by root and the instance
-/// user only) is peer-authenticated and mapped to `draupnir`.
+/// `draupnir` only; the Unix socket is peer-authenticated and only root
+/// (the daemon) is mapped to `draupnir` ([`FINAL_IDENT`]).
 pub const FINAL_HBA: &str = "# Written by Draupnir; every other connection is rejected.\n\
 local   all  draupnir                 peer map=draupnir_local\n\
 hostssl all  draupnir  0.0.0.0/0      cert map=draupnir_cert\n\
 hostssl all  draupnir  ::/0           cert map=draupnir_cert\n";
 
-/// The final `pg_ident.conf`.
-pub fn final_ident(instance_user: &str) -> String {
-    format!(
-        "# Written by Draupnir.\n\
-         draupnir_cert   draupnir  draupnir\n\
-         draupnir_local  {instance_user}  draupnir\n\
-         draupnir_local  root  draupnir\n"
-    )
-}
+/// The final `pg_ident.conf`. The instance user is not mapped: every
+/// instance's postmaster runs as that user, and none may use another
+/// instance's socket.
+pub const FINAL_IDENT: &str = "# Written by Draupnir.\n\
+draupnir_cert   draupnir  draupnir\n\
+draupnir_local  root  draupnir\n";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_rules_trust_nobody_but_root_and_the_password() {
+        assert!(!FIRST_START_HBA.contains("trust"));
+        assert!(FIRST_START_HBA.contains(&format!("local all {ADMIN_ROLE}")));
+        assert_eq!(
+            first_start_ident("postgres").lines().last(),
+            Some("draupnir_root  root  \"postgres\"")
+        );
+        // Only root is mapped to draupnir on an instance's socket.
+        let mapped: Vec<&str> = FINAL_IDENT
+            .lines()
+            .filter(|l| l.starts_with("draupnir_local"))
+            .collect();
+        assert_eq!(mapped, ["draupnir_local  root  draupnir"]);
+    }
 
     #[test]
     fn majors() {

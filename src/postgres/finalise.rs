@@ -1,12 +1,15 @@
 //! Finalise: turn an uploaded data directory into a safe, anonymised image.
 //!
 //! Owns DESIGN.md flow 3 from "validate" to "prove": detect the major,
-//! neutralise the upload, first start with no TCP listener and `fsync=off`,
-//! roles, the anonymisation script (`psql -X -v ON_ERROR_STOP=1` as the
-//! instance user), ownership to `draupnir`, dropping the temporary admin
-//! role, a clean stop, the final `pg_hba.conf`/`pg_ident.conf`, and the
-//! proof that only certificate-authenticated `draupnir` gets in. The
-//! read-only snapshot and state changes are the core's.
+//! neutralise the upload, first start with no TCP listener and `fsync=off`
+//! on a socket only root and the password of this finalise open, roles,
+//! the anonymisation script (`psql -X -v ON_ERROR_STOP=1` as the instance
+//! user), ownership to `draupnir`, the containment of `draupnir`
+//! ([`super::roles`]), dropping the temporary admin role, a clean stop, the
+//! final `pg_hba.conf`/`pg_ident.conf`, and the proof that only
+//! certificate-authenticated `draupnir` gets in and reaches nothing more
+//! than its own rights. The read-only snapshot and state changes are the
+//! core's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE, CLIENT_ROLE};
 use super::pgconn::{self, PgConnError};
 use super::process::{self, Postmaster, PostmasterSpec};
+use super::roles::{self, Problem};
 use super::sandbox::Confinement;
 use crate::certs;
 
@@ -43,6 +47,10 @@ pub enum FinaliseError {
     Sql { step: &'static str, message: String },
     #[error("access proof failed: {0}")]
     Proof(String),
+    /// The role `draupnir` reaches more than its own rights; the first
+    /// problems are named, the rest counted.
+    #[error("access proof failed: {}", roles::summary(.0))]
+    Contained(Vec<Problem>),
     #[error("{0}")]
     Other(String),
 }
@@ -69,6 +77,11 @@ pub struct Finalised {
 }
 
 const SOCKET_PORT: u16 = 5432;
+/// Server options of every superuser session of the finalise (the
+/// script's psql too, as `PGOPTIONS`): a client's options outrank the
+/// settings an upload attached to its databases and roles, so no library
+/// the upload names is loaded into a superuser's session.
+const SESSION_OPTIONS: &str = "-c session_preload_libraries= -c local_preload_libraries=";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
@@ -114,12 +127,20 @@ pub async fn finalise(
         cluster::FIRST_START_HBA.as_bytes(),
         spec.user,
     )?;
-    cluster::write_owned(spec.datadir, "pg_ident.conf", b"", spec.user)?;
+    cluster::write_owned(
+        spec.datadir,
+        "pg_ident.conf",
+        cluster::first_start_ident(spec.superuser).as_bytes(),
+        spec.user,
+    )?;
+    // The temporary admin role's password: the script's psql gets it in
+    // its environment, nothing logs it, the role is dropped at the end.
+    let password = hex::encode(rand::random::<[u8; 32]>());
 
     step("starting postgres (no TCP listener, fsync off)");
     let first = first_start_spec(spec, &bin);
     let mut pm = start(&first).await?;
-    let result = prepare_and_anonymise(spec, &bin, &first, &mut pm, progress).await;
+    let result = prepare_and_anonymise(spec, &bin, &first, &mut pm, &password, progress).await;
     pm.stop(Duration::from_secs(60)).await;
     let boot_role = result?;
 
@@ -137,11 +158,11 @@ pub async fn finalise(
     cluster::write_owned(
         spec.datadir,
         "pg_ident.conf",
-        cluster::final_ident(&spec.user.name).as_bytes(),
+        cluster::FINAL_IDENT.as_bytes(),
         spec.user,
     )?;
 
-    step("proving access rules (TLS client certificate only, role draupnir only)");
+    step("proving access rules (TLS client certificate only, role draupnir only, contained)");
     let proof = prove(spec, &bin, &boot_role).await;
     for name in [
         cluster::SERVER_CERT,
@@ -197,6 +218,11 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
             ("fsync".into(), "off".into()),
             ("full_page_writes".into(), "off".into()),
             ("synchronous_commit".into(), "off".into()),
+            // Autovacuum would run as the owners of the upload's tables
+            // (superusers, until the reassignment) and evaluate their
+            // index expressions; the vacuum this needs is done after the
+            // reassignment instead.
+            ("autovacuum".into(), "off".into()),
             // No logical replication apply workers: a subscription that
             // came with the upload must not start pulling data here.
             ("max_logical_replication_workers".into(), "0".into()),
@@ -221,19 +247,23 @@ fn start_failure(log: &Path, last: Option<PgConnError>) -> FinaliseError {
     FinaliseError::Start(detail)
 }
 
-/// Connect over the private socket as `role`, waiting for start-up. An
-/// authentication refusal (such as a missing role) ends the wait at once.
+/// Connect over the private socket as `role` (by peer authentication as
+/// root, or with `password`), waiting for start-up. An authentication
+/// refusal (such as a missing role) ends the wait at once.
 async fn wait_socket(
     spec: &FinaliseSpec<'_>,
     pm: &mut Postmaster,
     role: &str,
+    password: Option<&str>,
 ) -> Result<tokio_postgres::Client, FinaliseError> {
     let start = std::time::Instant::now();
     loop {
-        match pgconn::connect_unix(
+        match pgconn::connect_unix_with(
             spec.datadir,
             SOCKET_PORT,
             role,
+            password,
+            SESSION_OPTIONS,
             "template1",
             CONNECT_TIMEOUT,
         )
@@ -257,6 +287,24 @@ async fn wait_socket(
     }
 }
 
+/// The temporary admin role's connection to `db` over the private socket.
+async fn admin_connect(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, PgConnError> {
+    pgconn::connect_unix_with(
+        spec.datadir,
+        SOCKET_PORT,
+        ADMIN_ROLE,
+        Some(password),
+        SESSION_OPTIONS,
+        db,
+        CONNECT_TIMEOUT,
+    )
+    .await
+}
+
 /// Everything done while the first, socket-only postmaster runs. Returns
 /// the name of the bootstrap superuser.
 async fn prepare_and_anonymise(
@@ -264,15 +312,19 @@ async fn prepare_and_anonymise(
     bin: &PgBin,
     first: &PostmasterSpec,
     pm: &mut Postmaster,
+    password: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<String, FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("creating roles");
-    // A superuser connection: the configured superuser's, which also
-    // creates the admin role the script runs as, or the admin role's.
-    let admin = match wait_socket(spec, pm, spec.superuser).await {
+    // A superuser connection: the configured superuser's (root is mapped to
+    // it), which also creates the admin role the script runs as, or the
+    // admin role's.
+    let admin = match wait_socket(spec, pm, spec.superuser, None).await {
         Ok(su) => {
-            create_admin(&su).await?;
+            su.batch_execute(&roles::create_admin_sql(password))
+                .await
+                .map_err(db_err("creating the temporary admin role"))?;
             su
         }
         Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
@@ -280,33 +332,23 @@ async fn prepare_and_anonymise(
             // role in single-user mode, which runs as the bootstrap
             // superuser whatever its name.
             pm.stop(Duration::from_secs(60)).await;
-            single_user_create_admin(spec, bin).await?;
+            single_user_create_admin(spec, bin, password).await?;
             *pm = start(first).await?;
-            wait_socket(spec, pm, ADMIN_ROLE).await?
+            wait_socket(spec, pm, ADMIN_ROLE, Some(password)).await?
         }
         Err(e) => return Err(e),
     };
+    // Whatever the upload had under the name `draupnir` is renamed away
+    // first: the clients' role is Draupnir's own, fresh.
+    admin
+        .batch_execute(&roles::create_client_sql())
+        .await
+        .map_err(db_err("creating role draupnir"))?;
     let boot: String = admin
         .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
         .await
         .map_err(db_err("finding the bootstrap superuser"))?
         .get(0);
-    if boot == CLIENT_ROLE {
-        return Err(FinaliseError::Other(format!(
-            "the data directory's bootstrap superuser is named `{CLIENT_ROLE}`, which Draupnir reserves for clients"
-        )));
-    }
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{CLIENT_ROLE}') THEN
-                 CREATE ROLE {CLIENT_ROLE} LOGIN;
-               END IF;
-             END $$;
-             ALTER ROLE {CLIENT_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL;"
-        ))
-        .await
-        .map_err(db_err("creating role draupnir"))?;
     let exists = admin
         .query_opt(
             "SELECT 1 FROM pg_database WHERE datname = $1",
@@ -320,9 +362,12 @@ async fn prepare_and_anonymise(
             spec.database
         )));
     }
+    // The upload's event triggers would run its code as a superuser on the
+    // script's DDL and on ours: paused in every database until that
+    // database's hygiene is done, then enabled as they were.
     let databases: Vec<String> = admin
         .query(
-            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY datname",
             &[],
         )
         .await
@@ -330,65 +375,154 @@ async fn prepare_and_anonymise(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let mut admin = Some(admin);
+    let mut paused = BTreeMap::new();
+    for db in databases {
+        // `admin` is connected to template1.
+        let c = match admin.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                admin = other;
+                admin_connect(spec, password, &db)
+                    .await
+                    .map_err(sql_err("connecting to pause event triggers"))?
+            }
+        };
+        let triggers = pause_event_triggers(&c).await?;
+        if !triggers.is_empty() {
+            paused.insert(db, triggers);
+        }
+    }
     drop(admin);
 
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
         step("running anonymisation script");
-        run_script(spec, bin, script, progress).await?;
+        run_script(spec, bin, script, password, progress).await?;
     }
 
     step("reassigning ownership to draupnir");
+    // Listed after the script, which may create or drop databases. Every
+    // database `draupnir` could connect to gets the function hygiene,
+    // templates included; the others also the reassignment.
+    let c = admin_connect(spec, password, "template1")
+        .await
+        .map_err(sql_err("connecting to list databases"))?;
+    let databases: Vec<(String, bool)> = c
+        .query(
+            "SELECT datname::text, datistemplate FROM pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut template1 = Some(c);
     let mut last = None;
-    for db in &databases {
-        let c = pgconn::connect_unix(spec.datadir, SOCKET_PORT, &boot, db, CONNECT_TIMEOUT)
+    for (db, template) in &databases {
+        let c = match template1.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                template1 = other;
+                admin_connect(spec, password, db)
+                    .await
+                    .map_err(sql_err("connecting to reassign ownership"))?
+            }
+        };
+        if !template {
+            c.batch_execute(&reassign_sql(db))
+                .await
+                .map_err(db_err("reassigning ownership"))?;
+        }
+        c.batch_execute(&roles::database_hygiene_sql())
             .await
-            .map_err(sql_err("connecting to reassign ownership"))?;
-        c.batch_execute(&reassign_sql(db))
-            .await
-            .map_err(db_err("reassigning ownership"))?;
-        vacuum_what_autovacuum_would(&c, db, progress).await?;
+            .map_err(db_err("giving SECURITY DEFINER functions to draupnir"))?;
+        if let Some(triggers) = paused.remove(db) {
+            restore_event_triggers(&c, &triggers).await?;
+        }
+        if !template {
+            vacuum_what_autovacuum_would(&c, db, progress).await?;
+        }
         last = Some(c);
     }
 
-    step("dropping temporary admin role");
+    step("containing role draupnir; dropping temporary admin role");
     // Roles are cluster-wide: the last database's connection will do once
-    // the admin role owns nothing in any database.
-    let c = match last {
+    // the admin role owns nothing in any database. The admin role cannot
+    // drop itself; as the bootstrap superuser, its session can.
+    let c = match last.or(template1) {
         Some(c) => c,
-        None => pgconn::connect_unix(
-            spec.datadir,
-            SOCKET_PORT,
-            &boot,
-            "template1",
-            CONNECT_TIMEOUT,
-        )
-        .await
-        .map_err(sql_err("connecting to drop the admin role"))?,
+        None => admin_connect(spec, password, "template1")
+            .await
+            .map_err(sql_err("connecting to drop the admin role"))?,
     };
-    c.batch_execute(&format!("DROP ROLE {ADMIN_ROLE}"))
+    c.batch_execute(&roles::cluster_hygiene_sql())
         .await
-        .map_err(db_err("dropping the admin role"))?;
+        .map_err(db_err("containing role draupnir"))?;
+    c.batch_execute(&format!(
+        "SET SESSION AUTHORIZATION {}; DROP ROLE {ADMIN_ROLE}",
+        quote_ident(&boot)
+    ))
+    .await
+    .map_err(db_err("dropping the admin role"))?;
     drop(c);
     step("stopping postgres");
     Ok(boot)
 }
 
-async fn create_admin(su: &tokio_postgres::Client) -> Result<(), FinaliseError> {
-    su.batch_execute(&format!(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
-             CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;
-           END IF;
-         END $$;
-         ALTER ROLE {ADMIN_ROLE} SUPERUSER LOGIN;"
-    ))
-    .await
-    .map_err(db_err("creating the temporary admin role"))
+/// Disable the enabled event triggers of the connected database; returns
+/// each one's name and `evtenabled` state.
+async fn pause_event_triggers(
+    c: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, FinaliseError> {
+    let triggers: Vec<(String, String)> = c
+        .query(
+            "SELECT evtname::text, evtenabled::text FROM pg_event_trigger WHERE evtenabled <> 'D'",
+            &[],
+        )
+        .await
+        .map_err(db_err("pausing event triggers"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Commands on event triggers fire no event trigger.
+    let sql: String = triggers
+        .iter()
+        .map(|(name, _)| format!("ALTER EVENT TRIGGER {} DISABLE;", quote_ident(name)))
+        .collect();
+    if !sql.is_empty() {
+        c.batch_execute(&sql)
+            .await
+            .map_err(db_err("pausing event triggers"))?;
+    }
+    Ok(triggers)
+}
+
+/// Enable what [`pause_event_triggers`] disabled, as it was.
+async fn restore_event_triggers(
+    c: &tokio_postgres::Client,
+    triggers: &[(String, String)],
+) -> Result<(), FinaliseError> {
+    let sql: String = triggers
+        .iter()
+        .map(|(name, state)| {
+            let how = match state.as_str() {
+                "A" => " ALWAYS",
+                "R" => " REPLICA",
+                _ => "",
+            };
+            format!("ALTER EVENT TRIGGER {} ENABLE{how};", quote_ident(name))
+        })
+        .collect();
+    c.batch_execute(&sql)
+        .await
+        .map_err(db_err("enabling event triggers again"))
 }
 
 async fn single_user_create_admin(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
+    password: &str,
 ) -> Result<(), FinaliseError> {
     let mut cmd = tokio::process::Command::new(bin.postgres());
     cmd.arg("--single")
@@ -412,28 +546,39 @@ async fn single_user_create_admin(
         .spawn()
         .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        let sql = format!("CREATE ROLE {ADMIN_ROLE} SUPERUSER LOGIN;\n");
-        let _ = stdin.write_all(sql.as_bytes()).await;
+        let _ = stdin
+            .write_all(roles::create_admin_sql(password).as_bytes())
+            .await;
     }
     let out = child
         .wait_with_output()
         .await
         .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A failing statement is echoed on stderr: never with the password.
+    let err = String::from_utf8_lossy(&out.stderr).replace(password, "***");
     if !out.status.success() || err.contains("ERROR") {
+        let line = err
+            .lines()
+            .find(|l| l.contains("ERROR") || l.contains("FATAL"))
+            .or(err.lines().last())
+            .unwrap_or("");
         return Err(FinaliseError::Start(format!(
             "single-user mode could not create the admin role: {}",
-            err.lines().last().unwrap_or("").trim()
+            line.trim()
         )));
     }
     Ok(())
 }
 
 /// Run the script with psql as the instance user, streaming its output.
+/// psql gets the admin role's password in `PGPASSWORD`: only root and the
+/// instance user can read a process's environment, and the password opens
+/// nothing once this finalise is over.
 async fn run_script(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
     script: &str,
+    password: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(), FinaliseError> {
     let psql = if bin.psql().exists() {
@@ -459,6 +604,8 @@ async fn run_script(
         .env("PATH", "/usr/bin:/bin")
         .env("LC_ALL", "C.UTF-8")
         .env("PGAPPNAME", "draupnir-anonymise")
+        .env("PGPASSWORD", password)
+        .env("PGOPTIONS", SESSION_OPTIONS)
         .current_dir("/")
         .uid(spec.user.uid)
         .gid(spec.user.gid)
@@ -717,6 +864,12 @@ async fn prove_running(
     if superuser {
         return Err(FinaliseError::Proof("role draupnir is a superuser".into()));
     }
+    // The other databases over the socket, as root mapped to draupnir:
+    // the same role, without a TLS handshake each.
+    prove_contained(&client, db, |other: String| async move {
+        pgconn::connect_unix(spec.datadir, port, CLIENT_ROLE, &other, CONNECT_TIMEOUT).await
+    })
+    .await?;
     drop(client);
     // Every refusal is tried at once: each costs the server a fork and an
     // authentication round trip, none depends on another.
@@ -747,6 +900,57 @@ async fn prove_running(
         }
     }
     Ok(())
+}
+
+/// Prove, as `draupnir` itself, that it reaches nothing beyond its own
+/// rights ([`roles::Problem`]): cluster-wide over `client` (connected to
+/// `db`), and in every other database it may connect to, each over a
+/// connection (as `draupnir`) from `connect`. A few catalog queries per
+/// database.
+async fn prove_contained<F, Fut>(
+    client: &tokio_postgres::Client,
+    db: &str,
+    connect: F,
+) -> Result<(), FinaliseError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<tokio_postgres::Client, PgConnError>>,
+{
+    let proof_err = |e: tokio_postgres::Error| FinaliseError::Proof(pgconn::error_message(&e));
+    let mut problems = roles::cluster_problems(client).await.map_err(proof_err)?;
+    problems.extend(
+        roles::database_problems(client, db)
+            .await
+            .map_err(proof_err)?,
+    );
+    let others: Vec<String> = client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND datname <> $1 \
+             AND has_database_privilege(datname, 'CONNECT') ORDER BY datname",
+            &[&db],
+        )
+        .await
+        .map_err(proof_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for other in others {
+        let c = connect(other.clone()).await.map_err(|e| {
+            FinaliseError::Proof(format!(
+                "draupnir could not connect to database {other}: {e}"
+            ))
+        })?;
+        problems.extend(
+            roles::database_problems(&c, &other)
+                .await
+                .map_err(proof_err)?,
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(FinaliseError::Contained(problems))
+    }
 }
 
 /// Flush the file system holding `path` (the first start ran with fsync off).

@@ -7,5 +7,6 @@ pub mod finalise;
 pub mod pgconn;
 pub mod process;
 pub mod reach;
+pub mod roles;
 pub mod sandbox;
 pub mod supervisor;

@@ -299,6 +299,32 @@ pub async fn connect_unix(
     run_connect(&target, timeout, config.connect(NoTls)).await
 }
 
+/// [`connect_unix`] with, optionally, a password and server options (the
+/// finalise's connections: its temporary admin role authenticates by
+/// password, and every one of them overrides settings an upload may have
+/// attached to its databases and roles).
+pub async fn connect_unix_with(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    options: &str,
+    dbname: &str,
+    timeout: Duration,
+) -> Result<Client, PgConnError> {
+    let mut config = base_config(user, dbname, timeout);
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .options(options)
+        .ssl_mode(SslMode::Disable);
+    if let Some(pw) = password {
+        config.password(pw);
+    }
+    let target = target(user, &socket_dir.display().to_string(), port, dbname);
+    run_connect(&target, timeout, config.connect(NoTls)).await
+}
+
 /// Polls [`connect_tls`] every [`READY_POLL_INTERVAL`] until it succeeds or
 /// `deadline` (measured from the call) passes; returns the connected client.
 /// Stops early on an authentication refusal or unusable PEM, since retrying
