@@ -363,18 +363,22 @@ impl Service {
         let fresh = self.inner.layout.instances().join(format!("{id}.reset"));
         btrfs::delete_subvolume(&fresh)?;
         btrfs::snapshot(&self.inner.layout.snapshot(inst.image_id), &fresh, false)?;
-        for name in [
-            cluster::SERVER_CERT,
-            cluster::SERVER_KEY,
-            cluster::CA_CERT,
+        // The instance's certificates, and the socket mapped to root only
+        // whatever the image was sealed with.
+        let ident = (
             "pg_ident.conf",
-        ] {
-            let copied = std::fs::read(dir.join(name))
-                .map_err(|e| CoreError::Internal(format!("reading {name}: {e}")))
-                .and_then(|pem| {
-                    cluster::write_owned(&fresh, name, &pem, &self.inner.user)
-                        .map_err(|e| CoreError::Internal(e.to_string()))
-                });
+            Ok(cluster::FINAL_IDENT.as_bytes().to_vec()),
+        );
+        let certs = [cluster::SERVER_CERT, cluster::SERVER_KEY, cluster::CA_CERT].map(|name| {
+            let pem = std::fs::read(dir.join(name))
+                .map_err(|e| CoreError::Internal(format!("reading {name}: {e}")));
+            (name, pem)
+        });
+        for (name, contents) in certs.into_iter().chain([ident]) {
+            let copied = contents.and_then(|pem| {
+                cluster::write_owned(&fresh, name, &pem, &self.inner.user)
+                    .map_err(|e| CoreError::Internal(e.to_string()))
+            });
             if let Err(e) = copied {
                 let _ = btrfs::delete_subvolume(&fresh);
                 return Err(e);
