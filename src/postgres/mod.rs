@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod finalise;
 pub mod pgconn;
 pub mod process;
+pub mod serving;
 pub mod supervisor;
