@@ -262,3 +262,107 @@ async fn restart_adopts_and_restarts_instances_and_removes_orphans() {
         "adopted instance was not restarted after being killed"
     );
 }
+
+/// With the daemon down, an instance's postmaster dies and another process
+/// takes its port on 127.0.0.1. At start the postmaster comes up on IPv6
+/// alone (postgres only logs that it could not bind IPv4); the readiness
+/// check, made the way clients connect, sees that, so the instance is not
+/// `running` and says why, and it is started again on its port until the
+/// port is free, then serves everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_port_was_taken_is_not_left_running_deaf() {
+    let mut env = TestEnv::new().await;
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let info = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .unwrap();
+    let (id, port) = (info.instance.id, info.port);
+    let pid = env.svc().instance_pid(id).unwrap();
+    env.service.take().unwrap().shutdown();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut squatter = None;
+    for _ in 0..250 {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => {
+                squatter = Some(l);
+                break;
+            }
+            // The dead postmaster's sockets close as it exits.
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let squatter = squatter.expect("bind the instance's port on 127.0.0.1");
+
+    let report = env.reopen().await;
+    assert_eq!(report.restarted, vec![id], "{report:?}");
+    let mut inst = env.svc().instance(&admin, id).unwrap();
+    for _ in 0..600 {
+        if inst.state == InstanceState::Failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        inst = env.svc().instance(&admin, id).unwrap();
+    }
+    assert_eq!(inst.state, InstanceState::Failed, "{inst:?}");
+    let reason = inst.failure_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "port {port} on 127.0.0.1 is taken by another process"
+        )),
+        "{reason}"
+    );
+    assert_eq!(reason.lines().count(), 1, "{reason}");
+    // What a client sees meanwhile: nothing answers on 127.0.0.1.
+    let files = ClientFiles::new(&info);
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} user={} dbname={} sslmode=verify-ca sslrootcert={} sslcert={} sslkey={} connect_timeout=3",
+        info.user,
+        info.database,
+        files.path("root.crt"),
+        files.path("client.crt"),
+        files.path("client.key")
+    );
+    let refused = tokio::task::spawn_blocking(move || psql(&conninfo, "SELECT 1"))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    // Still not running a while later: the retries do not paper over it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.svc().instance(&admin, id).unwrap().state,
+        InstanceState::Failed
+    );
+
+    // The port is freed: the instance comes back on it, by itself.
+    drop(squatter);
+    let mut back = false;
+    for _ in 0..600 {
+        let inst = env.svc().instance(&admin, id).unwrap();
+        if inst.state == InstanceState::Running {
+            let info = info.clone();
+            if tokio::task::spawn_blocking(move || psql_cert(&info, "SELECT 1"))
+                .await
+                .unwrap()
+                .is_ok_and(|out| out == "1")
+            {
+                assert_eq!(inst.failure_reason, None);
+                back = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the instance did not come back once its port was free"
+    );
+    assert_eq!(env.svc().instance(&admin, id).unwrap().port, port);
+    assert_consistent(&env);
+}

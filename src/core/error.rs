@@ -19,6 +19,9 @@ pub enum CoreError {
     UploadBusy { id: i64, secs: u64 },
     #[error("image {id} is not ready (state: {state})")]
     ImageNotReady { id: i64, state: &'static str },
+    /// The image is being destroyed: nothing new is made from it.
+    #[error("image {id} is being destroyed")]
+    ImageDestroying { id: i64 },
     #[error("image {id} has {count} instance(s); destroy them first")]
     ImageHasInstances { id: i64, count: usize },
     #[error("{0}")]

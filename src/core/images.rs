@@ -460,6 +460,7 @@ impl Service {
                         ))
                     }
                     ImageState::Uploading => return Err(CoreError::InvalidState(msg)),
+                    ImageState::Destroying => return Err(CoreError::ImageDestroying { id }),
                 }
             },
             other => other,
@@ -521,6 +522,7 @@ impl Service {
                     "image {id} is already being finalised"
                 )))
             }
+            ImageState::Destroying => return Err(CoreError::ImageDestroying { id }),
             ImageState::Uploading => {}
         }
         if image.upload_active {
@@ -627,6 +629,20 @@ impl Service {
     /// count: it always goes with the image).
     pub async fn destroy_image(&self, actor: &Actor, id: i64, cascade: bool) -> Result<()> {
         actor.require_admin("destroying images")?;
+        self.image_or_404(id)?;
+        self.destroy_image_unchecked(id, cascade).await?;
+        tracing::info!(image = id, user = %actor.name, "image destroyed");
+        Ok(())
+    }
+
+    /// Destroy an image under its exclusive lock (see `image_guard`): the
+    /// creates from it under way end first, then it is marked
+    /// `destroying` and nothing new is made from it, then its instances,
+    /// files and row go. Without `cascade`, an image that has instances
+    /// (other than warm ones) once the lock is held is refused and left
+    /// as it was.
+    pub(crate) async fn destroy_image_unchecked(&self, id: i64, cascade: bool) -> Result<()> {
+        let _only_us = self.hold_image_exclusively(id).await;
         let image = self.image_or_404(id)?;
         if image.state == ImageState::Finalising {
             return Err(CoreError::InvalidState(format!(
@@ -643,22 +659,39 @@ impl Service {
         if owned > 0 && !cascade {
             return Err(CoreError::ImageHasInstances { id, count: owned });
         }
-        self.destroy_image_unchecked(id).await?;
-        tracing::info!(image = id, user = %actor.name, "image destroyed");
+        if !self.inner.store.mark_image_destroying(id)? {
+            // A finalise started meanwhile (or the row went).
+            let image = self.image_or_404(id)?;
+            return Err(CoreError::InvalidState(format!(
+                "image {id} is {}; try again",
+                image.state.as_str()
+            )));
+        }
+        self.finish_image_destroy(id).await?;
+        self.forget_image_lock(id);
         Ok(())
     }
 
-    /// Destroy an image's instances (warm ones first, so none of them is
-    /// handed over meanwhile), files and row. No pool refill runs
-    /// meanwhile, so no warm instance of it is started behind our back.
-    pub(crate) async fn destroy_image_unchecked(&self, id: i64) -> Result<()> {
-        let _refill = self.pause_pool().await;
+    /// The rest of destroying an image already marked `destroying` (also
+    /// what a restart does with one): its instances (warm ones first, so
+    /// none of them is handed over meanwhile), then — with no instance
+    /// left — its snapshot and upload, then its row. A failure leaves it
+    /// `destroying`, to be finished by the next attempt or restart.
+    pub(crate) async fn finish_image_destroy(&self, id: i64) -> Result<()> {
         let instances = self.inner.store.instances(None, Some(id))?;
         for inst in instances.iter().filter(|i| i.pooled) {
             self.inner.store.retire_pooled_instance(inst.id)?;
         }
         for inst in instances {
             self.destroy_instance_unchecked(inst.id).await?;
+        }
+        let left = self.inner.store.instances(None, Some(id))?.len();
+        if left > 0 {
+            // Cannot happen under the exclusive lock; never delete the
+            // snapshot from under an instance.
+            return Err(CoreError::Internal(format!(
+                "image {id} still has {left} instance(s) after destroying them"
+            )));
         }
         btrfs::delete_subvolume(&self.inner.layout.upload(id))?;
         btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;

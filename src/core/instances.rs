@@ -1,14 +1,18 @@
 //! Instances: create (flow 4), show, credentials (flow 5), destroy (flow 6).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::image_guard::ImageHold;
 use super::{Actor, CoreError, Result, Service};
 use crate::certs;
 use crate::postgres::cluster::{self, CLIENT_ROLE};
 use crate::postgres::pgconn;
 use crate::postgres::process::{self, Postmaster, PostmasterSpec, Shutdown};
+use crate::postgres::serving::ServingCheck;
+use crate::postgres::supervisor::Start;
 use crate::storage::btrfs;
-use crate::store::{Credentials, ImageState, Instance, InstanceState, StoreError};
+use crate::store::{Credentials, Image, Instance, InstanceState, StoreError};
 
 /// Which image a new instance comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,21 +111,23 @@ impl Service {
         })
     }
 
-    /// The address to probe an instance on from this host.
-    fn probe_host(&self) -> String {
-        let listen = &self.config().postgres.listen_addresses;
-        let first = listen.split(',').map(str::trim).next().unwrap_or("*");
-        if ["*", "0.0.0.0", "127.0.0.1", "localhost"]
-            .iter()
-            .any(|a| listen.contains(a))
-            || listen.is_empty()
-        {
-            "127.0.0.1".into()
-        } else if first == "::" {
-            "::1".into()
-        } else {
-            first.to_string()
-        }
+    /// How to check that instance `port`'s postmaster serves its clients:
+    /// with its own client certificate, on every address they use.
+    pub(crate) fn serving_check(&self, port: u16, creds: &Credentials) -> Result<ServingCheck> {
+        let cfg = self.config();
+        let tls = pgconn::tls_connector(
+            &creds.ca_certificate,
+            Some((&creds.client_certificate, &creds.client_key)),
+        )
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        Ok(ServingCheck::new(
+            tls,
+            &cfg.postgres.listen_addresses,
+            port,
+            CLIENT_ROLE,
+            &cfg.postgres.database,
+            cfg.postgres.start_timeout,
+        ))
     }
 
     /// Flow 4: a writable snapshot of a ready image, fresh certificates,
@@ -147,22 +153,9 @@ impl Service {
     ) -> Result<ConnectionInfo> {
         let ttl = self.instance_ttl(opts.ttl)?;
         let started = std::time::Instant::now();
-        let image = match image {
-            InstanceRef::Id(id) => self.image_or_404(id)?,
-            InstanceRef::Latest => {
-                self.latest_ready_image()?
-                    .ok_or_else(|| CoreError::NotFound {
-                        what: "image",
-                        id: "latest (no image is ready)".into(),
-                    })?
-            }
-        };
-        if image.state != ImageState::Ready {
-            return Err(CoreError::ImageNotReady {
-                id: image.id,
-                state: image.state.as_str(),
-            });
-        }
+        // Held until the instance is made (or handed over): the image is
+        // not destroyed meanwhile, and a destroy under way is not raced.
+        let (_image_hold, image) = self.hold_image_for(image).await?;
         let major = image.pg_major.ok_or_else(|| {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;
@@ -184,6 +177,32 @@ impl Service {
         // The pool of this image is empty: it may want refilling.
         self.poke_pool();
         self.owner_connection(actor, id)
+    }
+
+    /// Hold the image a new instance comes from (see `image_guard`). For
+    /// `latest`, an image being destroyed meanwhile makes way for the next
+    /// newest.
+    async fn hold_image_for(&self, image: InstanceRef) -> Result<(ImageHold, Image)> {
+        if let InstanceRef::Id(id) = image {
+            return self.hold_ready_image(id).await;
+        }
+        let mut tries = 0;
+        loop {
+            let Some(latest) = self.latest_ready_image()?.map(|i| i.id) else {
+                return Err(CoreError::NotFound {
+                    what: "image",
+                    id: "latest (no image is ready)".into(),
+                });
+            };
+            match self.hold_ready_image(latest).await {
+                Err(CoreError::ImageDestroying { .. } | CoreError::NotFound { .. })
+                    if tries < 10 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Start a new instance of a ready image (flow 4): record the intent,
@@ -223,6 +242,12 @@ impl Service {
             })?;
         let id = row.id;
         let _lock = self.lock_instance(id).await;
+        if self.inner.store.instance(id)?.is_none() {
+            // Destroyed (by id) before we got to it: nothing was made.
+            return Err(CoreError::Conflict(format!(
+                "instance {id} was destroyed while it was being created"
+            )));
+        }
         let mut outcome = Ok(());
         if let Some(ttl) = ttl {
             outcome = super::policy::expiry_after(ttl)
@@ -293,46 +318,27 @@ impl Service {
         major: u32,
         creds: &Credentials,
     ) -> Result<()> {
-        let cfg = self.config();
         let spec = self.instance_spec(id, port, major)?;
+        let check = Arc::new(self.serving_check(port, creds)?);
         let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
-        let host = self.probe_host();
-        let tls = pgconn::tls_connector(
-            &creds.ca_certificate,
-            Some((&creds.client_certificate, &creds.client_key)),
-        );
-        let tls = match tls {
-            Ok(tls) => tls,
-            Err(e) => {
-                pm.stop(Duration::from_secs(10)).await;
-                return Err(CoreError::Internal(e.to_string()));
-            }
-        };
-        let ready = process::until_ready(&mut pm, cfg.postgres.start_timeout, || {
-            pgconn::connect_tls_with(
-                &tls,
-                &host,
-                port,
-                CLIENT_ROLE,
-                &cfg.postgres.database,
-                Duration::from_secs(5),
-            )
-        })
-        .await;
-        if let Err(last) = ready {
+        if let Err(why) = check.wait(&mut pm).await {
             pm.stop(Duration::from_secs(10)).await;
             let tail = process::log_tail(&spec.log_file, 5);
-            return Err(CoreError::InstanceStart(if tail.is_empty() {
-                last.map(|e| e.to_string()).unwrap_or_default()
-            } else {
-                tail
-            }));
+            return Err(CoreError::InstanceStart(
+                if why.is_deaf() || tail.is_empty() {
+                    why.to_string()
+                } else {
+                    tail
+                },
+            ));
         }
         self.inner.store.set_instance_pid(id, pm.pid())?;
         self.inner
             .store
             .set_instance_state(id, InstanceState::Running, None)?;
-        self.inner.supervisor.watch(id, spec, pm);
+        self.inner
+            .supervisor
+            .watch(id, spec, pm, Some(check), Start::Serving);
         Ok(())
     }
 
@@ -344,14 +350,18 @@ impl Service {
     pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<Instance> {
         let started = std::time::Instant::now();
         let inst = self.owned_instance_for(actor, id)?;
+        // The image before the instance (see `image_guard`), and the
+        // instance looked at again once it is ours: it may have gone with
+        // its image meanwhile.
+        let (_image_hold, image) = self.hold_ready_image(inst.image_id).await?;
         let _lock = self.lock_instance(id).await;
+        let inst = self.owned_instance_for(actor, id)?;
         if !matches!(inst.state, InstanceState::Running | InstanceState::Failed) {
             return Err(CoreError::InvalidState(format!(
                 "instance {id} is {}",
                 inst.state.as_str()
             )));
         }
-        let image = self.image_or_404(inst.image_id)?;
         let major = image.pg_major.ok_or_else(|| {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;

@@ -9,6 +9,7 @@
 mod allowlist;
 mod error;
 mod identities;
+mod image_guard;
 mod images;
 mod instances;
 mod policy;
@@ -106,6 +107,8 @@ pub(crate) struct Inner {
     pub guard_wake: Arc<tokio::sync::Notify>,
     /// Serialises destroy/reconcile work on one instance id.
     pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Serialises destroying an image with making instances from it.
+    pub image_locks: image_guard::ImageLocks,
     /// The warm pool's refill task state.
     pub pool: Arc<pool::PoolState>,
     /// Images receiving an upload stream, and since when (one at a time).
@@ -174,6 +177,7 @@ impl Service {
                 guard_wake: Arc::default(),
                 token_checker: Default::default(),
                 instance_locks: Default::default(),
+                image_locks: Default::default(),
                 pool: Default::default(),
                 uploads: Default::default(),
             }),
@@ -219,6 +223,12 @@ impl Service {
                             Some(&reason),
                         );
                         let _ = inner.store.set_instance_pid(id, None);
+                    }
+                    supervisor::Event::Serving { id, pid } => {
+                        let _ = inner.store.set_instance_serving(id, Some(pid), None);
+                    }
+                    supervisor::Event::NotServing { id, pid, reason } => {
+                        let _ = inner.store.set_instance_serving(id, pid, Some(&reason));
                     }
                 }
             }

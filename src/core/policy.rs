@@ -257,7 +257,16 @@ impl Service {
             {
                 continue;
             }
-            self.destroy_image_unchecked(old.id).await?;
+            match self.destroy_image_unchecked(old.id, false).await {
+                Ok(()) => {}
+                // Someone made an instance of it meanwhile, or beat us to it.
+                Err(
+                    CoreError::ImageHasInstances { .. }
+                    | CoreError::NotFound { .. }
+                    | CoreError::InvalidState(_),
+                ) => continue,
+                Err(e) => return Err(e),
+            }
             tracing::info!(image = old.id, retention = keep, "image rotated out");
             gone.push(old.id);
         }

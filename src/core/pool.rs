@@ -28,8 +28,8 @@ pub(crate) struct PoolState {
     wake: tokio::sync::Notify,
     /// Set by drain/shutdown: no new warm instance is started.
     stopped: AtomicBool,
-    /// Held by a refill pass and by image destruction, so that passes never
-    /// overlap and no warm instance of a vanishing image is started.
+    /// Held by a refill pass (and by a cold create making room), so that
+    /// passes never overlap.
     refill: tokio::sync::Mutex<()>,
 }
 
@@ -228,15 +228,20 @@ impl Service {
         // Grow, one instance at a time.
         let owner = self.pool_user_id()?;
         for image in ready {
-            let Some(major) = image.pg_major else {
-                continue;
-            };
             // At most `want` starts per image and pass, even when warm
             // instances fail as soon as they run.
             for _ in 0..want {
                 if self.inner.pool.stopped() || self.warm_pool_size(image.id) >= want {
                     break;
                 }
+                // Never waits: an image being destroyed (or about to be)
+                // is skipped (see `image_guard`).
+                let Some((_hold, image)) = self.try_hold_ready_image(image.id) else {
+                    break;
+                };
+                let Some(major) = image.pg_major else {
+                    break;
+                };
                 if let Err(e) = self
                     .check_total_quota()
                     .and_then(|_| self.check_free_space("warm instance"))

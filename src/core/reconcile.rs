@@ -1,17 +1,21 @@
 //! Reconcile at start: make disk and processes agree with the database.
 //!
 //! Adopts running instance postmasters (through a verified
-//! `postmaster.pid`), restarts dead ones, finishes interrupted destroys,
+//! `postmaster.pid`) and restarts dead ones (the supervisor then checks
+//! that each serves its clients), finishes interrupted destroys of
+//! instances and images,
 //! removes what an interrupted create left, marks interrupted uploads and
 //! finalises `failed` with a reason, and deletes subvolumes and stops
 //! postmasters that no row accounts for.
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Service;
 use crate::postgres::process::{self, Postmaster};
+use crate::postgres::supervisor::Start;
 use crate::storage::btrfs;
 use crate::store::{ImageState, InstanceState};
 
@@ -22,6 +26,8 @@ pub struct ReconcileReport {
     pub restarted: Vec<i64>,
     pub removed_instances: Vec<i64>,
     pub failed_images: Vec<i64>,
+    /// Images whose destroy was cut off, finished now.
+    pub destroyed_images: Vec<i64>,
     pub orphan_subvolumes: Vec<String>,
     pub orphan_processes: Vec<i32>,
 }
@@ -58,6 +64,16 @@ impl Service {
         for image in store.images()? {
             let upload = layout.upload(image.id);
             match image.state {
+                ImageState::Destroying => {
+                    // Its instances first, its snapshot last (as before
+                    // the restart); a failure leaves it for the next start.
+                    match self.finish_image_destroy(image.id).await {
+                        Ok(()) => report.destroyed_images.push(image.id),
+                        Err(e) => {
+                            tracing::error!(image = image.id, error = %e, "finishing the destroy failed")
+                        }
+                    }
+                }
                 ImageState::Uploading if image.upload_active => {
                     store.fail_image(image.id, &format!("the upload was interrupted by a daemon restart; `reset-upload {}` lets it take a new upload", image.id))?;
                     btrfs::delete_subvolume(&upload)?;
@@ -105,7 +121,9 @@ impl Service {
                     store.delete_instance(inst.id)?;
                     report.removed_instances.push(inst.id);
                 }
-                InstanceState::Running => {
+                // A failed instance gets another chance too: it may have
+                // failed because another process held its port.
+                InstanceState::Running | InstanceState::Failed => {
                     let image = store.image(inst.image_id)?;
                     let major = image.and_then(|i| i.pg_major).unwrap_or(0);
                     let spec = match self.instance_spec(inst.id, inst.port, major) {
@@ -127,17 +145,34 @@ impl Service {
                         )?;
                         continue;
                     }
+                    // Whether it serves is checked the way clients connect
+                    // (the supervisor marks it failed, with the reason,
+                    // while it cannot).
+                    let check = store
+                        .instance_credentials(inst.id)?
+                        .and_then(|c| self.serving_check(inst.port, &c).ok())
+                        .map(Arc::new);
                     if let Some(pid) = process::running_postmaster(&dir) {
                         store.set_instance_pid(inst.id, Some(pid))?;
-                        self.inner
-                            .supervisor
-                            .watch(inst.id, spec, Postmaster::Adopted(pid));
+                        self.inner.supervisor.watch(
+                            inst.id,
+                            spec,
+                            Postmaster::Adopted(pid),
+                            check,
+                            Start::Unchecked,
+                        );
                         report.adopted.push(inst.id);
                     } else {
                         match process::spawn(&spec) {
                             Ok(pm) => {
                                 store.set_instance_pid(inst.id, pm.pid())?;
-                                self.inner.supervisor.watch(inst.id, spec, pm);
+                                self.inner.supervisor.watch(
+                                    inst.id,
+                                    spec,
+                                    pm,
+                                    check,
+                                    Start::Unchecked,
+                                );
                                 report.restarted.push(inst.id);
                             }
                             Err(e) => {
@@ -150,7 +185,6 @@ impl Service {
                         }
                     }
                 }
-                InstanceState::Failed => {}
             }
         }
 

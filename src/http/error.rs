@@ -284,7 +284,9 @@ impl From<CoreError> for ApiError {
             // and the upload user too.
             CoreError::NotFound { .. } | CoreError::NotOwner { .. } => Self::not_found(),
             CoreError::AdminOnly(_) => Self::unauthorized(),
-            CoreError::ImageNotReady { .. } => Self::image_not_ready(),
+            CoreError::ImageNotReady { .. } | CoreError::ImageDestroying { .. } => {
+                Self::image_not_ready()
+            }
             CoreError::ImageHasInstances { .. } => Self::image_has_instances(),
             CoreError::BadInput(m) => Self::bad_request(m, None),
             CoreError::InvalidState(m) | CoreError::Conflict(m) | CoreError::Finalise(m) => {

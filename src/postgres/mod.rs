@@ -9,4 +9,5 @@ pub mod process;
 pub mod reach;
 pub mod roles;
 pub mod sandbox;
+pub mod serving;
 pub mod supervisor;

@@ -1,8 +1,13 @@
-//! The supervisor: keeps one postmaster per instance running.
+//! The supervisor: keeps one postmaster per instance running and serving.
 //!
 //! Owns: one watcher task per instance that notices an unexpected exit and
 //! restarts the postmaster with back-off, gives up after repeated failures
-//! (reporting the log tail), and stops it on request. Instances are known
+//! (reporting the log tail), and stops it on request. After every restart
+//! and adoption it checks that the postmaster serves its clients (see
+//! `serving`); one that cannot — its port taken by another process on one
+//! address — is stopped, reported with the reason, and started again on
+//! its port with back-off for as long as that lasts (this never counts as
+//! a crash, so it comes back once the port is free). Instances are known
 //! by id only; the core turns the events into state changes.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::process::{self, Postmaster, PostmasterSpec, Shutdown};
+use super::serving::{NotServing, ServingCheck};
 
 /// What the supervisor tells the core.
 #[derive(Debug, Clone)]
@@ -21,6 +27,26 @@ pub enum Event {
     Restarted { id: i64, pid: i32 },
     /// Restarting failed too often; the instance is left stopped.
     Failed { id: i64, reason: String },
+    /// The postmaster serves its clients on every address (after a
+    /// restart, an adoption, or a spell of not serving).
+    Serving { id: i64, pid: i32 },
+    /// Clients cannot reach it (`reason`): it was stopped (`pid` None) and
+    /// is started again on its port with back-off until they can, or it
+    /// runs but has not answered yet (a long recovery) and is waited for.
+    NotServing {
+        id: i64,
+        pid: Option<i32>,
+        reason: String,
+    },
+}
+
+/// Whether a postmaster handed to [`Supervisor::watch`] was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Just started and seen serving (a create or reset).
+    Serving,
+    /// Adopted or restarted by reconcile: check it first.
+    Unchecked,
 }
 
 /// How hard to try before giving up.
@@ -78,18 +104,31 @@ impl Supervisor {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watch an already started (or adopted) postmaster for instance `id`.
-    pub fn watch(&self, id: i64, spec: PostmasterSpec, pm: Postmaster) {
+    /// Watch an already started (or adopted) postmaster for instance `id`;
+    /// `check` says how its clients connect (`None`: it is only kept
+    /// running).
+    pub fn watch(
+        &self,
+        id: i64,
+        spec: PostmasterSpec,
+        pm: Postmaster,
+        check: Option<Arc<ServingCheck>>,
+        start: Start,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(None);
         let pid = Arc::new(Mutex::new(pm.pid()));
         let task = tokio::spawn(watcher(
-            id,
-            spec,
+            Watch {
+                id,
+                spec,
+                check,
+                events: self.events.clone(),
+                policy: self.policy.clone(),
+                pid_slot: pid.clone(),
+            },
             pm,
+            start,
             stop_rx,
-            self.events.clone(),
-            self.policy.clone(),
-            pid.clone(),
         ));
         if let Some(old) = self.lock().insert(
             id,
@@ -139,17 +178,128 @@ impl Supervisor {
     }
 }
 
-async fn watcher(
+/// What a watcher task keeps.
+struct Watch {
     id: i64,
     spec: PostmasterSpec,
-    mut pm: Postmaster,
-    mut stop: watch::Receiver<Option<Shutdown>>,
+    check: Option<Arc<ServingCheck>>,
     events: mpsc::UnboundedSender<Event>,
     policy: RestartPolicy,
     pid_slot: Arc<Mutex<Option<i32>>>,
+}
+
+impl Watch {
+    /// The back-off before attempt `n` (0-based) of a series.
+    fn backoff(&self, n: usize) -> Duration {
+        self.policy
+            .first_backoff
+            .saturating_mul(1 << n.min(16))
+            .min(self.policy.max_backoff)
+    }
+
+    /// Start the postmaster again; a failure to spawn looks like a
+    /// postmaster that exited at once.
+    fn respawn(&self) -> Postmaster {
+        match process::spawn(&self.spec) {
+            Ok(new) => {
+                let pid = new.pid();
+                *self.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+                if let Some(pid) = pid {
+                    let _ = self.events.send(Event::Restarted { id: self.id, pid });
+                }
+                new
+            }
+            Err(e) => {
+                tracing::error!(instance = self.id, error = %e, "cannot restart postmaster");
+                *self.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Postmaster::Adopted(0)
+            }
+        }
+    }
+
+    /// It cannot serve: say why (once per spell), and wait before the next
+    /// try. False when a stop was asked for meanwhile.
+    async fn not_serving(
+        &self,
+        why: &NotServing,
+        spell: &mut usize,
+        stop: &mut watch::Receiver<Option<Shutdown>>,
+    ) -> bool {
+        if *spell == 0 {
+            tracing::warn!(instance = self.id, reason = %why, "postmaster cannot serve its clients; retrying");
+        }
+        let _ = self.events.send(Event::NotServing {
+            id: self.id,
+            pid: None,
+            reason: format!("{why}; retrying"),
+        });
+        *self.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let backoff = self.backoff(*spell);
+        *spell += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => true,
+            _ = stop.changed() => false,
+        }
+    }
+}
+
+async fn watcher(
+    w: Watch,
+    mut pm: Postmaster,
+    start: Start,
+    mut stop: watch::Receiver<Option<Shutdown>>,
 ) {
+    let id = w.id;
+    let policy = &w.policy;
     let mut exits: VecDeque<Instant> = VecDeque::new();
+    // Consecutive tries that could not serve (the back-off grows with it).
+    let mut deaf_spell = 0usize;
+    let mut verify = start == Start::Unchecked;
     loop {
+        if let (true, Some(check)) = (verify, &w.check) {
+            let checked = tokio::select! {
+                r = check.wait(&mut pm) => Some(r),
+                _ = stop.changed() => None,
+            };
+            let Some(checked) = checked else {
+                let mode = (*stop.borrow()).unwrap_or(Shutdown::Fast);
+                pm.shutdown(mode, policy.stop_grace).await;
+                return;
+            };
+            match checked {
+                Ok(()) => {
+                    if let Some(pid) = pm.pid() {
+                        let _ = w.events.send(Event::Serving { id, pid });
+                    }
+                    if deaf_spell > 0 {
+                        tracing::info!(instance = id, "postmaster serves its clients again");
+                    }
+                    deaf_spell = 0;
+                }
+                Err(why) if why.is_deaf() => {
+                    pm.stop(policy.stop_grace).await;
+                    if !w.not_serving(&why, &mut deaf_spell, &mut stop).await {
+                        return;
+                    }
+                    pm = w.respawn();
+                    continue;
+                }
+                Err(why @ NotServing::NotReady { .. }) => {
+                    // Alive, but nothing answered in time (a long crash
+                    // recovery answers "starting up"): say so and keep
+                    // waiting; it is never killed for being slow.
+                    tracing::warn!(instance = id, reason = %why, "postmaster not ready yet");
+                    let _ = w.events.send(Event::NotServing {
+                        id,
+                        pid: pm.pid(),
+                        reason: format!("{why}; still waiting"),
+                    });
+                    continue;
+                }
+                Err(_exited) => {}
+            }
+        }
+        verify = true;
         tokio::select! {
             _ = pm.wait() => {}
             _ = stop.changed() => {
@@ -158,7 +308,16 @@ async fn watcher(
                 return;
             }
         }
-        // Unexpected exit.
+        // Unexpected exit. Another process on the port (postgres exits
+        // when it can bind none of its addresses) is waited out, not
+        // counted.
+        if let Some(taken) = w.check.as_ref().and_then(|c| c.port_taken(None)) {
+            if !w.not_serving(&taken, &mut deaf_spell, &mut stop).await {
+                return;
+            }
+            pm = w.respawn();
+            continue;
+        }
         tracing::warn!(instance = id, "postmaster exited unexpectedly");
         let now = Instant::now();
         exits.push_back(now);
@@ -169,8 +328,9 @@ async fn watcher(
             exits.pop_front();
         }
         if exits.len() > policy.max_restarts {
-            let tail = process::log_tail(&spec.log_file, 15);
-            let _ = events.send(Event::Failed {
+            let tail = process::log_tail(&w.spec.log_file, 15);
+            *w.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let _ = w.events.send(Event::Failed {
                 id,
                 reason: format!(
                     "postgres exited {} times within {}s; last log lines:\n{tail}",
@@ -180,11 +340,7 @@ async fn watcher(
             });
             return;
         }
-        let n = exits.len().saturating_sub(1).min(16) as u32;
-        let backoff = policy
-            .first_backoff
-            .saturating_mul(1 << n)
-            .min(policy.max_backoff);
+        let backoff = w.backoff(exits.len().saturating_sub(1));
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
@@ -192,19 +348,6 @@ async fn watcher(
         // Leftovers of the dead postmaster (its backends) may still hold
         // the lock file briefly; postgres itself refuses to start then and
         // the next round retries.
-        match process::spawn(&spec) {
-            Ok(new) => {
-                pm = new;
-                let pid = pm.pid();
-                *pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
-                if let Some(pid) = pid {
-                    let _ = events.send(Event::Restarted { id, pid });
-                }
-            }
-            Err(e) => {
-                tracing::error!(instance = id, error = %e, "cannot restart postmaster");
-                pm = Postmaster::Adopted(0);
-            }
-        }
+        pm = w.respawn();
     }
 }

@@ -42,7 +42,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Image lifecycle states, as DESIGN.md names them.
+/// Image lifecycle states, as DESIGN.md names them. `destroying` is
+/// stored as a flag beside the state it interrupted (so a restart can
+/// finish the destroy); it wins over every other state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageState {
@@ -50,6 +52,7 @@ pub enum ImageState {
     Finalising,
     Ready,
     Failed,
+    Destroying,
 }
 
 impl ImageState {
@@ -59,6 +62,7 @@ impl ImageState {
             ImageState::Finalising => "finalising",
             ImageState::Ready => "ready",
             ImageState::Failed => "failed",
+            ImageState::Destroying => "destroying",
         }
     }
     fn parse(s: &str) -> ImageState {
@@ -239,13 +243,17 @@ fn opt_ts_col(row: &Row, idx: &str) -> rusqlite::Result<Option<OffsetDateTime>> 
     Ok(row.get::<_, Option<String>>(idx)?.map(|s| parse_ts(&s)))
 }
 
-const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at";
+const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at, destroying";
 const INSTANCE_COLS: &str = "i.id, i.image_id, i.owner_id, u.name AS owner_name, i.state, i.failure_reason, i.port, i.pid, i.expires_at, i.last_active_at, i.pooled, i.created_at, i.updated_at";
 
 fn image_row(row: &Row) -> rusqlite::Result<Image> {
     Ok(Image {
         id: row.get("id")?,
-        state: ImageState::parse(&row.get::<_, String>("state")?),
+        state: if row.get::<_, bool>("destroying")? {
+            ImageState::Destroying
+        } else {
+            ImageState::parse(&row.get::<_, String>("state")?)
+        },
         failure_reason: row.get("failure_reason")?,
         backed_up_at: opt_ts_col(row, "backed_up_at")?,
         anonymisation_script: row.get("anonymisation_script")?,
@@ -481,7 +489,7 @@ impl Store {
     /// `from` (someone else got there first).
     pub fn transition_image(&self, id: i64, from: ImageState, to: ImageState) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE images SET state = ?1, failure_reason = NULL, updated_at = ?2 WHERE id = ?3 AND state = ?4",
+            "UPDATE images SET state = ?1, failure_reason = NULL, updated_at = ?2 WHERE id = ?3 AND state = ?4 AND destroying = 0",
             params![to.as_str(), format_ts(now()), id, from.as_str()],
         )?;
         Ok(n == 1)
@@ -507,7 +515,7 @@ impl Store {
     /// not `uploading`.
     pub fn begin_upload(&self, id: i64) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE images SET upload_active = upload_active + 1, updated_at = ?1 WHERE id = ?2 AND state = 'uploading'",
+            "UPDATE images SET upload_active = upload_active + 1, updated_at = ?1 WHERE id = ?2 AND state = 'uploading' AND destroying = 0",
             params![format_ts(now()), id],
         )?;
         Ok(n == 1)
@@ -528,6 +536,16 @@ impl Store {
             params![format_ts(now()), id],
         )?;
         Ok(())
+    }
+
+    /// Mark an image `destroying` for good; false when it is being
+    /// finalised (or gone).
+    pub fn mark_image_destroying(&self, id: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE images SET destroying = 1, updated_at = ?1 WHERE id = ?2 AND state <> 'finalising'",
+            params![format_ts(now()), id],
+        )?;
+        Ok(n == 1)
     }
 
     pub fn delete_image(&self, id: i64) -> Result<()> {
@@ -698,6 +716,28 @@ impl Store {
         self.conn().execute(
             "UPDATE instances SET state = ?1, failure_reason = ?2, updated_at = ?3 WHERE id = ?4",
             params![state.as_str(), reason, format_ts(now()), id],
+        )?;
+        Ok(())
+    }
+
+    /// What the supervisor found after (re)starting or adopting a
+    /// postmaster: `None` — it serves its clients (`running`, with `pid`);
+    /// `Some(reason)` — it cannot (`failed` with the reason). Only an
+    /// instance that is `running` or `failed` changes: one being created
+    /// or destroyed is someone else's.
+    pub fn set_instance_serving(
+        &self,
+        id: i64,
+        pid: Option<i32>,
+        not_serving: Option<&str>,
+    ) -> Result<()> {
+        let state = match not_serving {
+            None => InstanceState::Running,
+            Some(_) => InstanceState::Failed,
+        };
+        self.conn().execute(
+            "UPDATE instances SET state = ?1, failure_reason = ?2, pid = ?3, updated_at = ?4 WHERE id = ?5 AND state IN ('running', 'failed')",
+            params![state.as_str(), not_serving, pid, format_ts(now()), id],
         )?;
         Ok(())
     }
@@ -1071,5 +1111,55 @@ mod tests {
             .transition_image(img.id, ImageState::Uploading, ImageState::Finalising)
             .unwrap());
         assert!(!s.begin_upload(img.id).unwrap());
+        // Being finalised: not destroyed under its feet.
+        assert!(!s.mark_image_destroying(img.id).unwrap());
+        let other = s.insert_image(None, None, None).unwrap();
+        assert!(s.mark_image_destroying(other.id).unwrap());
+        assert_eq!(
+            s.image(other.id).unwrap().unwrap().state,
+            ImageState::Destroying
+        );
+        // A destroying image takes no upload and no finalise.
+        assert!(!s.begin_upload(other.id).unwrap());
+        assert!(!s
+            .transition_image(other.id, ImageState::Uploading, ImageState::Finalising)
+            .unwrap());
+    }
+
+    #[test]
+    fn serving_reports_touch_only_running_or_failed_instances() {
+        let s = Store::open_in_memory().unwrap();
+        let u = s.insert_user("alice", None, true).unwrap();
+        let img = s.insert_image(None, None, None).unwrap();
+        let a = s
+            .insert_instance(img.id, u.id, false, 7000, 7010, None, |_| true)
+            .unwrap();
+        // Still being created: untouched.
+        s.set_instance_serving(a.id, None, Some("port taken"))
+            .unwrap();
+        assert_eq!(
+            s.instance(a.id).unwrap().unwrap().state,
+            InstanceState::Creating
+        );
+        s.set_instance_state(a.id, InstanceState::Running, None)
+            .unwrap();
+        s.set_instance_serving(a.id, None, Some("port taken"))
+            .unwrap();
+        let got = s.instance(a.id).unwrap().unwrap();
+        assert_eq!(got.state, InstanceState::Failed);
+        assert_eq!(got.failure_reason.as_deref(), Some("port taken"));
+        s.set_instance_serving(a.id, Some(42), None).unwrap();
+        let got = s.instance(a.id).unwrap().unwrap();
+        assert_eq!(
+            (got.state, got.pid, got.failure_reason),
+            (InstanceState::Running, Some(42), None)
+        );
+        s.set_instance_state(a.id, InstanceState::Destroying, None)
+            .unwrap();
+        s.set_instance_serving(a.id, Some(43), None).unwrap();
+        assert_eq!(
+            s.instance(a.id).unwrap().unwrap().state,
+            InstanceState::Destroying
+        );
     }
 }

@@ -77,4 +77,11 @@ ALTER TABLE instances ADD COLUMN oauth_refresh_token TEXT;
 ALTER TABLE instances ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX instances_pool ON instances(image_id, pooled, state);
 "#,
+    // 5: an image being destroyed. Set (under the image's exclusive lock)
+    // before anything of it is deleted and never cleared: the image is
+    // then `destroying` whatever its state was, no instance is made from
+    // it, and a restart finishes the destroy.
+    r#"
+ALTER TABLE images ADD COLUMN destroying INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
