@@ -528,8 +528,13 @@ async fn single_user_create_admin(
     cmd.arg("--single")
         .arg("-D")
         .arg(spec.datadir)
-        .args(["-c", "fsync=off", "-c", "listen_addresses="])
-        .arg("template1")
+        .args(["-c", "fsync=off", "-c", "listen_addresses="]);
+    if spec.confinement != Confinement::None {
+        // The box has no /dev/shm.
+        let (name, value) = super::sandbox::DSM_SETTING;
+        cmd.arg("-c").arg(format!("{name}={value}"));
+    }
+    cmd.arg("template1")
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .current_dir(spec.datadir)
