@@ -1,0 +1,202 @@
+//! `max_instance_disk` (issue 17, item 4): one tenant writing without end
+//! gets PostgreSQL's disk-full error from its own limit, while its
+//! instance stays up and a neighbour of the same image never notices.
+//!
+//! Real: btrfs (loopback) with simple quotas, real postmasters, the real
+//! `psql` with the instance's client certificate, `ssh … instances`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ssh::SshEnv;
+use common::*;
+use draupnir::core::{ConnectionInfo, InstanceRef};
+use draupnir::store::InstanceState;
+use serde_json::Value;
+
+/// PostgreSQL's answer when a write does not fit: the kernel's EDQUOT /
+/// ENOSPC text, or the short write it reports as "could not extend file".
+fn is_disk_full(err: &str) -> bool {
+    err.contains("Disk quota exceeded")
+        || err.contains("No space left on device")
+        || (err.contains("could not extend file") && err.contains("Check free disk space"))
+}
+
+/// Retry `sql` until it succeeds (postgres may be finishing crash
+/// recovery after its limit stopped it), at most a minute.
+fn eventually(info: &ConnectionInfo, sql: &str) -> String {
+    let log = std::env::temp_dir().join(format!("disk-limit-log-{}", info.instance.id));
+    let log = std::fs::read_link(&log).unwrap_or(log);
+    let mut last = String::new();
+    for _ in 0..120 {
+        match psql_cert(info, sql) {
+            Ok(out) => return out,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let tail = draupnir::postgres::process::log_tail(&log, 40);
+    panic!("`{sql}` never succeeded: {last}\n{tail}");
+}
+
+/// `instances --json`, after a file system commit (quota groups are
+/// updated at commits).
+async fn listing(env: &SshEnv) -> Vec<Value> {
+    fs_used(&env.env.data());
+    let out = env.ssh(&env.admin_key, &["instances", "--json"]).await;
+    assert!(out.status.success(), "{}", ssh::text(&out));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn disk_of(list: &[Value], id: i64) -> (u64, u64) {
+    let row = list
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("instance {id} listed: {list:?}"));
+    (
+        row["disk_bytes"].as_u64().expect("disk_bytes"),
+        row["disk_limit_bytes"].as_u64().expect("disk_limit_bytes"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices() {
+    let env = SshEnv::with("max_instance_disk = \"64M\"", "").await;
+    let image = env.env.ready_image(None).await;
+    let admin = env.admin();
+    let writer = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .expect("writer");
+    let neighbour = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .expect("neighbour");
+    let (w, n) = (writer.instance.id, neighbour.instance.id);
+    // Where `eventually` finds the writer's postgres log.
+    let link = std::env::temp_dir().join(format!("disk-limit-log-{w}"));
+    let _ = std::fs::remove_file(&link);
+    let _ = std::os::unix::fs::symlink(
+        env.env
+            .config
+            .state_path
+            .join(format!("logs/instance-{w}.log")),
+        &link,
+    );
+
+    psql_cert(&writer, "CREATE TABLE t (x text)").expect("create");
+    psql_cert(&neighbour, "CREATE TABLE n (x int)").expect("create");
+
+    // ~5 MB a statement; 64M is reached well within 40.
+    let mut error = None;
+    for _ in 0..40 {
+        let r = psql_cert(
+            &writer,
+            "INSERT INTO t SELECT repeat(md5(random()::text), 32) FROM generate_series(1, 5000)",
+        );
+        // The neighbour connects and writes throughout.
+        psql_cert(&neighbour, "INSERT INTO n VALUES (1)").expect("neighbour writes");
+        if let Err(e) = r {
+            error = Some(e);
+            break;
+        }
+    }
+    let error = error.expect("the writer was stopped by its limit");
+    assert!(is_disk_full(&error), "postgres's disk-full error: {error}");
+
+    // The writer's instance is up: it answers (after crash recovery, if
+    // its limit stopped postgres itself) and is listed running.
+    assert_eq!(eventually(&writer, "SELECT 1"), "1");
+    let inst = env.svc().instance(&admin, w).unwrap();
+    assert_eq!(inst.state, InstanceState::Running, "{inst:?}");
+
+    // `instances` shows the disk use: the writer at its limit, the
+    // neighbour far below; both with the limit.
+    let list = listing(&env).await;
+    let (w_used, w_limit) = disk_of(&list, w);
+    let (n_used, n_limit) = disk_of(&list, n);
+    assert_eq!((w_limit, n_limit), (64 << 20, 64 << 20));
+    assert!(w_used > 48 << 20, "writer used {w_used}");
+    assert!(n_used < 16 << 20, "neighbour used {n_used}");
+
+    // Still over its limit, the writer cannot grow without end.
+    let r = psql_cert(
+        &writer,
+        "INSERT INTO t SELECT repeat(md5(random()::text), 32) FROM generate_series(1, 100000)",
+    );
+    let e = r.expect_err("100 MB more does not fit");
+    assert!(
+        is_disk_full(&e) || e.contains("server closed the connection"),
+        "{e}"
+    );
+
+    // After making room, the writer writes again.
+    eventually(&writer, "TRUNCATE t");
+    eventually(&writer, "INSERT INTO t VALUES ('again')");
+    assert_eq!(
+        eventually(&writer, "SELECT x FROM t"),
+        "again",
+        "the writer writes after TRUNCATE"
+    );
+
+    // The neighbour: new connections, writes, all its rows.
+    let count = psql_cert(
+        &neighbour,
+        "INSERT INTO n VALUES (2); SELECT count(*) FROM n",
+    )
+    .expect("neighbour");
+    let count = count.lines().last().unwrap_or("");
+    assert!(count.parse::<u32>().unwrap_or(0) >= 2, "{count}");
+    for id in [w, n] {
+        let inst = env.svc().instance(&admin, id).unwrap();
+        assert_eq!(inst.state, InstanceState::Running, "{inst:?}");
+    }
+
+    // The text listing has the DISK column.
+    let out = env.ssh(&env.admin_key, &["instances"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.lines().next().unwrap_or("").contains("DISK"), "{text}");
+    assert!(text.contains("of 64.0 MiB"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_limit_disk_use_is_not_shown_and_nothing_is_limited() {
+    let env = SshEnv::with("", "").await;
+    let image = env.env.ready_image(None).await;
+    let admin = env.admin();
+    let i = env
+        .svc()
+        .create_instance(&admin, InstanceRef::Id(image))
+        .await
+        .expect("instance");
+    let list = listing(&env).await;
+    let row = list.iter().find(|r| r["id"] == i.instance.id).unwrap();
+    assert!(row["disk_bytes"].is_null(), "{row}");
+    assert!(row["disk_limit_bytes"].is_null(), "{row}");
+    let out = env.ssh(&env.admin_key, &["instances"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("DISK"), "{text}");
+}
+
+#[test]
+fn a_limit_below_64m_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TestEnv::config_text(dir.path(), "max_instance_disk = \"1M\"");
+    let err = draupnir::config::Config::parse(&text)
+        .expect_err("1M is refused")
+        .to_string();
+    assert!(err.contains("max_instance_disk"), "{err}");
+    assert!(!err.trim().contains('\n'), "{err}");
+    let text = TestEnv::config_text(dir.path(), "max_instance_disk = \"lots\"");
+    let err = draupnir::config::Config::parse(&text)
+        .expect_err("not a size")
+        .to_string();
+    assert!(err.contains("max_instance_disk"), "{err}");
+}
