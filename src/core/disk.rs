@@ -67,8 +67,9 @@ pub(crate) fn postgres_settings(svc: &Service) -> Vec<(String, String)> {
 
 /// True when the log says postgres is down or in crash recovery because a
 /// write did not fit: since the last "ready to accept connections", a
-/// disk-full PANIC or FATAL, and postgres went down (a PANIC, or startup
-/// aborted). A backend's disk-full FATAL alone leaves postgres serving.
+/// disk-full PANIC or FATAL, and postgres went down (a PANIC, startup
+/// aborted, shut down, or no lock file). A backend's disk-full FATAL alone
+/// leaves postgres serving.
 fn recovering_from_full_disk(tail: &str) -> bool {
     let (mut full, mut down) = (false, false);
     for line in tail.lines() {
@@ -80,6 +81,9 @@ fn recovering_from_full_disk(tail: &str) -> bool {
             }
             if line.contains("PANIC:")
                 || line.contains("aborting startup due to startup process failure")
+                || line.contains("database system is shut down")
+                || line.contains("could not create lock file")
+                || line.contains("could not write lock file")
             {
                 down = true;
             }
@@ -252,6 +256,8 @@ mod tests {
         assert!(!recovering_from_full_disk(&format!("{ready}\n{backend}")));
         let startup = "LOG:  aborting startup due to startup process failure";
         assert!(recovering_from_full_disk(&format!("{backend}\n{startup}")));
+        let lock = "FATAL:  could not create lock file \"postmaster.pid\": Disk quota exceeded";
+        assert!(recovering_from_full_disk(&format!("{ready}\n{lock}")));
     }
 
     #[test]
