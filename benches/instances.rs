@@ -417,11 +417,12 @@ async fn disk_limits(bench: &mut Bench) -> (Stats, Stats, Stats, Stats) {
             ids[k].push(info.instance.id);
         }
     }
-    for i in 0..ids[0].len() {
-        for (k, env) in envs.iter().enumerate() {
+    let [ids_on, ids_off] = ids;
+    for (on_id, off_id) in ids_on.into_iter().zip(ids_off) {
+        for (k, (env, id)) in envs.iter().zip([on_id, off_id]).enumerate() {
             let t = Instant::now();
             env.svc()
-                .destroy_instance(&env.admin(), ids[k][i])
+                .destroy_instance(&env.admin(), id)
                 .await
                 .expect("destroy_instance");
             destroyed[k].push(t.elapsed());

@@ -27,7 +27,12 @@ fn in_process(pid: i32, exprs: &[String]) -> Vec<i64> {
         cmd.args(["-p", &pid.to_string(), "-batch", "-nx", "-q"]);
         // Only libc's symbols (open, system): loading every library the
         // postmaster links is most of gdb's time.
-        cmd.args(["-iex", "set auto-solib-add off", "-iex", "set debuginfod enabled off"]);
+        cmd.args([
+            "-iex",
+            "set auto-solib-add off",
+            "-iex",
+            "set debuginfod enabled off",
+        ]);
         cmd.args(["-ex", "sharedlibrary libc\\.so", "-ex", "set confirm off"]);
         cmd.args(["-ex", "set unwindonsignal on"]);
         for e in exprs {
