@@ -218,3 +218,22 @@ fn a_limit_below_64m_is_refused_with_one_line() {
         .to_string();
     assert!(err.contains("max_instance_disk"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_simple_quotas_are_on_when_a_limit_is_set() {
+    let env = TestEnv::with("max_instance_disk = \"1G\"").await;
+    let checks = draupnir::doctor::run_with(&env.config);
+    let check = checks
+        .iter()
+        .find(|c| c.name == "disk limits")
+        .expect("a disk limits check");
+    assert!(check.ok, "{check:?}");
+    assert!(check.detail.contains("simple quotas are on"), "{check:?}");
+
+    let plain = TestEnv::new().await;
+    let checks = draupnir::doctor::run_with(&plain.config);
+    assert!(
+        !checks.iter().any(|c| c.name == "disk limits"),
+        "no check without the key"
+    );
+}
