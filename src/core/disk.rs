@@ -6,9 +6,9 @@
 //! limit finish crash recovery (a short reserve above the limit, withdrawn
 //! once the instance is below its limit again). See docs/disk-limits.md.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use super::{Result, Service};
@@ -92,6 +92,37 @@ fn recovering_from_full_disk(tail: &str) -> bool {
     full && down
 }
 
+/// What each instance log last said, by its length: a log is read again
+/// only when it grew (most instances' logs stay still between passes).
+#[derive(Default)]
+struct LogVerdicts {
+    by_path: HashMap<PathBuf, (u64, bool)>,
+    seen: HashSet<PathBuf>,
+}
+
+impl LogVerdicts {
+    fn recovering(&mut self, log: &Path) -> bool {
+        self.seen.insert(log.to_owned());
+        let len = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        if let Some(&(l, verdict)) = self.by_path.get(log) {
+            if l == len {
+                return verdict;
+            }
+        }
+        let verdict = recovering_from_full_disk(&process::log_tail(log, 400));
+        self.by_path.insert(log.to_owned(), (len, verdict));
+        verdict
+    }
+
+    /// Forget instances not seen in this pass (destroyed, stopped).
+    fn prune(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        self.by_path.retain(|p, _| seen.contains(p));
+    }
+}
+
+static LOG_VERDICTS: LazyLock<Mutex<LogVerdicts>> = LazyLock::new(Default::default);
+
 impl Service {
     /// At start: with `max_instance_disk` set, make sure quotas are on
     /// (simple quotas unless the file system already has full qgroups).
@@ -163,6 +194,8 @@ impl Service {
             return;
         };
         let limit = configured_limit(self);
+        let mut logs = LOG_VERDICTS.lock().unwrap_or_else(|p| p.into_inner());
+        logs.seen.clear();
         for inst in instances {
             if inst.state != InstanceState::Running {
                 continue;
@@ -183,8 +216,9 @@ impl Service {
                 continue;
             };
             let used = u.exclusive;
-            let tail = process::log_tail(&self.log_file("instance", inst.id), 400);
-            let want = if recovering_from_full_disk(&tail) {
+            let log = self.log_file("instance", inst.id);
+            let recovering = logs.recovering(&log);
+            let want = if recovering {
                 // Postgres is down or in crash recovery because a write
                 // did not fit: room to finish recovery. No client writes
                 // meanwhile (it accepts no connections).
@@ -218,6 +252,7 @@ impl Service {
                 }
             }
         }
+        logs.prune();
     }
 
     /// Run [`Service::check_disk_limits`] every few seconds while the
