@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::ssh::SshEnv;
 use common::*;
 use draupnir::core::{ConnectionInfo, InstanceRef};
+use draupnir::storage::btrfs;
 use draupnir::store::InstanceState;
 use serde_json::Value;
 
@@ -176,6 +177,17 @@ async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices(
         let inst = env.svc().instance(&admin, id).unwrap();
         assert_eq!(inst.state, InstanceState::Running, "{inst:?}");
     }
+
+    // A reset instance (a new subvolume) is limited as well.
+    env.svc().reset_instance(&admin, w).await.expect("reset");
+    let list = listing(&env).await;
+    let (used, limit) = disk_of(&list, w);
+    assert_eq!(limit, 64 << 20);
+    assert!(used < 16 << 20, "fresh after reset: {used}");
+    let data = env.env.data();
+    let subvol = btrfs::subvolume_id(&data.join(format!("instances/{w}"))).unwrap();
+    let kernel = btrfs::qgroup_usage(&data).unwrap();
+    assert_eq!(kernel[&subvol].max_exclusive, Some(64 << 20), "{kernel:?}");
 
     // The text listing has the DISK column.
     let out = env.ssh(&env.admin_key, &["instances"]).await;
