@@ -26,9 +26,12 @@ fn is_disk_full(err: &str) -> bool {
 
 /// Retry `sql` until it succeeds (postgres may be finishing crash
 /// recovery after its limit stopped it), at most a minute.
-fn eventually(info: &ConnectionInfo, sql: &str) -> String {
-    let log = std::env::temp_dir().join(format!("disk-limit-log-{}", info.instance.id));
-    let log = std::fs::read_link(&log).unwrap_or(log);
+fn eventually(env: &SshEnv, info: &ConnectionInfo, sql: &str) -> String {
+    let log = env
+        .env
+        .config
+        .state_path
+        .join(format!("logs/instance-{}.log", info.instance.id));
     let mut last = String::new();
     for _ in 0..120 {
         match psql_cert(info, sql) {
@@ -81,16 +84,6 @@ async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices(
         .await
         .expect("neighbour");
     let (w, n) = (writer.instance.id, neighbour.instance.id);
-    // Where `eventually` finds the writer's postgres log.
-    let link = std::env::temp_dir().join(format!("disk-limit-log-{w}"));
-    let _ = std::fs::remove_file(&link);
-    let _ = std::os::unix::fs::symlink(
-        env.env
-            .config
-            .state_path
-            .join(format!("logs/instance-{w}.log")),
-        &link,
-    );
 
     psql_cert(&writer, "CREATE TABLE t (x text)").expect("create");
     psql_cert(&neighbour, "CREATE TABLE n (x int)").expect("create");
@@ -117,7 +110,7 @@ async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices(
             }
             Err(e) => {
                 interruptions.push(e);
-                eventually(&writer, "SELECT 1");
+                eventually(&env, &writer, "SELECT 1");
             }
         }
     }
@@ -127,7 +120,7 @@ async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices(
 
     // The writer's instance is up: it answers (after crash recovery, if
     // its limit stopped postgres itself) and is listed running.
-    assert_eq!(eventually(&writer, "SELECT 1"), "1");
+    assert_eq!(eventually(&env, &writer, "SELECT 1"), "1");
     let inst = env.svc().instance(&admin, w).unwrap();
     assert_eq!(inst.state, InstanceState::Running, "{inst:?}");
 
@@ -157,10 +150,10 @@ async fn a_writer_hits_its_limit_and_stays_up_while_its_neighbour_never_notices(
     );
 
     // After making room, the writer writes again.
-    eventually(&writer, "TRUNCATE t");
-    eventually(&writer, "INSERT INTO t VALUES ('again')");
+    eventually(&env, &writer, "TRUNCATE t");
+    eventually(&env, &writer, "INSERT INTO t VALUES ('again')");
     assert_eq!(
-        eventually(&writer, "SELECT x FROM t"),
+        eventually(&env, &writer, "SELECT x FROM t"),
         "again",
         "the writer writes after TRUNCATE"
     );
