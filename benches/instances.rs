@@ -361,11 +361,107 @@ async fn run() {
             .draupnir("core, warm (+ first query)", &warm_query)
             .draupnir("ssh new-instance, warm", &warm_ssh),
     );
-    bench.chart(
-        Chart::new("destroy", "destroy-instance latency").draupnir("core destroy", &destroy),
-    );
     drop(env);
+    let (limited_create, unlimited_create, limited_destroy, unlimited_destroy) =
+        disk_limits(&mut bench).await;
+    bench.chart(
+        Chart::new(
+            "new-instance-quota",
+            "new-instance latency, disk limits on and off",
+        )
+        .draupnir("no limit (quotas off)", &unlimited_create)
+        .draupnir("max_instance_disk (simple quotas)", &limited_create),
+    );
+    bench.chart(
+        Chart::new("destroy", "destroy-instance latency")
+            .draupnir("core destroy", &destroy)
+            .draupnir("no limit (quotas off)", &unlimited_destroy)
+            .draupnir("max_instance_disk (simple quotas)", &limited_destroy),
+    );
     bench.finish();
+}
+
+/// Issue 17: what `max_instance_disk` (btrfs simple quotas, a qgroup
+/// limit per instance) costs new-instance and destroy. Two file systems
+/// at once, one with the limit and one without, creates and destroys
+/// interleaved so both see the same machine; the instances accumulate
+/// (quota groups are said to slow snapshots as their number grows).
+async fn disk_limits(bench: &mut Bench) -> (Stats, Stats, Stats, Stats) {
+    let env_for = |limit: &str| {
+        let base = common::port_base();
+        format!(
+            "min_instance_port = {base}\nmax_instance_port = {}\nloopback_size = \"4G\"\n{limit}",
+            base + 39 + bench.rounds(200, 1) as u16
+        )
+    };
+    let on = SshEnv::with(&env_for("max_instance_disk = \"1G\""), "").await;
+    let off = SshEnv::with(&env_for(""), "").await;
+    let mut created: [Vec<Duration>; 2] = Default::default();
+    let mut destroyed: [Vec<Duration>; 2] = Default::default();
+    let mut ids: [Vec<i64>; 2] = Default::default();
+    let envs = [&on, &off];
+    let mut images = [0; 2];
+    for (k, env) in envs.iter().enumerate() {
+        images[k] = env.env.ready_image(None).await;
+    }
+    for _ in 0..bench.rounds(100, 1) {
+        for (k, env) in envs.iter().enumerate() {
+            let svc = env.svc();
+            let t = Instant::now();
+            let info = svc
+                .create_instance(&env.admin(), InstanceRef::Id(images[k]))
+                .await
+                .expect("create_instance");
+            query_instance(&info).await;
+            created[k].push(t.elapsed());
+            ids[k].push(info.instance.id);
+        }
+    }
+    let [ids_on, ids_off] = ids;
+    for (on_id, off_id) in ids_on.into_iter().zip(ids_off) {
+        for (k, (env, id)) in envs.iter().zip([on_id, off_id]).enumerate() {
+            let t = Instant::now();
+            env.svc()
+                .destroy_instance(&env.admin(), id)
+                .await
+                .expect("destroy_instance");
+            destroyed[k].push(t.elapsed());
+        }
+    }
+    let [c_on, c_off] = created.map(|v| Stats::ms(&v));
+    let [d_on, d_off] = destroyed.map(|v| Stats::ms(&v));
+    bench.row(Row::new(
+        "core create_instance + first query, no disk limit",
+        None,
+        &c_off,
+        Target::None,
+    ));
+    bench.row(Row::new(
+        format!(
+            "  … with max_instance_disk (simple quotas), {} instances",
+            c_on.n()
+        ),
+        Some(&c_off),
+        &c_on,
+        Target::RatioAtMost(1.1),
+    ));
+    bench.row(Row::new(
+        "core destroy_instance, no disk limit",
+        None,
+        &d_off,
+        Target::None,
+    ));
+    bench.row(Row::new(
+        "  … with max_instance_disk (simple quotas)",
+        Some(&d_off),
+        &d_on,
+        Target::RatioAtMost(1.1),
+    ));
+    for env in envs {
+        let admin = env.admin();
+        assert_nothing_left(env, env.svc(), &admin);
+    }
+    (c_on, c_off, d_on, d_off)
 }
 
 /// After the destroys: no subvolume, postmaster, row or port left.

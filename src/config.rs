@@ -75,6 +75,10 @@ pub struct Config {
     pub expected_image_interval: Option<Duration>,
     pub max_instances_per_user: Option<u32>,
     pub max_instances_total: Option<u32>,
+    /// Most bytes one instance may write (btrfs simple quotas on its
+    /// subvolume; the image's shared data does not count). None or 0: no
+    /// limit.
+    pub max_instance_disk: Option<ByteSize>,
     /// Started instances kept ready per ready image, handed over on
     /// `new-instance` (0: no warm pool).
     pub warm_instances_per_image: u32,
@@ -301,6 +305,7 @@ impl Default for Config {
             expected_image_interval: None,
             max_instances_per_user: None,
             max_instances_total: None,
+            max_instance_disk: None,
             warm_instances_per_image: 0,
             min_free_space: FreeSpace::Percent(5.0),
             enable_ip_whitelisting: false,
@@ -445,6 +450,14 @@ impl Config {
         }
         if self.max_image_bytes.0 == 0 {
             return Err(invalid("max_image_bytes", "must be above 0"));
+        }
+        if let Some(size) = self.max_instance_disk {
+            if size.0 != 0 && size.0 < 64 << 20 {
+                return Err(invalid(
+                    "max_instance_disk",
+                    "must be 0 (no limit) or at least 64M",
+                ));
+            }
         }
         if let Some(size) = self.loopback_size {
             if size.0 < 256 << 20 {

@@ -104,6 +104,9 @@ pub fn run_with(config: &Config, config_path: &Path) -> Vec<Check> {
         confinement(config),
         instance_access(config),
     ];
+    if let Some(check) = disk_limits(config) {
+        checks.push(check);
+    }
     let store = sqlite(config, &mut checks);
     if let Some(store) = &store {
         checks.push(image_majors(config, store));
@@ -415,6 +418,51 @@ fn instance_access(config: &Config) -> Check {
         }
         Err(e) => fail(NAME, e.to_string(), "run doctor as root"),
     }
+}
+
+/// With `max_instance_disk` set: can btrfs quotas enforce it?
+fn disk_limits(config: &Config) -> Option<Check> {
+    use crate::storage::btrfs::{self, QuotaMode};
+    const NAME: &str = "disk limits";
+    let limit = config.max_instance_disk.filter(|s| s.0 > 0)?;
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    let mode = if btrfs::is_btrfs(&config.data_path).unwrap_or(false) {
+        btrfs::quota_mode(&config.data_path).ok()
+    } else {
+        None
+    };
+    Some(match mode {
+        Some(QuotaMode::Simple) => pass(
+            NAME,
+            format!("max_instance_disk = {} bytes; simple quotas are on", limit.0),
+        ),
+        Some(QuotaMode::Full { inconsistent }) => pass(
+            NAME,
+            format!(
+                "max_instance_disk = {} bytes; full qgroups are on{} (they slow every snapshot; simple quotas would not)",
+                limit.0,
+                if inconsistent { ", inconsistent until `btrfs quota rescan`" } else { "" }
+            ),
+        ),
+        _ if version < (6, 7) => fail(
+            NAME,
+            format!("max_instance_disk is set but kernel {release} has no btrfs simple quotas"),
+            "boot Linux 6.7+ or remove max_instance_disk",
+        ),
+        _ => pass(
+            NAME,
+            format!(
+                "max_instance_disk = {} bytes; simple quotas are switched on at start (kernel {release})",
+                limit.0
+            ),
+        ),
+    })
 }
 
 /// The SQLite check; returns the read-only store when it is usable.

@@ -87,23 +87,25 @@ impl Service {
         let bin = cluster::find_bin(&self.config().postgres.bin_root, major)
             .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let datadir = self.inner.layout.instance(id);
+        let mut settings = vec![
+            (
+                "listen_addresses".into(),
+                self.config().postgres.listen_addresses.clone(),
+            ),
+            (
+                "unix_socket_directories".into(),
+                datadir.display().to_string(),
+            ),
+            ("cluster_name".into(), format!("draupnir-{id}")),
+            // A subscription carried over in the upload must not connect
+            // to its publisher (production) from every instance.
+            ("max_logical_replication_workers".into(), "0".into()),
+        ];
+        settings.extend(super::disk::postgres_settings(self));
         Ok(PostmasterSpec {
             bin,
             port,
-            settings: vec![
-                (
-                    "listen_addresses".into(),
-                    self.config().postgres.listen_addresses.clone(),
-                ),
-                (
-                    "unix_socket_directories".into(),
-                    datadir.display().to_string(),
-                ),
-                ("cluster_name".into(), format!("draupnir-{id}")),
-                // A subscription carried over in the upload must not connect
-                // to its publisher (production) from every instance.
-                ("max_logical_replication_workers".into(), "0".into()),
-            ],
+            settings,
             datadir,
             log_file: self.log_file("instance", id),
             user: self.inner.user.clone(),
@@ -276,6 +278,7 @@ impl Service {
         let cfg = self.config();
         let dir = self.inner.layout.instance(id);
         btrfs::snapshot(&self.inner.layout.snapshot(image_id), &dir, false)?;
+        self.limit_instance_disk(&dir)?;
         let mut names = vec![cfg.public_hostname.clone()];
         for n in ["localhost", "127.0.0.1", "::1"] {
             if !names.iter().any(|x| x == n) {
@@ -373,6 +376,10 @@ impl Service {
         let fresh = self.inner.layout.instances().join(format!("{id}.reset"));
         btrfs::delete_subvolume(&fresh)?;
         btrfs::snapshot(&self.inner.layout.snapshot(inst.image_id), &fresh, false)?;
+        if let Err(e) = self.limit_instance_disk(&fresh) {
+            let _ = btrfs::delete_subvolume(&fresh);
+            return Err(e);
+        }
         // The instance's certificates, and the socket mapped to root only
         // whatever the image was sealed with.
         let ident = (

@@ -7,6 +7,7 @@
 //! and `postgres` act without knowing about users.
 
 mod allowlist;
+mod disk;
 mod error;
 mod identities;
 mod image_guard;
@@ -29,6 +30,7 @@ use crate::storage::loopback;
 use crate::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
+pub use disk::DiskUse;
 pub use error::{CoreError, Result};
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
@@ -91,6 +93,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("max_instance_disk needs btrfs quotas: {0}")]
+    DiskLimits(#[source] crate::storage::btrfs::BtrfsError),
 }
 
 pub(crate) struct Inner {
@@ -182,8 +186,12 @@ impl Service {
                 uploads: Default::default(),
             }),
         };
+        service
+            .prepare_disk_limits()
+            .map_err(StartError::DiskLimits)?;
         service.spawn_event_loop(events);
         service.spawn_cleaner();
+        service.spawn_disk_watch();
         service.bootstrap_admins()?;
         let report = service.reconcile().await;
         service.spawn_guard();

@@ -48,6 +48,7 @@ fn diff(old: &Config, new: &Config) -> ReloadReport {
     k!("expected_image_interval", expected_image_interval, true);
     k!("max_instances_per_user", max_instances_per_user, true);
     k!("max_instances_total", max_instances_total, true);
+    k!("max_instance_disk", max_instance_disk, true);
     k!("warm_instances_per_image", warm_instances_per_image, true);
     k!("min_free_space", min_free_space, true);
     k!("enable_ip_whitelisting", enable_ip_whitelisting, true);

@@ -178,6 +178,15 @@ impl Supervisor {
     }
 }
 
+/// True when a postmaster log tail shows postgres stopped by a full disk
+/// or quota (a PANIC or FATAL, not a statement's ERROR).
+pub fn log_says_disk_full(tail: &str) -> bool {
+    tail.lines().any(|l| {
+        (l.contains("PANIC:") || l.contains("FATAL:"))
+            && (l.contains("No space left on device") || l.contains("Disk quota exceeded"))
+    })
+}
+
 /// What a watcher task keeps.
 struct Watch {
     id: i64,
@@ -254,6 +263,8 @@ async fn watcher(
     let mut exits: VecDeque<Instant> = VecDeque::new();
     // Consecutive tries that could not serve (the back-off grows with it).
     let mut deaf_spell = 0usize;
+    // Consecutive exits on a full disk (back-off only).
+    let mut full_exits = 0usize;
     let mut verify = start == Start::Unchecked;
     loop {
         if let (true, Some(check)) = (verify, &w.check) {
@@ -318,9 +329,19 @@ async fn watcher(
             pm = w.respawn();
             continue;
         }
-        tracing::warn!(instance = id, "postmaster exited unexpectedly");
+        // One because its disk (or disk limit) is full is not the
+        // instance's failure: it is restarted with back-off for as long as
+        // it takes (the core's disk watch lets it recover), never counted
+        // towards `failed`.
+        let disk_full = log_says_disk_full(&process::log_tail(&w.spec.log_file, 20));
+        tracing::warn!(instance = id, disk_full, "postmaster exited unexpectedly");
         let now = Instant::now();
-        exits.push_back(now);
+        if disk_full {
+            full_exits = full_exits.saturating_add(1);
+        } else {
+            full_exits = 0;
+            exits.push_back(now);
+        }
         while exits
             .front()
             .is_some_and(|t| now.duration_since(*t) > policy.window)
@@ -340,7 +361,12 @@ async fn watcher(
             });
             return;
         }
-        let backoff = w.backoff(exits.len().saturating_sub(1));
+        let backoff = w.backoff(
+            exits
+                .len()
+                .saturating_sub(1)
+                .max(full_exits.saturating_sub(1)),
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
@@ -349,5 +375,27 @@ async fn watcher(
         // the lock file briefly; postgres itself refuses to start then and
         // the next round retries.
         pm = w.respawn();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_a_panic_or_fatal_not_a_statement_error() {
+        assert!(log_says_disk_full(
+            "x\n2026 [1] PANIC:  could not write to file \"pg_wal/xlogtemp.1\": No space left on device"
+        ));
+        assert!(log_says_disk_full(
+            "2026 [1] PANIC:  could not rename file \"a\" to \"b\": Disk quota exceeded"
+        ));
+        assert!(log_says_disk_full(
+            "FATAL:  could not write init file: Disk quota exceeded"
+        ));
+        assert!(!log_says_disk_full(
+            "ERROR:  could not extend file \"base/5/1\": Disk quota exceeded"
+        ));
+        assert!(!log_says_disk_full("PANIC:  something else"));
     }
 }

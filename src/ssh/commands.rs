@@ -589,12 +589,18 @@ async fn dispatch(
         }
         Cmd::Instances { all, json } => {
             let list = svc.list_instances(me, all)?;
+            let ids: Vec<i64> = list.iter().map(|i| i.id).collect();
+            let disk = svc.instance_disk_use(&ids);
             if json {
                 return say_json(
                     out,
                     &json!(list
                         .iter()
-                        .map(|i| format::instance_json(i, &hostname))
+                        .map(|i| {
+                            let mut v = format::instance_json(i, &hostname);
+                            format::add_disk_use(&mut v, disk.get(&i.id));
+                            v
+                        })
                         .collect::<Vec<_>>()),
                 )
                 .await;
@@ -609,12 +615,16 @@ async fn dispatch(
                         i.port.to_string(),
                         i.owner_name.clone(),
                         age(i.created_at),
+                        format::disk_use(disk.get(&i.id)),
                     ]
                 })
                 .collect();
             say(
                 out,
-                table(&["ID", "IMAGE", "STATE", "PORT", "OWNER", "CREATED"], &rows),
+                table(
+                    &["ID", "IMAGE", "STATE", "PORT", "OWNER", "CREATED", "DISK"],
+                    &rows,
+                ),
             )
             .await
         }

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::core::DiskUse;
 use crate::store::{format_ts, Image, Instance, SshKey, User};
 
 /// `3m ago`, `2h ago`, `5d ago`; `in 4h` for the future.
@@ -120,6 +121,28 @@ pub fn instance_json(i: &Instance, hostname: &str) -> Value {
         "created_at": format_ts(i.created_at),
         "updated_at": format_ts(i.updated_at),
     })
+}
+
+/// An instance's disk use for `instances`: what it wrote, and of how
+/// much when `max_instance_disk` is set; `-` when quotas are off.
+pub fn disk_use(d: Option<&DiskUse>) -> String {
+    match d {
+        None => "-".into(),
+        Some(DiskUse {
+            used,
+            limit: Some(l),
+        }) => format!("{} of {}", size(*used), size(*l)),
+        Some(DiskUse { used, limit: None }) => size(*used),
+    }
+}
+
+/// `disk_bytes` and `disk_limit_bytes` (null when unknown or unlimited)
+/// on an instance's JSON object.
+pub fn add_disk_use(v: &mut Value, d: Option<&DiskUse>) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("disk_bytes".into(), json!(d.map(|d| d.used)));
+        obj.insert("disk_limit_bytes".into(), json!(d.and_then(|d| d.limit)));
+    }
 }
 
 pub fn user_json(u: &User) -> Value {
