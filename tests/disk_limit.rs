@@ -227,7 +227,10 @@ fn a_limit_below_64m_is_refused_with_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_says_simple_quotas_are_on_when_a_limit_is_set() {
     let env = TestEnv::with("max_instance_disk = \"1G\"").await;
-    let checks = draupnir::doctor::run_with(&env.config);
+    let checks = draupnir::doctor::run_with(
+        &env.config,
+        std::path::Path::new("/nonexistent/config.toml"),
+    );
     let check = checks
         .iter()
         .find(|c| c.name == "disk limits")
@@ -236,7 +239,10 @@ async fn doctor_says_simple_quotas_are_on_when_a_limit_is_set() {
     assert!(check.detail.contains("simple quotas are on"), "{check:?}");
 
     let plain = TestEnv::new().await;
-    let checks = draupnir::doctor::run_with(&plain.config);
+    let checks = draupnir::doctor::run_with(
+        &plain.config,
+        std::path::Path::new("/nonexistent/config.toml"),
+    );
     assert!(
         !checks.iter().any(|c| c.name == "disk limits"),
         "no check without the key"

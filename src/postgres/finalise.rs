@@ -525,10 +525,12 @@ async fn single_user_create_admin(
     password: &str,
 ) -> Result<(), FinaliseError> {
     let mut cmd = tokio::process::Command::new(bin.postgres());
-    cmd.arg("--single")
-        .arg("-D")
-        .arg(spec.datadir)
-        .args(["-c", "fsync=off", "-c", "listen_addresses="]);
+    cmd.arg("--single").arg("-D").arg(spec.datadir).args([
+        "-c",
+        "fsync=off",
+        "-c",
+        "listen_addresses=",
+    ]);
     if spec.confinement != Confinement::None {
         // The box has no /dev/shm.
         let (name, value) = super::sandbox::DSM_SETTING;
