@@ -562,10 +562,12 @@ impl Service {
             .supervisor
             .shutdown(id, Shutdown::Immediate)
             .await;
-        if let Some(pid) = process::running_postmaster(&self.inner.layout.instance(id)) {
+        let dir = self.inner.layout.instance(id);
+        if let Some(pid) = process::running_postmaster(&dir) {
             Postmaster::Adopted(pid)
                 .shutdown(Shutdown::Immediate, Duration::from_secs(10))
                 .await;
         }
+        process::reap_leftovers(&dir, Duration::from_secs(2)).await;
     }
 }

@@ -202,6 +202,43 @@ pub fn is_postmaster_of(pid: i32, datadir: &Path) -> bool {
     is_postgres && cwd.as_deref() == Some(dir.as_path())
 }
 
+/// Live processes whose working directory is `dir` or beneath it: a
+/// stopped postmaster's backends that have not noticed yet, or what one
+/// of them started.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// After a postmaster of `dir` has stopped, wait for every process still
+/// working in `dir` to go (SIGKILL after `grace`). Until they have, they
+/// keep the postmaster's System V segment attached, and a new subvolume
+/// that gets the same device number would find it "still in use".
+pub async fn reap_leftovers(dir: &Path, grace: Duration) {
+    let start = Instant::now();
+    loop {
+        let left = processes_in(dir);
+        if left.is_empty() || start.elapsed() > grace * 3 {
+            return;
+        }
+        if start.elapsed() > grace {
+            for pid in left {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Every live postgres postmaster whose working directory is beneath
 /// `root` (found through /proc), with that directory.
 pub fn postmasters_beneath(root: &Path) -> Vec<(i32, PathBuf)> {
