@@ -114,11 +114,26 @@ impl Drop for Canary {
 
 const EACCES: i64 = 13;
 
+/// A new image with the fixture uploaded into it, not finalised.
+async fn upload_fixture(env: &TestEnv, script: Option<&str>) -> i64 {
+    let admin = env.admin();
+    let img = env.svc().create_image(&admin, None, script).unwrap();
+    env.svc()
+        .ingest(
+            &admin,
+            img.id,
+            UploadTarget::File("base.tar.gz".into()),
+            &FIXTURE.tar_gz[..],
+        )
+        .await
+        .unwrap();
+    img.id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_postmaster_reaches_only_its_own_files() {
     let env = TestEnv::new().await;
     let svc = env.svc();
-    let admin = env.admin();
     let image = env.ready_image(None).await;
     let a = svc
         .create_instance(&env.user("alice"), InstanceRef::Id(image))
@@ -129,20 +144,12 @@ async fn an_instance_postmaster_reaches_only_its_own_files() {
         .await
         .unwrap();
     // A raw upload: production data before anonymisation.
-    let raw = svc.create_image(&admin, None, None).unwrap();
-    svc.ingest(
-        &admin,
-        raw.id,
-        UploadTarget::File("base.tar.gz".into()),
-        &FIXTURE.tar_gz[..],
-    )
-    .await
-    .unwrap();
+    let raw = upload_fixture(&env, None).await;
 
     let data = env.data();
     let dir_a = data.join("instances").join(a.instance.id.to_string());
     let dir_b = data.join("instances").join(b.instance.id.to_string());
-    let upload = data.join("image_uploads").join(raw.id.to_string());
+    let upload = data.join("image_uploads").join(raw.to_string());
     let pid_a = process::running_postmaster(&dir_a).expect("a's postmaster");
     let pid_b = process::running_postmaster(&dir_b).expect("b's postmaster");
     let canary = Canary::new();
@@ -218,31 +225,21 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
 
     // A finalise whose script keeps its postmaster up until the test has
     // looked inside it (the file `go` in the upload, at most two minutes).
-    let img = svc
-        .create_image(
-            &admin,
-            None,
-            Some(
-                "DO $$ BEGIN FOR i IN 1..1200 LOOP
-                   EXIT WHEN 'go' IN (SELECT pg_ls_dir('.'));
-                   PERFORM pg_sleep(0.1);
-                 END LOOP; END $$;",
-            ),
-        )
-        .unwrap();
-    svc.ingest(
-        &admin,
-        img.id,
-        UploadTarget::File("base.tar.gz".into()),
-        &FIXTURE.tar_gz[..],
+    let img = upload_fixture(
+        &env,
+        Some(
+            "DO $$ BEGIN FOR i IN 1..1200 LOOP
+               EXIT WHEN 'go' IN (SELECT pg_ls_dir('.'));
+               PERFORM pg_sleep(0.1);
+             END LOOP; END $$;",
+        ),
     )
-    .await
-    .unwrap();
-    let upload = env.data().join("image_uploads").join(img.id.to_string());
+    .await;
+    let upload = env.data().join("image_uploads").join(img.to_string());
     let finalising = {
         let svc = svc.clone();
         let admin = admin.clone();
-        tokio::spawn(async move { svc.finalise_image(&admin, img.id, None).await })
+        tokio::spawn(async move { svc.finalise_image(&admin, img, None).await })
     };
     // The postmaster running the script (single-user mode, which creates
     // the admin role first, names itself in the same PID file for a

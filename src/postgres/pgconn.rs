@@ -290,13 +290,7 @@ pub async fn connect_unix(
     dbname: &str,
     timeout: Duration,
 ) -> Result<Client, PgConnError> {
-    let mut config = base_config(user, dbname, timeout);
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .ssl_mode(SslMode::Disable);
-    let target = target(user, &socket_dir.display().to_string(), port, dbname);
-    run_connect(&target, timeout, config.connect(NoTls)).await
+    connect_unix_with(socket_dir, port, user, None, "", dbname, timeout).await
 }
 
 /// [`connect_unix`] with, optionally, a password and server options (the
@@ -316,8 +310,10 @@ pub async fn connect_unix_with(
     config
         .host_path(socket_dir)
         .port(port)
-        .options(options)
         .ssl_mode(SslMode::Disable);
+    if !options.is_empty() {
+        config.options(options);
+    }
     if let Some(pw) = password {
         config.password(pw);
     }
