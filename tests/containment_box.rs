@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use draupnir::core::{InstanceRef, UploadTarget};
+use draupnir::core::InstanceRef;
 use draupnir::postgres::process;
 
 /// What `gdb` printed for each `print` expression run inside `pid`
@@ -114,22 +114,6 @@ impl Drop for Canary {
 
 const EACCES: i64 = 13;
 
-/// A new image with the fixture uploaded into it, not finalised.
-async fn upload_fixture(env: &TestEnv, script: Option<&str>) -> i64 {
-    let admin = env.admin();
-    let img = env.svc().create_image(&admin, None, script).unwrap();
-    env.svc()
-        .ingest(
-            &admin,
-            img.id,
-            UploadTarget::File("base.tar.gz".into()),
-            &FIXTURE.tar_gz[..],
-        )
-        .await
-        .unwrap();
-    img.id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_postmaster_reaches_only_its_own_files() {
     let env = TestEnv::new().await;
@@ -144,7 +128,7 @@ async fn an_instance_postmaster_reaches_only_its_own_files() {
         .await
         .unwrap();
     // A raw upload: production data before anonymisation.
-    let raw = upload_fixture(&env, None).await;
+    let raw = env.uploaded_image(None).await;
 
     let data = env.data();
     let dir_a = data.join("instances").join(a.instance.id.to_string());
@@ -225,16 +209,14 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
 
     // A finalise whose script keeps its postmaster up until the test has
     // looked inside it (the file `go` in the upload, at most two minutes).
-    let img = upload_fixture(
-        &env,
-        Some(
+    let img = env
+        .uploaded_image(Some(
             "DO $$ BEGIN FOR i IN 1..1200 LOOP
                EXIT WHEN 'go' IN (SELECT pg_ls_dir('.'));
                PERFORM pg_sleep(0.1);
              END LOOP; END $$;",
-        ),
-    )
-    .await;
+        ))
+        .await;
     let upload = env.data().join("image_uploads").join(img.to_string());
     let finalising = {
         let svc = svc.clone();

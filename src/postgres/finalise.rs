@@ -531,10 +531,8 @@ async fn single_user_create_admin(
         "-c",
         "listen_addresses=",
     ]);
-    if spec.confinement != Confinement::None {
-        // The box has no /dev/shm.
-        let (name, value) = super::sandbox::DSM_SETTING;
-        cmd.arg("-c").arg(format!("{name}={value}"));
+    if let Some(dsm) = super::sandbox::dsm_setting(spec.confinement) {
+        cmd.args(["-c", dsm]);
     }
     cmd.arg("template1")
         .env_clear()

@@ -291,9 +291,8 @@ pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
         .arg(&spec.datadir)
         .arg("-p")
         .arg(spec.port.to_string());
-    let (dsm, dsm_value) = sandbox::DSM_SETTING;
-    if spec.confinement != Confinement::None {
-        cmd.arg("-c").arg(format!("{dsm}={dsm_value}"));
+    if let Some(dsm) = sandbox::dsm_setting(spec.confinement) {
+        cmd.args(["-c", dsm]);
     }
     for (name, value) in &spec.settings {
         cmd.arg("-c").arg(format!("{name}={value}"));

@@ -215,9 +215,12 @@ impl Prepared {
     }
 }
 
-/// The setting that keeps dynamic shared memory in the data directory (in
-/// the box) instead of `/dev/shm` (shared by every instance).
-pub const DSM_SETTING: (&str, &str) = ("dynamic_shared_memory_type", "mmap");
+/// The `-c` setting a boxed `postgres` needs: dynamic shared memory in
+/// the data directory (in the box) instead of `/dev/shm` (shared by every
+/// instance, and outside every box). `None` when unconfined.
+pub fn dsm_setting(confinement: Confinement) -> Option<&'static str> {
+    (confinement != Confinement::None).then_some("dynamic_shared_memory_type=mmap")
+}
 
 #[cfg(test)]
 mod tests {

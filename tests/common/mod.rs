@@ -412,8 +412,9 @@ start_timeout = "30s"
         self.config.data_path.clone()
     }
 
-    /// Create an image, upload the fixture, finalise it.
-    pub async fn ready_image(&self, script: Option<&str>) -> i64 {
+    /// Create an image and upload the fixture into it (not finalised:
+    /// a raw upload).
+    pub async fn uploaded_image(&self, script: Option<&str>) -> i64 {
         let admin = self.admin();
         let img = self.svc().create_image(&admin, None, script).unwrap();
         self.svc()
@@ -425,11 +426,17 @@ start_timeout = "30s"
             )
             .await
             .expect("upload");
+        img.id
+    }
+
+    /// Create an image, upload the fixture, finalise it.
+    pub async fn ready_image(&self, script: Option<&str>) -> i64 {
+        let id = self.uploaded_image(script).await;
         self.svc()
-            .finalise_image(&admin, img.id, None)
+            .finalise_image(&self.admin(), id, None)
             .await
             .expect("finalise");
-        img.id
+        id
     }
 
     /// Subvolume names under data_path/<kind>.
