@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use draupnir::postgres::cluster::CLIENT_ROLE;
-use draupnir::postgres::{pgconn, process};
+use draupnir::core::test_support::cluster::CLIENT_ROLE;
+use draupnir::core::test_support::{pgconn, process};
 use serde_json::Value;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
@@ -346,7 +346,7 @@ fn parents() -> HashMap<i32, i32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if let Some(ppid) = draupnir::postgres::process::parent_pid(pid) {
+        if let Some(ppid) = draupnir::core::test_support::process::parent_pid(pid) {
             map.insert(pid, ppid);
         }
     }

@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{as_instance_user, check, TestEnv};
+use draupnir::core::test_support::btrfs;
+use draupnir::core::test_support::cluster::InstanceUser;
+use draupnir::core::test_support::Confinement;
+use draupnir::core::{test_support::sync_fs, Progress};
 use draupnir::core::{Actor, FinaliseProgress, Service, UploadTarget};
-use draupnir::postgres::cluster::InstanceUser;
-use draupnir::postgres::finalise::{sync_fs, Progress};
-use draupnir::postgres::sandbox::Confinement;
-use draupnir::storage::btrfs;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
 

@@ -20,11 +20,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ssh::SshEnv;
+use draupnir::core::test_support::btrfs;
+use draupnir::core::test_support::cluster::{self, InstanceUser, CLIENT_ROLE};
+use draupnir::core::test_support::Confinement;
+use draupnir::core::test_support::{pgconn, process};
 use draupnir::core::{ConnectionInfo, InstanceRef};
-use draupnir::postgres::cluster::{self, InstanceUser, CLIENT_ROLE};
-use draupnir::postgres::sandbox::Confinement;
-use draupnir::postgres::{pgconn, process};
-use draupnir::storage::btrfs;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target};
 

@@ -18,7 +18,7 @@
 //!
 //! `cargo bench --bench upload`; `cargo test --bench upload` is the
 //! one-round smoke run on a small data directory. With
-//! `RUST_LOG=draupnir::storage::ingest=debug,draupnir::core::images=debug`
+//! `RUST_LOG=draupnir::core::storage::ingest=debug,draupnir::core::images=debug`
 //! every upload also logs where its extractor waited (for input, or for
 //! room in its queue) and the CPU of its decoding and writing threads;
 //! `DRAUPNIR_BENCH_PERF=DIR` records each copy with `perf` (see [`scp`]).
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use common::ssh::{keygen, public_line, SshEnv};
 use common::{as_instance_user, check};
-use draupnir::store::ImageState;
+use draupnir::core::ImageState;
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
 

@@ -272,7 +272,20 @@ pub struct PostgresConfig {
     pub certificate_validity: Duration,
     /// How each postmaster is boxed (`landlock`, or `none` on a kernel
     /// without Landlock).
-    pub confinement: crate::postgres::sandbox::Confinement,
+    pub confinement: Confinement,
+}
+
+/// How postmasters are confined (`[postgres] confinement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confinement {
+    /// Each postmaster in its own Landlock box; refuse to start one when
+    /// the kernel cannot.
+    #[default]
+    Landlock,
+    /// No box: every postmaster can reach everything the instance user
+    /// can. For kernels without Landlock, knowingly.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]

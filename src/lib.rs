@@ -10,11 +10,7 @@
 pub mod certs;
 pub mod config;
 pub mod core;
-pub mod doctor;
 pub mod guard;
 pub mod http;
-pub mod postgres;
 pub mod secret_file;
 pub mod ssh;
-pub mod storage;
-pub mod store;

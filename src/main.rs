@@ -117,7 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Doctor { config, json } => {
-            let report = draupnir::doctor::run(&config);
+            let report = draupnir::core::doctor::run(&config);
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(text) => println!("{text}"),
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
                 eprintln!("draupnir: {} does not exist", db.display());
                 return ExitCode::FAILURE;
             }
-            match draupnir::store::Store::backup(&db, &file) {
+            match draupnir::core::backup_database(&db, &file) {
                 Ok(()) => {
                     println!(
                         "{}: copy of {} (integrity ok)",

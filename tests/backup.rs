@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use draupnir::store::Store;
+use draupnir::core::test_support::Store;
 
 const BIN: &str = env!("CARGO_BIN_EXE_draupnir");
 

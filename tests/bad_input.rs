@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::Path;
 
 use common::*;
+use draupnir::core::ImageState;
 use draupnir::core::{CoreError, InstanceRef, UploadTarget};
-use draupnir::store::ImageState;
 
 /// A tar entry with a raw name (the tar crate's builder refuses `..`).
 fn raw_entry(

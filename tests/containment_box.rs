@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use draupnir::core::test_support::process;
 use draupnir::core::InstanceRef;
-use draupnir::postgres::process;
 
 /// What `gdb` printed for each `print` expression run inside `pid`
 /// (`$1 = …`, `$2 = …`), as integers. A call that a signal interrupts

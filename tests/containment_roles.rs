@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use draupnir::core::test_support::pgconn;
+use draupnir::core::test_support::roles::{self, Problem};
+use draupnir::core::ImageState;
+use draupnir::core::Progress;
 use draupnir::core::{ConnectionInfo, InstanceRef, UploadTarget};
-use draupnir::postgres::finalise::Progress;
-use draupnir::postgres::pgconn;
-use draupnir::postgres::roles::{self, Problem};
-use draupnir::store::ImageState;
 
 /// A data directory of our own, started as the instance user on a socket
 /// in its own directory (trust, as initdb leaves it).

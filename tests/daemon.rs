@@ -91,7 +91,7 @@ async fn serve_adopts_instances_and_sigterm_leaves_them_running() {
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(
-        draupnir::postgres::process::alive(pid),
+        draupnir::core::test_support::process::alive(pid),
         "SIGTERM must not stop instances"
     );
     assert_eq!(psql_cert(&info, "SELECT 1").unwrap(), "1");

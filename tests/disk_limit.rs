@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::ssh::SshEnv;
 use common::*;
+use draupnir::core::test_support::btrfs;
+use draupnir::core::InstanceState;
 use draupnir::core::{ConnectionInfo, InstanceRef};
-use draupnir::storage::btrfs;
-use draupnir::store::InstanceState;
 use serde_json::Value;
 
 /// PostgreSQL's answer when a write does not fit: the kernel's EDQUOT /
@@ -40,7 +40,7 @@ fn eventually(env: &SshEnv, info: &ConnectionInfo, sql: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let tail = draupnir::postgres::process::log_tail(&log, 40);
+    let tail = draupnir::core::test_support::process::log_tail(&log, 40);
     panic!("`{sql}` never succeeded: {last}\n{tail}");
 }
 
@@ -227,7 +227,7 @@ fn a_limit_below_64m_is_refused_with_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_says_simple_quotas_are_on_when_a_limit_is_set() {
     let env = TestEnv::with("max_instance_disk = \"1G\"").await;
-    let checks = draupnir::doctor::run_with(
+    let checks = draupnir::core::doctor::run_with(
         &env.config,
         std::path::Path::new("/nonexistent/config.toml"),
     );
@@ -239,7 +239,7 @@ async fn doctor_says_simple_quotas_are_on_when_a_limit_is_set() {
     assert!(check.detail.contains("simple quotas are on"), "{check:?}");
 
     let plain = TestEnv::new().await;
-    let checks = draupnir::doctor::run_with(
+    let checks = draupnir::core::doctor::run_with(
         &plain.config,
         std::path::Path::new("/nonexistent/config.toml"),
     );

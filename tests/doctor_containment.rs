@@ -56,7 +56,7 @@ impl Drop for Unmount {
 
 #[test]
 fn a_data_path_under_a_0700_directory_is_named_with_its_fix() {
-    draupnir::postgres::cluster::InstanceUser::ensure(INSTANCE_USER).unwrap();
+    draupnir::core::test_support::cluster::InstanceUser::ensure(INSTANCE_USER).unwrap();
     let dir = tempfile::Builder::new()
         .prefix("drp-")
         .tempdir_in("/tmp")

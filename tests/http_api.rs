@@ -66,7 +66,7 @@ fn check_credentials(api: &Api, doc: &Value) -> ConnectionInfo {
         port: data["attributes"]["port"].as_u64().unwrap() as u16,
         user: "draupnir".into(),
         database: "postgres".into(),
-        credentials: draupnir::store::Credentials {
+        credentials: draupnir::core::Credentials {
             ca_certificate: pem("ca_certificate"),
             client_certificate: pem("client_certificate"),
             client_key: pem("client_key"),

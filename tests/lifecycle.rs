@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use draupnir::core::Progress;
 use draupnir::core::{CoreError, InstanceRef, UploadTarget};
-use draupnir::postgres::finalise::Progress;
-use draupnir::store::{ImageState, InstanceState};
+use draupnir::core::{ImageState, InstanceState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle() {

@@ -233,6 +233,6 @@ async fn free_space_floor() {
     // The refused upload did not fail the image.
     assert_eq!(
         svc.image(&admin, img.id).unwrap().state,
-        draupnir::store::ImageState::Uploading
+        draupnir::core::ImageState::Uploading
     );
 }

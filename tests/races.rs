@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::ssh::*;
 use common::*;
+use draupnir::core::{test_support::Store, ImageState, InstanceState};
 use draupnir::core::{Actor, CoreError, InstanceRef, Service, UploadTarget};
-use draupnir::store::{ImageState, InstanceState, Store};
 
 const STAGGER: Duration = Duration::from_millis(8);
 
@@ -346,12 +346,12 @@ async fn a_destroy_cut_off_half_way_is_finished_at_start() {
     assert!(store.mark_image_destroying(image).unwrap());
     let gone = ids[0];
     let dir = env.data().join("instances").join(gone.to_string());
-    if let Some(pid) = draupnir::postgres::process::running_postmaster(&dir) {
-        draupnir::postgres::process::Postmaster::Adopted(pid)
+    if let Some(pid) = draupnir::core::test_support::process::running_postmaster(&dir) {
+        draupnir::core::test_support::process::Postmaster::Adopted(pid)
             .stop(Duration::from_secs(10))
             .await;
     }
-    draupnir::storage::btrfs::delete_subvolume(&dir).unwrap();
+    draupnir::core::test_support::btrfs::delete_subvolume(&dir).unwrap();
     store.delete_instance(gone).unwrap();
     assert_eq!(
         store.image(image).unwrap().unwrap().state,

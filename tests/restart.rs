@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use draupnir::config::Config;
+use draupnir::core::{test_support::Store, ImageState, InstanceState};
 use draupnir::core::{InstanceRef, Service, UploadTarget};
-use draupnir::store::{ImageState, InstanceState, Store};
 
 /// The child's side: run a scenario in a fresh core until killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +138,7 @@ async fn killed_mid_finalise() {
     let upload = env.data().join("image_uploads").join(img.id.to_string());
     wait_for("finalise to run the script", || {
         store.image(img.id).unwrap().unwrap().state == ImageState::Finalising
-            && !draupnir::postgres::process::postmasters_beneath(&upload).is_empty()
+            && !draupnir::core::test_support::process::postmasters_beneath(&upload).is_empty()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -212,13 +212,15 @@ async fn restart_adopts_and_restarts_instances_and_removes_orphans() {
     )
     .unwrap();
     for _ in 0..100 {
-        if !draupnir::postgres::process::alive(pid_b) {
+        if !draupnir::core::test_support::process::alive(pid_b) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    draupnir::storage::btrfs::create_subvolume(&env.data().join("instances/9999")).unwrap();
-    draupnir::storage::btrfs::create_subvolume(&env.data().join("image_uploads/777")).unwrap();
+    draupnir::core::test_support::btrfs::create_subvolume(&env.data().join("instances/9999"))
+        .unwrap();
+    draupnir::core::test_support::btrfs::create_subvolume(&env.data().join("image_uploads/777"))
+        .unwrap();
 
     let report = env.reopen().await;
     assert_eq!(report.adopted, vec![a.instance.id]);

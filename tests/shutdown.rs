@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use draupnir::core::ImageState;
 use draupnir::core::{Finalising, UploadTarget};
-use draupnir::store::ImageState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_waits_for_uploads_and_finalises() {

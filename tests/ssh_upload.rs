@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::ssh::{text, SshEnv};
 use common::FIXTURE;
-use draupnir::store::ImageState;
+use draupnir::core::ImageState;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()

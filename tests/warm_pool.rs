@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::ssh::*;
 use common::*;
 use draupnir::config::{Config, FreeSpace};
+use draupnir::core::{test_support::Store, InstanceState};
 use draupnir::core::{CoreError, InstanceRef, NewInstance, Service, POOL_USER};
-use draupnir::store::{InstanceState, Store};
 
 /// Wait (up to a minute) until image `image` has `n` warm instances.
 async fn wait_pool(svc: &Service, image: i64, n: usize) {

@@ -390,7 +390,7 @@ impl Row {
 /// reload), so one run can measure with and without the box.
 pub fn set_confinement(
     svc: &draupnir::core::Service,
-    confinement: draupnir::postgres::sandbox::Confinement,
+    confinement: draupnir::core::test_support::Confinement,
 ) {
     let mut cfg = (*svc.config()).clone();
     cfg.postgres.confinement = confinement;

@@ -37,7 +37,7 @@ pub fn allowable(addr: IpAddr) -> Result<IpAddr> {
 
 /// The firewall rules a store's allow-list asks for (what the daemon keeps
 /// the chain equal to; `doctor` compares against it read-only).
-pub fn rules_from_store(store: &crate::store::Store) -> Result<BTreeSet<Rule>> {
+pub fn rules_from_store(store: &crate::core::store::Store) -> Result<BTreeSet<Rule>> {
     Ok(store
         .allowed_ports()?
         .into_iter()

@@ -12,10 +12,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use super::{Result, Service};
-use crate::postgres::process;
-use crate::postgres::supervisor::log_says_disk_full;
-use crate::storage::btrfs::{self, QuotaMode};
-use crate::store::InstanceState;
+use crate::core::postgres::process;
+use crate::core::postgres::supervisor::log_says_disk_full;
+use crate::core::storage::btrfs::{self, QuotaMode};
+use crate::core::store::InstanceState;
 
 /// How often running instances are checked against their limits.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);

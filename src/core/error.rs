@@ -1,8 +1,8 @@
 //! The core's errors: what went wrong, in words a front door can show as
 //! one line. Front doors map each variant once to their own status codes.
 
-use crate::storage::ingest::IngestError;
-use crate::store::StoreError;
+use crate::core::storage::ingest::IngestError;
+use crate::core::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -53,8 +53,8 @@ impl From<StoreError> for CoreError {
     }
 }
 
-impl From<crate::storage::btrfs::BtrfsError> for CoreError {
-    fn from(e: crate::storage::btrfs::BtrfsError) -> Self {
+impl From<crate::core::storage::btrfs::BtrfsError> for CoreError {
+    fn from(e: crate::core::storage::btrfs::BtrfsError) -> Self {
         if e.is_no_space() {
             CoreError::NoSpace(e.to_string())
         } else {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use super::{CoreError, Result, Service};
-use crate::store::{Image, ImageState};
+use crate::core::store::{Image, ImageState};
 
 /// One lock per image id (ids are never reused).
 #[derive(Default)]

@@ -7,10 +7,12 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Actor, CoreError, Result, Service};
-use crate::postgres::finalise::{self, FinaliseSpec, Progress};
-use crate::storage::btrfs;
-use crate::storage::ingest::{self, ChunkSender, IngestError, Limits, Options, Owner, Report};
-use crate::store::{Image, ImageState};
+use crate::core::postgres::finalise::{self, FinaliseSpec, Progress};
+use crate::core::storage::btrfs;
+use crate::core::storage::ingest::{
+    self, ChunkSender, IngestError, Limits, Options, Owner, Report,
+};
+use crate::core::store::{Image, ImageState};
 
 /// Receives finalise progress as it happens.
 pub type FinaliseProgress = Arc<dyn Fn(Progress) + Send + Sync>;

@@ -6,13 +6,13 @@ use std::time::Duration;
 use super::image_guard::ImageHold;
 use super::{Actor, CoreError, Result, Service};
 use crate::certs;
-use crate::postgres::cluster::{self, CLIENT_ROLE};
-use crate::postgres::pgconn;
-use crate::postgres::process::{self, Postmaster, PostmasterSpec, Shutdown};
-use crate::postgres::serving::ServingCheck;
-use crate::postgres::supervisor::Start;
-use crate::storage::btrfs;
-use crate::store::{Credentials, Image, Instance, InstanceState, StoreError};
+use crate::core::postgres::cluster::{self, CLIENT_ROLE};
+use crate::core::postgres::pgconn;
+use crate::core::postgres::process::{self, Postmaster, PostmasterSpec, Shutdown};
+use crate::core::postgres::serving::ServingCheck;
+use crate::core::postgres::supervisor::Start;
+use crate::core::storage::btrfs;
+use crate::core::store::{Credentials, Image, Instance, InstanceState, StoreError};
 
 /// Which image a new instance comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

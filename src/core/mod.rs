@@ -8,6 +8,7 @@
 
 mod allowlist;
 mod disk;
+pub mod doctor;
 mod error;
 mod identities;
 mod image_guard;
@@ -15,19 +16,24 @@ mod images;
 mod instances;
 mod policy;
 mod pool;
+mod postgres;
 mod reconcile;
 mod reload;
+mod storage;
+mod store;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::postgres::cluster::InstanceUser;
-use crate::postgres::supervisor::{self, RestartPolicy, Supervisor};
-use crate::storage::layout::Layout;
-use crate::storage::loopback;
-use crate::store::Store;
+use crate::core::postgres::cluster::InstanceUser;
+use crate::core::postgres::supervisor::{self, RestartPolicy, Supervisor};
+use crate::core::storage::layout::Layout;
+use crate::core::storage::loopback;
+use crate::core::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
 pub use disk::DiskUse;
@@ -37,8 +43,19 @@ pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
+pub use postgres::finalise::Progress;
 pub use reconcile::ReconcileReport;
 pub use reload::ReloadReport;
+pub use store::{format_ts, Credentials, Image, ImageState, Instance, InstanceState, SshKey, User};
+
+/// Copy the metadata database at `db` to `dest` with SQLite's online
+/// backup, and check the copy's integrity (`draupnir backup`).
+pub fn backup_database(
+    db: &std::path::Path,
+    dest: &std::path::Path,
+) -> std::result::Result<(), store::StoreError> {
+    Store::backup(db, dest)
+}
 
 /// Who is asking. Front doors build one from an authenticated identity.
 #[derive(Debug, Clone)]
@@ -61,9 +78,9 @@ impl Actor {
 /// Refuse to start when the instance user cannot reach a directory
 /// postmasters need; a check that cannot be made is logged, not fatal.
 fn reachable(
-    checked: std::result::Result<(), crate::postgres::reach::ReachError>,
+    checked: std::result::Result<(), crate::core::postgres::reach::ReachError>,
 ) -> std::result::Result<(), StartError> {
-    use crate::postgres::reach::ReachError;
+    use crate::core::postgres::reach::ReachError;
     match checked {
         Ok(()) => Ok(()),
         Err(ReachError::Blocked(b)) => Err(StartError::Unreachable(b)),
@@ -80,13 +97,13 @@ pub enum StartError {
     #[error("{0}")]
     Storage(#[from] loopback::LoopbackError),
     #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::core::store::StoreError),
     #[error("{0}")]
-    Cluster(#[from] crate::postgres::cluster::ClusterError),
+    Cluster(#[from] crate::core::postgres::cluster::ClusterError),
     /// The instance user cannot get to `data_path` or the postgres
     /// binaries (one line naming the directory and the `chmod`).
     #[error("{0}")]
-    Unreachable(Box<crate::postgres::reach::Blocked>),
+    Unreachable(Box<crate::core::postgres::reach::Blocked>),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -94,7 +111,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("max_instance_disk needs btrfs quotas: {0}")]
-    DiskLimits(#[source] crate::storage::btrfs::BtrfsError),
+    DiskLimits(#[source] crate::core::storage::btrfs::BtrfsError),
 }
 
 pub(crate) struct Inner {
@@ -146,7 +163,7 @@ impl Service {
         std::fs::create_dir_all(&logs).map_err(io_err("cannot create", &logs))?;
         let user = InstanceUser::ensure(&config.postgres.instance_user)?;
         // Before mounting anything: the way to data_path, and the binaries.
-        use crate::postgres::reach::{check, check_way};
+        use crate::core::postgres::reach::{check, check_way};
         reachable(check_way(&user, std::slice::from_ref(&config.data_path)))?;
         reachable(check(
             &user,
@@ -166,7 +183,10 @@ impl Service {
             .map_err(io_err("cannot create directories under", &config.data_path))?;
         reachable(check(
             &user,
-            &crate::postgres::reach::postmaster_dirs(&config.data_path, &config.postgres.bin_root),
+            &crate::core::postgres::reach::postmaster_dirs(
+                &config.data_path,
+                &config.postgres.bin_root,
+            ),
         ))?;
         let store = Store::open(&config.database_path())?;
         let (supervisor, events) = Supervisor::new(RestartPolicy::default());
@@ -227,7 +247,7 @@ impl Service {
                         tracing::error!(instance = id, %reason, "instance failed");
                         let _ = inner.store.set_instance_state(
                             id,
-                            crate::store::InstanceState::Failed,
+                            crate::core::store::InstanceState::Failed,
                             Some(&reason),
                         );
                         let _ = inner.store.set_instance_pid(id, None);

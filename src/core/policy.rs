@@ -7,9 +7,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Actor, CoreError, Result, Service};
-use crate::postgres::cluster::CLIENT_ROLE;
-use crate::postgres::pgconn;
-use crate::store::{ImageState, InstanceState};
+use crate::core::postgres::cluster::CLIENT_ROLE;
+use crate::core::postgres::pgconn;
+use crate::core::store::{ImageState, InstanceState};
 
 /// What an identity provider says of a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl Service {
             until = until.min(cap);
         }
         self.inner.store.set_instance_expiry(id, Some(until))?;
-        tracing::info!(instance = id, user = %actor.name, until = %crate::store::format_ts(until), "instance extended");
+        tracing::info!(instance = id, user = %actor.name, until = %crate::core::store::format_ts(until), "instance extended");
         Ok(until)
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Actor, ConnectionInfo, CoreError, Result, Service};
-use crate::store::{ImageState, InstanceState};
+use crate::core::store::{ImageState, InstanceState};
 
 /// How often the pool is checked when nothing wakes it.
 const REFILL_INTERVAL: Duration = Duration::from_secs(30);

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Service;
-use crate::postgres::process::{self, Postmaster};
-use crate::postgres::supervisor::Start;
-use crate::storage::btrfs;
-use crate::store::{ImageState, InstanceState};
+use crate::core::postgres::process::{self, Postmaster};
+use crate::core::postgres::supervisor::Start;
+use crate::core::storage::btrfs;
+use crate::core::store::{ImageState, InstanceState};
 
 /// What reconcile did, for the log and for tests.
 #[derive(Debug, Default, Clone)]

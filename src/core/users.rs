@@ -4,7 +4,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{Actor, CoreError, Result, Service};
-use crate::store::{SshKey, User};
+use crate::core::store::{SshKey, User};
 
 /// An OpenSSH public key line, checked for shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

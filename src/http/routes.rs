@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken, PathId};
 use super::AppState;
 use crate::core::{Actor, ConnectionInfo, InstanceRef};
-use crate::store::{Image, ImageState, Instance};
+use crate::core::{Image, ImageState, Instance};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -38,7 +38,7 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         );
     }
     let t = t.replace_nanosecond(0).unwrap_or(t);
-    crate::store::format_ts(t)
+    crate::core::format_ts(t)
 }
 
 fn image_doc(image: &Image) -> Value {
@@ -494,7 +494,7 @@ mod tests {
                 .to_offset(time::UtcOffset::UTC)
                 .replace_nanosecond(0)
                 .unwrap();
-            assert_eq!(timestamp(t), crate::store::format_ts(whole));
+            assert_eq!(timestamp(t), crate::core::format_ts(whole));
         }
     }
 }

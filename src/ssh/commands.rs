@@ -13,9 +13,8 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::format::{self, age, size, table};
+use crate::core::{format_ts, ImageState, Progress};
 use crate::core::{Actor, CoreError, Finalising, InstanceRef, Service, UploadTarget};
-use crate::postgres::finalise::Progress;
-use crate::store::{format_ts, ImageState};
 
 /// Who runs the command, and from where.
 #[derive(Clone)]

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::core::DiskUse;
-use crate::store::{format_ts, Image, Instance, SshKey, User};
+use crate::core::{format_ts, Image, Instance, SshKey, User};
 
 /// `3m ago`, `2h ago`, `5d ago`; `in 4h` for the future.
 pub fn age(t: OffsetDateTime) -> String {
@@ -97,7 +97,7 @@ pub fn image_json(i: &Image) -> Value {
     json!({
         "id": i.id,
         "state": i.state.as_str(),
-        "ready": i.state == crate::store::ImageState::Ready,
+        "ready": i.state == crate::core::ImageState::Ready,
         "failure_reason": i.failure_reason,
         "backed_up_at": ts(i.backed_up_at),
         "postgres_major": i.pg_major,

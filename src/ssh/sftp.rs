@@ -24,8 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::commands::Session;
 use super::paths::{self, PathError, VPath};
 use super::server::SessionSlot;
+use crate::core::ImageState;
 use crate::core::{CoreError, Upload, UploadTarget};
-use crate::store::ImageState;
 
 /// Largest SFTP packet a client may send (russh-sftp's limit).
 const MAX_PACKET: u32 = 256 * 1024;

@@ -15,8 +15,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use draupnir::config::Config;
+use draupnir::core::test_support::process;
 use draupnir::core::{Actor, ConnectionInfo, Service, UploadTarget};
-use draupnir::postgres::process;
 
 pub const ADMIN_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
@@ -77,8 +77,8 @@ pub fn initdb(data: &Path) {
 }
 
 fn instance_ids() -> (u32, u32) {
-    let u =
-        draupnir::postgres::cluster::InstanceUser::ensure(INSTANCE_USER).expect("instance user");
+    let u = draupnir::core::test_support::cluster::InstanceUser::ensure(INSTANCE_USER)
+        .expect("instance user");
     (u.uid, u.gid)
 }
 

@@ -55,7 +55,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
 /// One installed PostgreSQL major's binaries.
 #[derive(Debug, Clone)]
 pub struct PgBin {
-    pub major: u32,
     pub dir: PathBuf,
 }
 
@@ -135,7 +134,7 @@ pub fn installed_majors(bin_root: &Path) -> Vec<u32> {
 pub fn find_bin(bin_root: &Path, major: u32) -> Result<PgBin, ClusterError> {
     let dir = bin_root.join(major.to_string()).join("bin");
     if dir.join("postgres").exists() {
-        return Ok(PgBin { major, dir });
+        return Ok(PgBin { dir });
     }
     let installed = installed_majors(bin_root)
         .iter()

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -23,6 +23,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+#[cfg(test)]
 /// Default interval between attempts in [`wait_ready_tls`].
 pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -63,6 +64,7 @@ pub enum PgConnError {
         code: String,
         message: String,
     },
+    #[cfg(test)]
     /// [`wait_ready_tls`] ran out of time; `last` is the last attempt's error.
     #[error("{target} not ready after {waited:?} ({attempts} attempts); last error: {last}")]
     NotReady {
@@ -82,6 +84,7 @@ impl PgConnError {
         matches!(self, PgConnError::Auth { .. })
     }
 
+    #[cfg(test)]
     /// No server could be talked to (refused, unreachable, timed out, or
     /// never became ready).
     pub fn is_unreachable(&self) -> bool {
@@ -93,6 +96,7 @@ impl PgConnError {
         )
     }
 
+    #[cfg(test)]
     /// The error message the server sent, if it sent one.
     pub fn server_message(&self) -> Option<&str> {
         match self {
@@ -104,6 +108,7 @@ impl PgConnError {
         }
     }
 
+    #[cfg(test)]
     /// The SQLSTATE code the server sent, if it sent one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -113,6 +118,7 @@ impl PgConnError {
         }
     }
 
+    #[cfg(test)]
     /// Whether retrying the same attempt could plausibly succeed.
     fn is_terminal(&self) -> bool {
         matches!(self, PgConnError::Auth { .. } | PgConnError::TlsConfig(_))
@@ -161,6 +167,7 @@ impl PgConnError {
     }
 }
 
+#[cfg(test)]
 /// PEM material for a verify-ca TLS connection with a client certificate.
 #[derive(Clone, Copy)]
 pub struct ClientCert<'a> {
@@ -169,6 +176,7 @@ pub struct ClientCert<'a> {
     pub key_pem: &'a str,
 }
 
+#[cfg(test)]
 impl std::fmt::Debug for ClientCert<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCert").finish_non_exhaustive()
@@ -321,6 +329,7 @@ pub async fn connect_unix_with(
     run_connect(&target, timeout, config.connect(NoTls)).await
 }
 
+#[cfg(test)]
 /// Polls [`connect_tls`] every [`READY_POLL_INTERVAL`] until it succeeds or
 /// `deadline` (measured from the call) passes; returns the connected client.
 /// Stops early on an authentication refusal or unusable PEM, since retrying
@@ -345,6 +354,7 @@ pub async fn wait_ready_tls(
     .await
 }
 
+#[cfg(test)]
 /// [`wait_ready_tls`] with an explicit poll interval.
 pub async fn wait_ready_tls_every(
     host: &str,
@@ -356,7 +366,7 @@ pub async fn wait_ready_tls_every(
     interval: Duration,
 ) -> Result<Client, PgConnError> {
     let tls = tls_connector(cert.ca_pem, Some((cert.cert_pem, cert.key_pem)))?;
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -543,6 +553,7 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
 
     const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
     const PG_USER: &str = "pgtest";

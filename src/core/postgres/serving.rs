@@ -111,10 +111,6 @@ impl ServingCheck {
         }
     }
 
-    pub fn addresses(&self) -> &[IpAddr] {
-        &self.addresses
-    }
-
     /// Wait until `pm` accepts a certificate-authenticated TLS connection
     /// on every client address. Fails early when it exits, or when it
     /// serves some addresses and stays silent on another (deaf).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::core::store::Store;
 
 /// One check's verdict.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +140,7 @@ pub fn run_with(config: &Config, config_path: &Path) -> Vec<Check> {
 fn data_path(config: &Config) -> Check {
     const NAME: &str = "data_path";
     let path = &config.data_path;
-    let btrfs = crate::storage::btrfs::is_btrfs(path).unwrap_or(false);
+    let btrfs = crate::core::storage::btrfs::is_btrfs(path).unwrap_or(false);
     if !btrfs {
         return match config.loopback_size {
             Some(size) => pass(
@@ -149,7 +149,7 @@ fn data_path(config: &Config) -> Check {
                     "{} is not on btrfs; a {} byte loopback file {} is mounted there at start",
                     path.display(),
                     size.0,
-                    crate::storage::loopback::loopback_file(&config.state_path).display()
+                    crate::core::storage::loopback::loopback_file(&config.state_path).display()
                 ),
             ),
             None => fail(
@@ -205,14 +205,14 @@ fn free_space(config: &Config) -> Check {
     // `min_free_space` guards the btrfs file system at data_path. Until
     // there is one, the host's own free space says nothing about it: with
     // a loopback file, what matters is room for that file to grow.
-    if !crate::storage::btrfs::is_btrfs(&config.data_path).unwrap_or(false) {
+    if !crate::core::storage::btrfs::is_btrfs(&config.data_path).unwrap_or(false) {
         let Some(size) = config.loopback_size else {
             return pass(
                 NAME,
                 "not checked: data_path is not on btrfs (see data_path)",
             );
         };
-        let file = crate::storage::loopback::loopback_file(&config.state_path);
+        let file = crate::core::storage::loopback::loopback_file(&config.state_path);
         let at = existing(&file);
         let used = std::fs::metadata(&file)
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
@@ -278,7 +278,7 @@ fn postgres(config: &Config) -> Check {
             "apt-get install postgresql (any supported major), or set [postgres] bin_root to the directory holding <major>/bin/postgres",
         );
     }
-    let majors = crate::postgres::cluster::installed_majors(root);
+    let majors = crate::core::postgres::cluster::installed_majors(root);
     if majors.is_empty() {
         return fail(
             NAME,
@@ -322,10 +322,10 @@ fn image_majors(config: &Config, store: &Store) -> Check {
         Ok(i) => i,
         Err(e) => return fail(NAME, e.to_string(), "see the sqlite check"),
     };
-    let installed = crate::postgres::cluster::installed_majors(&config.postgres.bin_root);
+    let installed = crate::core::postgres::cluster::installed_majors(&config.postgres.bin_root);
     let mut missing: Vec<String> = images
         .iter()
-        .filter(|i| i.state == crate::store::ImageState::Ready)
+        .filter(|i| i.state == crate::core::store::ImageState::Ready)
         .filter_map(|i| i.pg_major.map(|m| (i.id, m)))
         .filter(|(_, m)| !installed.contains(m))
         .map(|(id, m)| format!("image {id} needs PostgreSQL {m}"))
@@ -368,7 +368,7 @@ fn instance_user(config: &Config) -> Check {
 
 /// Can this kernel box postmasters the way `[postgres] confinement` says?
 fn confinement(config: &Config) -> Check {
-    use crate::postgres::sandbox::{self, Confinement};
+    use crate::core::postgres::sandbox::{self, Confinement};
     const NAME: &str = "confinement";
     let support = sandbox::probe();
     match config.postgres.confinement {
@@ -389,13 +389,13 @@ fn confinement(config: &Config) -> Check {
 }
 
 /// Can the instance user get to every directory a postmaster needs?
-/// Asked as that user (see [`crate::postgres::reach`]).
+/// Asked as that user (see [`crate::core::postgres::reach`]).
 fn instance_access(config: &Config) -> Check {
-    use crate::postgres::reach::{check, postmaster_dirs, ReachError};
+    use crate::core::postgres::reach::{check, postmaster_dirs, ReachError};
     const NAME: &str = "instance access";
     let name = &config.postgres.instance_user;
     let user = match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => crate::postgres::cluster::InstanceUser {
+        Ok(Some(u)) => crate::core::postgres::cluster::InstanceUser {
             name: name.clone(),
             uid: u.uid.as_raw(),
             gid: u.gid.as_raw(),
@@ -422,7 +422,7 @@ fn instance_access(config: &Config) -> Check {
 
 /// With `max_instance_disk` set: can btrfs quotas enforce it?
 fn disk_limits(config: &Config) -> Option<Check> {
-    use crate::storage::btrfs::{self, QuotaMode};
+    use crate::core::storage::btrfs::{self, QuotaMode};
     const NAME: &str = "disk limits";
     let limit = config.max_instance_disk.filter(|s| s.0 > 0)?;
     let release = nix::sys::utsname::uname()
@@ -474,7 +474,7 @@ fn sqlite(config: &Config, checks: &mut Vec<Check>) -> Option<Store> {
         path.display()
     );
     if !path.exists() {
-        let layout = crate::storage::layout::Layout::new(&config.data_path);
+        let layout = crate::core::storage::layout::Layout::new(&config.data_path);
         let volumes: usize = [layout.snapshots(), layout.instances(), layout.uploads()]
             .iter()
             .map(|d| std::fs::read_dir(d).map(|rd| rd.count()).unwrap_or(0))
@@ -509,7 +509,7 @@ fn sqlite(config: &Config, checks: &mut Vec<Check>) -> Option<Store> {
     });
     match verdict {
         Ok((r, version)) if r == "ok" => {
-            let known = crate::store::MIGRATIONS.len() as i64;
+            let known = crate::core::store::MIGRATIONS.len() as i64;
             if version > known {
                 checks.push(fail(
                     NAME,
@@ -794,15 +794,18 @@ fn host_key(config: &Config) -> Check {
 fn clock() -> Check {
     const NAME: &str = "clock";
     let build_year: i32 = env!("DRAUPNIR_BUILD_YEAR").parse().unwrap_or(1970);
-    let now = crate::store::now();
+    let now = crate::core::store::now();
     if now.year() >= build_year {
-        pass(NAME, format!("{} (UTC)", crate::store::format_ts(now)))
+        pass(
+            NAME,
+            format!("{} (UTC)", crate::core::store::format_ts(now)),
+        )
     } else {
         fail(
             NAME,
             format!(
                 "{} is before this build's year ({build_year})",
-                crate::store::format_ts(now)
+                crate::core::store::format_ts(now)
             ),
             "set the clock (timedatectl set-ntp true); certificates and TTLs depend on it",
         )

@@ -77,7 +77,7 @@ pub enum ReachError {
 /// its three volume directories, `bin_root` and each installed major's
 /// `bin`.
 pub fn postmaster_dirs(data_path: &Path, bin_root: &Path) -> Vec<PathBuf> {
-    let layout = crate::storage::layout::Layout::new(data_path);
+    let layout = crate::core::storage::layout::Layout::new(data_path);
     let mut dirs = vec![
         data_path.to_owned(),
         layout.uploads(),

@@ -149,18 +149,9 @@ impl Supervisor {
         *pid
     }
 
-    pub fn is_watched(&self, id: i64) -> bool {
-        self.lock().contains_key(&id)
-    }
-
-    /// Stop instance `id`'s postmaster and forget it. Returns when the
-    /// process is gone.
-    pub async fn stop(&self, id: i64) {
-        self.shutdown(id, Shutdown::Fast).await
-    }
-
-    /// [`Supervisor::stop`] with the given shutdown mode (immediate for an
-    /// instance whose data is about to be deleted).
+    /// Stop instance `id`'s postmaster the given way (immediate for an
+    /// instance whose data is about to be deleted) and forget it. Returns
+    /// when the process is gone.
     pub async fn shutdown(&self, id: i64, mode: Shutdown) {
         let watched = self.lock().remove(&id);
         if let Some(w) = watched {

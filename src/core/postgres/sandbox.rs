@@ -45,18 +45,7 @@ const TARGET: ABI = ABI::V10;
 /// does not hold, so [`Confinement::Landlock`] refuses to start.
 const REQUIRED: ABI = ABI::V1;
 
-/// How postmasters are confined (`[postgres] confinement`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Confinement {
-    /// Each postmaster in its own Landlock box; refuse to start one when
-    /// the kernel cannot.
-    #[default]
-    Landlock,
-    /// No box: every postmaster can reach everything the instance user
-    /// can. For kernels without Landlock, knowingly.
-    None,
-}
+pub use crate::config::Confinement;
 
 /// Why a box could not be prepared or entered.
 #[derive(Debug, thiserror::Error)]

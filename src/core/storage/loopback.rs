@@ -101,9 +101,3 @@ pub fn ensure_btrfs(
     }
     Ok(Mounted::Loopback { file, created })
 }
-
-/// Unmount a loopback-mounted `data_path` (the loop device is released
-/// with it). Used by tests and `doctor`-style tooling.
-pub fn unmount(data_path: &Path) -> Result<(), LoopbackError> {
-    run(Command::new("umount").arg(data_path))
-}

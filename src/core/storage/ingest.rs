@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use rustix::fs::{Gid, Mode, OFlags, ResolveFlags, Uid};
-use tokio::io::{AsyncRead, AsyncReadExt};
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -242,6 +242,7 @@ impl ChunkSender {
     }
 
     /// True once the extractor has stopped reading.
+    #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -284,12 +285,14 @@ pub fn spawn_write_plain(
 }
 
 /// Copies an `AsyncRead` to completion through [`spawn_extract`].
-pub async fn extract_async<R: AsyncRead + Unpin>(
+#[cfg(test)]
+pub async fn extract_async<R: tokio::io::AsyncRead + Unpin>(
     mut source: R,
     root: PathBuf,
     subdir: PathBuf,
     opts: Options,
 ) -> Result<Report, IngestError> {
+    use tokio::io::AsyncReadExt;
     let (tx, handle) = spawn_extract(root, subdir, opts);
     loop {
         let mut chunk = vec![0u8; COPY_BUF];
@@ -312,6 +315,7 @@ pub async fn extract_async<R: AsyncRead + Unpin>(
     join(handle).await
 }
 
+#[cfg(test)]
 async fn join(handle: JoinHandle<Result<Report, IngestError>>) -> Result<Report, IngestError> {
     match handle.await {
         Ok(result) => result,
