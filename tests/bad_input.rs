@@ -374,23 +374,23 @@ async fn wrong_ids_and_roles() {
     let svc = env.svc();
     let bob = env.user("bob");
     assert!(matches!(
-        svc.image(&admin, 424242),
+        svc.image(&admin, ImageId::new(424242)),
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        svc.finalise_image(&admin, 424242, None).await,
+        svc.finalise_image(&admin, ImageId::new(424242), None).await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        svc.destroy_image(&admin, 424242, true).await,
+        svc.destroy_image(&admin, ImageId::new(424242), true).await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        svc.destroy_instance(&admin, 424242).await,
+        svc.destroy_instance(&admin, InstanceId::new(424242)).await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        svc.ingest(&admin, 424242, UploadTarget::Stream, &b""[..])
+        svc.ingest(&admin, ImageId::new(424242), UploadTarget::Stream, &b""[..])
             .await,
         Err(CoreError::NotFound { .. })
     ));

@@ -276,7 +276,7 @@ async fn instances_are_cheap_and_ports_unique_and_authorised() {
         Err(CoreError::AdminOnly(_))
     ));
     assert!(matches!(
-        svc.create_instance(&bob, InstanceRef::Id(9999)).await,
+        svc.create_instance(&bob, InstanceRef::Id(ImageId::new(9999))).await,
         Err(CoreError::NotFound { .. })
     ));
     // The image has instances: refused unless cascading.

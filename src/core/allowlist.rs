@@ -3,6 +3,7 @@
 //! and every `whitelist_reconcile_interval`). A firewall failure is logged
 //! and retried; it never fails a user's request.
 
+use crate::core::model::InstanceId;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -53,7 +54,7 @@ impl Service {
 
     /// Allow `addr` to reach instance `id` (the owner, for a colleague or a
     /// CI runner; front doors also call it with the client's address).
-    pub fn allow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<IpAddr> {
+    pub fn allow_address(&self, actor: &Actor, id: InstanceId, addr: IpAddr) -> Result<IpAddr> {
         self.owned_instance_for(actor, id)?;
         let addr = allowable(addr)?;
         self.inner.store.record_address(id, &addr.to_string())?;
@@ -62,7 +63,7 @@ impl Service {
     }
 
     /// Take an address off an instance's allow-list.
-    pub fn disallow_address(&self, actor: &Actor, id: i64, addr: IpAddr) -> Result<()> {
+    pub fn disallow_address(&self, actor: &Actor, id: InstanceId, addr: IpAddr) -> Result<()> {
         self.owned_instance_for(actor, id)?;
         let addr = allowable(addr)?;
         if !self.inner.store.delete_address(id, &addr.to_string())? {

@@ -6,6 +6,7 @@
 //! limit finish crash recovery (a short reserve above the limit, withdrawn
 //! once the instance is below its limit again). See docs/disk-limits.md.
 
+use crate::core::model::InstanceId;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -153,7 +154,7 @@ impl Service {
     /// Disk use of the given instances (ids whose subvolume is missing are
     /// left out). Empty when quotas are off. As of the file system's last
     /// commit (a few seconds at most).
-    pub fn instance_disk_use(&self, ids: &[i64]) -> HashMap<i64, DiskUse> {
+    pub fn instance_disk_use(&self, ids: &[InstanceId]) -> HashMap<InstanceId, DiskUse> {
         let root = self.inner.layout.root();
         let usage = match btrfs::qgroup_usage(root) {
             Ok(u) if !u.is_empty() => u,
@@ -225,7 +226,7 @@ impl Service {
                 let want = limit.max(used) + recovery_reserve(limit);
                 if ceiling.is_none_or(|c| c < want.saturating_sub(AT_LIMIT_SLACK)) {
                     tracing::warn!(
-                        instance = inst.id,
+                        instance = %inst.id,
                         used,
                         limit,
                         "postgres stopped at its disk limit; room to recover"
@@ -248,7 +249,7 @@ impl Service {
             };
             if ceiling != Some(want) {
                 if let Err(e) = btrfs::set_exclusive_limit(root, subvol, Some(want)) {
-                    tracing::warn!(instance = inst.id, error = %e, "setting the disk limit");
+                    tracing::warn!(instance = %inst.id, error = %e, "setting the disk limit");
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The core's errors: what went wrong, in words a front door can show as
 //! one line. Front doors map each variant once to their own status codes.
 
+use crate::core::model::{ImageId, InstanceId};
 use crate::core::storage::ingest::IngestError;
 use crate::core::store::StoreError;
 
@@ -13,17 +14,17 @@ pub enum CoreError {
     /// An instance's key material goes to its owner only (admins and the
     /// upload user may see and destroy it, never connect as its owner).
     #[error("instance {id} is {owner}'s; only its owner gets its credentials")]
-    NotOwner { id: i64, owner: String },
+    NotOwner { id: InstanceId, owner: String },
     /// One upload stream at a time per image.
     #[error("image {id} is already receiving an upload (started {secs}s ago); wait for it to end")]
-    UploadBusy { id: i64, secs: u64 },
+    UploadBusy { id: ImageId, secs: u64 },
     #[error("image {id} is not ready (state: {state})")]
-    ImageNotReady { id: i64, state: &'static str },
+    ImageNotReady { id: ImageId, state: &'static str },
     /// The image is being destroyed: nothing new is made from it.
     #[error("image {id} is being destroyed")]
-    ImageDestroying { id: i64 },
+    ImageDestroying { id: ImageId },
     #[error("image {id} has {count} instance(s); destroy them first")]
-    ImageHasInstances { id: i64, count: usize },
+    ImageHasInstances { id: ImageId, count: usize },
     #[error("{0}")]
     InvalidState(String),
     #[error("{0}")]

@@ -8,6 +8,7 @@
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
 
+use crate::core::model::UserId;
 use super::{Actor, CoreError, Result, Service};
 use crate::config::Environment;
 
@@ -47,7 +48,7 @@ impl Service {
     /// The warm pool's user, created on first use: not an admin, no key,
     /// token or e-mail. One that has a way in (made before the name was
     /// reserved) is refused rather than trusted with warm instances.
-    pub(crate) fn pool_user_id(&self) -> Result<i64> {
+    pub(crate) fn pool_user_id(&self) -> Result<UserId> {
         let store = &self.inner.store;
         match store.user_by_name(POOL_USER)? {
             Some(u) => {
@@ -114,7 +115,7 @@ impl Service {
     /// views (metrics). Never handed to a client.
     pub(crate) fn system_actor(&self) -> Actor {
         Actor {
-            user_id: 0,
+            user_id: UserId::new(0),
             name: "draupnir".into(),
             admin: true,
         }

@@ -16,6 +16,7 @@
 //! starts warm instances) only ever *tries* an image's lock, so it never
 //! waits behind a destroy that waits for it.
 
+use crate::core::model::ImageId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -26,10 +27,10 @@ use crate::core::store::{Image, ImageState};
 
 /// One lock per image id (ids are never reused).
 #[derive(Default)]
-pub(crate) struct ImageLocks(Mutex<HashMap<i64, Arc<RwLock<()>>>>);
+pub(crate) struct ImageLocks(Mutex<HashMap<ImageId, Arc<RwLock<()>>>>);
 
 impl ImageLocks {
-    fn get(&self, id: i64) -> Arc<RwLock<()>> {
+    fn get(&self, id: ImageId) -> Arc<RwLock<()>> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -40,7 +41,7 @@ impl ImageLocks {
 
     /// The image is gone: its lock is not needed any more (holders keep
     /// their own reference).
-    fn forget(&self, id: i64) {
+    fn forget(&self, id: ImageId) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 }
@@ -63,7 +64,7 @@ fn usable(image: Image) -> Result<Image> {
 impl Service {
     /// Hold image `id` shared, once it is ready; waits while it is being
     /// destroyed only to report that it was.
-    pub(crate) async fn hold_ready_image(&self, id: i64) -> Result<(ImageHold, Image)> {
+    pub(crate) async fn hold_ready_image(&self, id: ImageId) -> Result<(ImageHold, Image)> {
         // Refused at once when it is already known to be going.
         usable(self.image_or_404(id)?)?;
         let hold = self.inner.image_locks.get(id).read_owned().await;
@@ -73,7 +74,7 @@ impl Service {
 
     /// [`Service::hold_ready_image`] without waiting: `None` when the image
     /// is being destroyed (or someone waits to), is not ready, or is gone.
-    pub(crate) fn try_hold_ready_image(&self, id: i64) -> Option<(ImageHold, Image)> {
+    pub(crate) fn try_hold_ready_image(&self, id: ImageId) -> Option<(ImageHold, Image)> {
         let hold = self.inner.image_locks.get(id).try_read_owned().ok()?;
         let image = usable(self.inner.store.image(id).ok()??).ok()?;
         Some((hold, image))
@@ -81,11 +82,11 @@ impl Service {
 
     /// Hold image `id` exclusively: every create from it that is under way
     /// has ended, and none starts until this is dropped.
-    pub(crate) async fn hold_image_exclusively(&self, id: i64) -> OwnedRwLockWriteGuard<()> {
+    pub(crate) async fn hold_image_exclusively(&self, id: ImageId) -> OwnedRwLockWriteGuard<()> {
         self.inner.image_locks.get(id).write_owned().await
     }
 
-    pub(crate) fn forget_image_lock(&self, id: i64) {
+    pub(crate) fn forget_image_lock(&self, id: ImageId) {
         self.inner.image_locks.forget(id);
     }
 }

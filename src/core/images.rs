@@ -1,5 +1,6 @@
 //! Images: create, upload into, finalise, list and destroy.
 
+use crate::core::model::ImageId;
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 
@@ -84,7 +85,7 @@ fn plan(target: &UploadTarget) -> Result<Plan> {
 /// client went away mid-upload).
 pub struct Upload {
     service: Service,
-    image_id: i64,
+    image_id: ImageId,
     sender: Option<ChunkSender>,
     handle: Option<tokio::task::JoinHandle<std::result::Result<Report, IngestError>>>,
     /// Time [`Upload::write`] waited for room in the extractor's queue
@@ -94,7 +95,7 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn image_id(&self) -> i64 {
+    pub fn image_id(&self) -> ImageId {
         self.image_id
     }
 
@@ -130,7 +131,7 @@ impl Upload {
             Err(e) => Err(CoreError::Internal(format!("upload task: {e}"))),
         };
         tracing::debug!(
-            image = self.image_id,
+            image = %self.image_id,
             total_ms = self.started.elapsed().as_millis() as u64,
             queue_full_ms = self.blocked.as_millis() as u64,
             drain_ms = t.elapsed().as_millis() as u64,
@@ -187,7 +188,7 @@ impl Drop for Upload {
 }
 
 impl Service {
-    pub(crate) fn image_or_404(&self, id: i64) -> Result<Image> {
+    pub(crate) fn image_or_404(&self, id: ImageId) -> Result<Image> {
         self.inner
             .store
             .image(id)?
@@ -202,7 +203,7 @@ impl Service {
         Ok(self.inner.store.images()?)
     }
 
-    pub fn image(&self, _actor: &Actor, id: i64) -> Result<Image> {
+    pub fn image(&self, _actor: &Actor, id: ImageId) -> Result<Image> {
         self.image_or_404(id)
     }
 
@@ -239,7 +240,7 @@ impl Service {
             let _ = self.inner.store.delete_image(image.id);
             return Err(e);
         }
-        tracing::info!(image = image.id, user = %actor.name, "image created");
+        tracing::info!(image = %image.id, user = %actor.name, "image created");
         Ok(image)
     }
 
@@ -250,7 +251,7 @@ impl Service {
     /// [`CoreError::UploadBusy`] and the first goes on. A client uploading
     /// several files (`scp -r`, SFTP `put -r`) sends them one after the
     /// other, each its own stream.
-    pub fn begin_upload(&self, actor: &Actor, id: i64, target: UploadTarget) -> Result<Upload> {
+    pub fn begin_upload(&self, actor: &Actor, id: ImageId, target: UploadTarget) -> Result<Upload> {
         actor.require_admin("uploading images")?;
         let image = self.image_or_404(id)?;
         let plan = plan(&target)?;
@@ -311,7 +312,7 @@ impl Service {
 
     /// Create an (empty) directory in an uploading image (`scp -r`, SFTP
     /// `mkdir`).
-    pub fn upload_mkdir(&self, actor: &Actor, id: i64, rel: &std::path::Path) -> Result<()> {
+    pub fn upload_mkdir(&self, actor: &Actor, id: ImageId, rel: &std::path::Path) -> Result<()> {
         actor.require_admin("uploading images")?;
         let image = self.image_or_404(id)?;
         if image.state != ImageState::Uploading {
@@ -326,7 +327,7 @@ impl Service {
 
     /// Make a failed (or stuck uploading) image take a fresh upload: its
     /// upload directory is emptied and it is `uploading` again.
-    pub fn reset_upload(&self, actor: &Actor, id: i64) -> Result<Image> {
+    pub fn reset_upload(&self, actor: &Actor, id: ImageId) -> Result<Image> {
         actor.require_admin("resetting uploads")?;
         let image = self.image_or_404(id)?;
         match image.state {
@@ -348,7 +349,7 @@ impl Service {
         btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;
         self.make_upload_dir(&dir)?;
         self.inner.store.reset_upload(id)?;
-        tracing::info!(image = id, user = %actor.name, "upload reset");
+        tracing::info!(image = %id, user = %actor.name, "upload reset");
         self.image_or_404(id)
     }
 
@@ -373,7 +374,7 @@ impl Service {
     pub async fn ingest<R: AsyncRead + Unpin>(
         &self,
         actor: &Actor,
-        id: i64,
+        id: ImageId,
         target: UploadTarget,
         mut reader: R,
     ) -> Result<Report> {
@@ -399,7 +400,7 @@ impl Service {
     /// The stream into image `id` ended: record the outcome, then let the
     /// next stream in (in that order, so the next one sees the image as
     /// this one left it).
-    fn end_upload(&self, id: i64, outcome: &Result<Report>) {
+    fn end_upload(&self, id: ImageId, outcome: &Result<Report>) {
         self.record_upload(id, outcome);
         self.inner
             .uploads
@@ -408,19 +409,19 @@ impl Service {
             .remove(&id);
     }
 
-    fn record_upload(&self, id: i64, outcome: &Result<Report>) {
+    fn record_upload(&self, id: ImageId, outcome: &Result<Report>) {
         match outcome {
             Ok(report) => {
                 let _ = self.inner.store.end_upload(id, report.bytes_written);
                 tracing::info!(
-                    image = id,
+                    image = %id,
                     bytes = report.bytes_written,
                     entries = report.entries,
                     "upload finished"
                 );
             }
             Err(e) => {
-                tracing::warn!(image = id, error = %e, "upload refused");
+                tracing::warn!(image = %id, error = %e, "upload refused");
                 let _ = self.inner.store.fail_image(id, &e.to_string());
                 let _ = btrfs::delete_subvolume(&self.inner.layout.upload(id));
             }
@@ -433,7 +434,7 @@ impl Service {
     pub async fn finalise_image(
         &self,
         actor: &Actor,
-        id: i64,
+        id: ImageId,
         progress: Option<FinaliseProgress>,
     ) -> Result<Image> {
         match self.start_finalise(actor, id, progress)? {
@@ -447,7 +448,7 @@ impl Service {
     /// [`Service::finalise_image`] for clients that retry: when the image
     /// is already being finalised (an earlier request went away), wait for
     /// that finalise to end and answer with its outcome.
-    pub async fn finalise_or_wait(&self, actor: &Actor, id: i64) -> Result<Image> {
+    pub async fn finalise_or_wait(&self, actor: &Actor, id: ImageId) -> Result<Image> {
         match self.finalise_image(actor, id, None).await {
             Err(CoreError::InvalidState(msg)) => loop {
                 let image = self.image_or_404(id)?;
@@ -470,7 +471,7 @@ impl Service {
     }
 
     /// Images with an upload streaming in or a finalise running.
-    pub fn busy_images(&self) -> Result<Vec<i64>> {
+    pub fn busy_images(&self) -> Result<Vec<ImageId>> {
         Ok(self
             .inner
             .store
@@ -485,7 +486,7 @@ impl Service {
     /// for running uploads and finalises (and a warm instance being
     /// started) to end. Returns the images still busy when time ran out
     /// (start-up reconcile marks them failed).
-    pub async fn drain(&self, grace: std::time::Duration) -> Vec<i64> {
+    pub async fn drain(&self, grace: std::time::Duration) -> Vec<ImageId> {
         let deadline = tokio::time::Instant::now() + grace;
         // No new warm instance from now on; one being started may finish.
         self.stop_pool(deadline).await;
@@ -506,7 +507,7 @@ impl Service {
     pub fn start_finalise(
         &self,
         actor: &Actor,
-        id: i64,
+        id: ImageId,
         progress: Option<FinaliseProgress>,
     ) -> Result<Finalising> {
         actor.require_admin("finalising images")?;
@@ -541,7 +542,7 @@ impl Service {
                 "image {id} changed state; try again"
             )));
         }
-        tracing::info!(image = id, user = %actor.name, "finalise started");
+        tracing::info!(image = %id, user = %actor.name, "finalise started");
         let svc = self.clone();
         Ok(Finalising::Started(tokio::spawn(async move {
             svc.run_finalise(id, image, progress).await
@@ -550,7 +551,7 @@ impl Service {
 
     async fn run_finalise(
         &self,
-        id: i64,
+        id: ImageId,
         image: Image,
         progress: Option<FinaliseProgress>,
     ) -> Result<Image> {
@@ -571,7 +572,7 @@ impl Service {
         };
         let report = |p: Progress| {
             if let Progress::Step(s) = &p {
-                tracing::debug!(image = id, step = %s, "finalise");
+                tracing::debug!(image = %id, step = %s, "finalise");
             }
             if let Some(cb) = &progress {
                 cb(p);
@@ -587,11 +588,11 @@ impl Service {
         match outcome {
             Ok(()) => {
                 tracing::info!(
-                    image = id,
+                    image = %id,
                     ms = started.elapsed().as_millis() as u64,
                     "image ready"
                 );
-                report(Progress::Step("ready".into()));
+                report(Progress::Done);
                 if let Err(e) = self.rotate_images().await {
                     tracing::warn!(error = %e, "image rotation failed");
                 }
@@ -599,7 +600,7 @@ impl Service {
                 self.image_or_404(id)
             }
             Err(reason) => {
-                tracing::warn!(image = id, %reason, "finalise failed");
+                tracing::warn!(image = %id, %reason, "finalise failed");
                 self.inner.store.fail_image(id, &reason)?;
                 let _ = btrfs::delete_subvolume(&upload);
                 let _ = btrfs::delete_subvolume(&self.inner.layout.snapshot(id));
@@ -612,7 +613,7 @@ impl Service {
     /// deleted in the background: nothing reads it any more, deleting it
     /// costs a btrfs transaction (tens of milliseconds), and whatever a
     /// restart cuts off, reconcile deletes (a ready image keeps no upload).
-    fn seal_image(&self, id: i64, major: u32) -> Result<()> {
+    fn seal_image(&self, id: ImageId, major: u32) -> Result<()> {
         let upload = self.inner.layout.upload(id);
         let snap = self.inner.layout.snapshot(id);
         let size = btrfs::apparent_size(&upload);
@@ -620,7 +621,7 @@ impl Service {
         self.inner.store.set_image_ready(id, major, size)?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = btrfs::delete_subvolume(&upload) {
-                tracing::warn!(image = id, error = %e, "deleting the sealed upload failed");
+                tracing::warn!(image = %id, error = %e, "deleting the sealed upload failed");
             }
         });
         Ok(())
@@ -629,11 +630,11 @@ impl Service {
     /// Destroy an image. With `cascade` its instances are destroyed first;
     /// without, an image with instances is refused (its warm pool does not
     /// count: it always goes with the image).
-    pub async fn destroy_image(&self, actor: &Actor, id: i64, cascade: bool) -> Result<()> {
+    pub async fn destroy_image(&self, actor: &Actor, id: ImageId, cascade: bool) -> Result<()> {
         actor.require_admin("destroying images")?;
         self.image_or_404(id)?;
         self.destroy_image_unchecked(id, cascade).await?;
-        tracing::info!(image = id, user = %actor.name, "image destroyed");
+        tracing::info!(image = %id, user = %actor.name, "image destroyed");
         Ok(())
     }
 
@@ -643,7 +644,7 @@ impl Service {
     /// files and row go. Without `cascade`, an image that has instances
     /// (other than warm ones) once the lock is held is refused and left
     /// as it was.
-    pub(crate) async fn destroy_image_unchecked(&self, id: i64, cascade: bool) -> Result<()> {
+    pub(crate) async fn destroy_image_unchecked(&self, id: ImageId, cascade: bool) -> Result<()> {
         let _only_us = self.hold_image_exclusively(id).await;
         let image = self.image_or_404(id)?;
         if image.state == ImageState::Finalising {
@@ -679,7 +680,7 @@ impl Service {
     /// none of them is handed over meanwhile), then — with no instance
     /// left — its snapshot and upload, then its row. A failure leaves it
     /// `destroying`, to be finished by the next attempt or restart.
-    pub(crate) async fn finish_image_destroy(&self, id: i64) -> Result<()> {
+    pub(crate) async fn finish_image_destroy(&self, id: ImageId) -> Result<()> {
         let instances = self.inner.store.instances(None, Some(id))?;
         for inst in instances.iter().filter(|i| i.pooled) {
             self.inner.store.retire_pooled_instance(inst.id)?;
@@ -702,7 +703,7 @@ impl Service {
     }
 
     /// Where an image's files are (tests, diagnostics).
-    pub fn image_path(&self, id: i64) -> (PathBuf, PathBuf) {
+    pub fn image_path(&self, id: ImageId) -> (PathBuf, PathBuf) {
         (self.inner.layout.upload(id), self.inner.layout.snapshot(id))
     }
 }

@@ -1,5 +1,6 @@
 //! Instances: create (flow 4), show, credentials (flow 5), destroy (flow 6).
 
+use crate::core::model::{ImageId, InstanceId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::core::store::{Credentials, Image, Instance, InstanceState, StoreError
 /// Which image a new instance comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceRef {
-    Id(i64),
+    Id(ImageId),
     /// The newest ready image.
     Latest,
 }
@@ -51,7 +52,7 @@ pub struct ConnectionInfo {
 /// Releases an instance id's lock when dropped.
 struct IdLock<'a> {
     service: &'a Service,
-    id: i64,
+    id: InstanceId,
 }
 
 impl Drop for IdLock<'_> {
@@ -66,7 +67,7 @@ impl Drop for IdLock<'_> {
 }
 
 impl Service {
-    async fn lock_instance(&self, id: i64) -> IdLock<'_> {
+    async fn lock_instance(&self, id: InstanceId) -> IdLock<'_> {
         loop {
             {
                 let mut set = self
@@ -83,7 +84,7 @@ impl Service {
     }
 
     /// The postmaster command for an instance.
-    pub(crate) fn instance_spec(&self, id: i64, port: u16, major: u32) -> Result<PostmasterSpec> {
+    pub(crate) fn instance_spec(&self, id: InstanceId, port: u16, major: u32) -> Result<PostmasterSpec> {
         let bin = cluster::find_bin(&self.config().postgres.bin_root, major)
             .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let datadir = self.inner.layout.instance(id);
@@ -119,7 +120,7 @@ impl Service {
         let cfg = self.config();
         let tls = pgconn::tls_connector(
             &creds.ca_certificate,
-            Some((&creds.client_certificate, &creds.client_key)),
+            Some((&creds.client_certificate, creds.client_key.expose())),
         )
         .map_err(|e| CoreError::Internal(e.to_string()))?;
         Ok(ServingCheck::new(
@@ -164,7 +165,7 @@ impl Service {
         self.check_user_quota(actor)?;
         let token = opts.oauth_refresh_token.as_deref();
         if let Some(info) = self.hand_over(actor, image.id, ttl, token)? {
-            tracing::info!(instance = info.instance.id, image = image.id, port = info.port, user = %actor.name,
+            tracing::info!(instance = %info.instance.id, image = %image.id, port = info.port, user = %actor.name,
                 warm = true, ms = started.elapsed().as_millis() as u64, "instance created");
             return Ok(info);
         }
@@ -174,7 +175,7 @@ impl Service {
         let (id, port) = self
             .start_instance(image.id, major, actor.user_id, false, ttl, token)
             .await?;
-        tracing::info!(instance = id, image = image.id, port, user = %actor.name,
+        tracing::info!(instance = %id, image = %image.id, port, user = %actor.name,
             warm = false, ms = started.elapsed().as_millis() as u64, "instance created");
         // The pool of this image is empty: it may want refilling.
         self.poke_pool();
@@ -212,13 +213,13 @@ impl Service {
     /// pool. Everything is undone when it fails. Returns its id and port.
     pub(crate) async fn start_instance(
         &self,
-        image_id: i64,
+        image_id: ImageId,
         major: u32,
-        owner_id: i64,
+        owner_id: UserId,
         pooled: bool,
         ttl: Option<Duration>,
         oauth_refresh_token: Option<&str>,
-    ) -> Result<(i64, u16)> {
+    ) -> Result<(InstanceId, u16)> {
         let cfg = self.config();
         let row = self
             .inner
@@ -265,7 +266,7 @@ impl Service {
         match outcome {
             Ok(()) => Ok((id, row.port)),
             Err(e) => {
-                tracing::warn!(instance = id, pooled, error = %e, "instance creation failed");
+                tracing::warn!(instance = %id, pooled, error = %e, "instance creation failed");
                 self.stop_instance_process(id).await;
                 let _ = btrfs::delete_subvolume(&self.inner.layout.instance(id));
                 let _ = self.inner.store.delete_instance(id);
@@ -274,7 +275,7 @@ impl Service {
         }
     }
 
-    async fn bring_up(&self, id: i64, image_id: i64, port: u16, major: u32) -> Result<()> {
+    async fn bring_up(&self, id: InstanceId, image_id: ImageId, port: u16, major: u32) -> Result<()> {
         let cfg = self.config();
         let dir = self.inner.layout.instance(id);
         btrfs::snapshot(&self.inner.layout.snapshot(image_id), &dir, false)?;
@@ -306,7 +307,7 @@ impl Service {
         let creds = Credentials {
             ca_certificate: c.ca_cert_pem.clone(),
             client_certificate: c.client_cert_pem.clone(),
-            client_key: c.client_key_pem.clone(),
+            client_key: c.client_key_pem.clone().into(),
         };
         self.inner.store.set_instance_credentials(id, &creds)?;
         self.start_and_wait(id, port, major, &creds).await
@@ -316,7 +317,7 @@ impl Service {
     /// connection, mark it running and supervise it.
     async fn start_and_wait(
         &self,
-        id: i64,
+        id: InstanceId,
         port: u16,
         major: u32,
         creds: &Credentials,
@@ -350,7 +351,7 @@ impl Service {
     /// the postmaster is stopped, the snapshots swapped and it is started.
     /// The owner or an admin may; the answer carries no key material (the
     /// owner's certificates are unchanged: `env` gives them).
-    pub async fn reset_instance(&self, actor: &Actor, id: i64) -> Result<Instance> {
+    pub async fn reset_instance(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
         let started = std::time::Instant::now();
         let inst = self.owned_instance_for(actor, id)?;
         // The image before the instance (see `image_guard`), and the
@@ -411,7 +412,7 @@ impl Service {
                 .set_instance_state(id, InstanceState::Failed, Some(&e.to_string()))?;
             return Err(e);
         }
-        tracing::info!(instance = id, user = %actor.name, ms = started.elapsed().as_millis() as u64, "instance reset");
+        tracing::info!(instance = %id, user = %actor.name, ms = started.elapsed().as_millis() as u64, "instance reset");
         self.instance_for(actor, id)
     }
 
@@ -419,7 +420,7 @@ impl Service {
     /// reset, extend, allow addresses): a warm instance waiting in the pool
     /// is refused even to admins, so no credentials or addresses of it
     /// exist outside the daemon before its owner gets it.
-    pub(crate) fn owned_instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {
+    pub(crate) fn owned_instance_for(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
         let inst = self.instance_for(actor, id)?;
         if inst.pooled {
             return Err(CoreError::InvalidState(format!(
@@ -429,7 +430,7 @@ impl Service {
         Ok(inst)
     }
 
-    fn instance_for(&self, actor: &Actor, id: i64) -> Result<Instance> {
+    fn instance_for(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
         let not_found = || CoreError::NotFound {
             what: "instance",
             id: id.to_string(),
@@ -459,7 +460,7 @@ impl Service {
     }
 
     /// One instance of the caller's (admins: anyone's).
-    pub fn instance(&self, actor: &Actor, id: i64) -> Result<Instance> {
+    pub fn instance(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
         self.instance_for(actor, id)
     }
 
@@ -469,7 +470,7 @@ impl Service {
     /// [`CoreError::NotOwner`] (HTTP: 404, as LEGACY_API.md says), and so
     /// is everyone for a warm instance waiting in the pool (it has no owner
     /// yet).
-    pub(crate) fn owner_connection(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+    pub(crate) fn owner_connection(&self, actor: &Actor, id: InstanceId) -> Result<ConnectionInfo> {
         let instance = self.instance_for(actor, id)?;
         if instance.owner_id != actor.user_id {
             return Err(CoreError::NotOwner {
@@ -496,7 +497,7 @@ impl Service {
 
     /// Flow 5: how to connect, with the certificates — to the instance's
     /// owner only ([`Service::owner_connection`]).
-    pub fn instance_credentials(&self, actor: &Actor, id: i64) -> Result<ConnectionInfo> {
+    pub fn instance_credentials(&self, actor: &Actor, id: InstanceId) -> Result<ConnectionInfo> {
         let inst = self.instance_for(actor, id)?;
         if inst.owner_id == actor.user_id
             && (inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying)
@@ -510,19 +511,19 @@ impl Service {
     }
 
     /// Remember an address the owner used, for the allow-list.
-    pub fn record_address(&self, actor: &Actor, id: i64, addr: std::net::IpAddr) -> Result<()> {
+    pub fn record_address(&self, actor: &Actor, id: InstanceId, addr: std::net::IpAddr) -> Result<()> {
         self.allow_address(actor, id, addr).map(|_| ())
     }
 
     /// The addresses allowed to reach an instance.
-    pub fn allowed_addresses(&self, actor: &Actor, id: i64) -> Result<Vec<String>> {
+    pub fn allowed_addresses(&self, actor: &Actor, id: InstanceId) -> Result<Vec<String>> {
         self.instance_for(actor, id)?;
         Ok(self.inner.store.addresses(id)?)
     }
 
     /// Flow 6, for the owner or an admin (who may also destroy a warm
     /// instance; the pool starts another).
-    pub async fn destroy_instance(&self, actor: &Actor, id: i64) -> Result<()> {
+    pub async fn destroy_instance(&self, actor: &Actor, id: InstanceId) -> Result<()> {
         let inst = self.instance_for(actor, id)?;
         if inst.pooled && !self.inner.store.retire_pooled_instance(id)? {
             return Err(CoreError::Conflict(format!(
@@ -530,7 +531,7 @@ impl Service {
             )));
         }
         self.destroy_instance_unchecked(id).await?;
-        tracing::info!(instance = id, user = %actor.name, "instance destroyed");
+        tracing::info!(instance = %id, user = %actor.name, "instance destroyed");
         // Room under max_instances_total, or a warm instance to replace.
         self.poke_pool();
         Ok(())
@@ -538,7 +539,7 @@ impl Service {
 
     /// Stop, delete the subvolume, delete the row. The intent is written
     /// first so a restart finishes the job.
-    pub(crate) async fn destroy_instance_unchecked(&self, id: i64) -> Result<()> {
+    pub(crate) async fn destroy_instance_unchecked(&self, id: InstanceId) -> Result<()> {
         let _lock = self.lock_instance(id).await;
         if self.inner.store.instance(id)?.is_none() {
             return Ok(());
@@ -557,7 +558,7 @@ impl Service {
     /// Stop whatever postmaster serves instance `id`, supervised or not.
     /// Every caller deletes the data directory next, so this is an
     /// immediate shutdown: no checkpoint writes pages nobody will read.
-    pub(crate) async fn stop_instance_process(&self, id: i64) {
+    pub(crate) async fn stop_instance_process(&self, id: InstanceId) {
         self.inner
             .supervisor
             .shutdown(id, Shutdown::Immediate)

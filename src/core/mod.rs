@@ -14,6 +14,7 @@ mod identities;
 mod image_guard;
 mod images;
 mod instances;
+mod model;
 mod policy;
 mod pool;
 mod postgres;
@@ -24,6 +25,7 @@ mod store;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod users;
+
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,10 +45,12 @@ pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
-pub use postgres::finalise::Progress;
 pub use reconcile::ReconcileReport;
 pub use reload::ReloadReport;
-pub use store::{format_ts, Credentials, Image, ImageState, Instance, InstanceState, SshKey, User};
+pub use model::{
+    format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
+    InstanceState, Progress, SshKey, User, UserId,
+};
 
 /// Copy the metadata database at `db` to `dest` with SQLite's online
 /// backup, and check the copy's integrity (`draupnir backup`).
@@ -60,7 +64,7 @@ pub fn backup_database(
 /// Who is asking. Front doors build one from an authenticated identity.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub name: String,
     pub admin: bool,
 }
@@ -127,13 +131,13 @@ pub(crate) struct Inner {
     /// Wakes the allow-list reconcile loop.
     pub guard_wake: Arc<tokio::sync::Notify>,
     /// Serialises destroy/reconcile work on one instance id.
-    pub instance_locks: std::sync::Mutex<std::collections::HashSet<i64>>,
+    pub instance_locks: std::sync::Mutex<std::collections::HashSet<InstanceId>>,
     /// Serialises destroying an image with making instances from it.
     pub image_locks: image_guard::ImageLocks,
     /// The warm pool's refill task state.
     pub pool: Arc<pool::PoolState>,
     /// Images receiving an upload stream, and since when (one at a time).
-    pub uploads: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
+    pub uploads: std::sync::Mutex<std::collections::HashMap<ImageId, std::time::Instant>>,
 }
 
 /// The service. Cheap to clone.
@@ -240,11 +244,11 @@ impl Service {
                 let Some(inner) = weak.upgrade() else { break };
                 match ev {
                     supervisor::Event::Restarted { id, pid } => {
-                        tracing::info!(instance = id, pid, "postmaster restarted");
+                        tracing::info!(instance = %id, pid, "postmaster restarted");
                         let _ = inner.store.set_instance_pid(id, Some(pid));
                     }
                     supervisor::Event::Failed { id, reason } => {
-                        tracing::error!(instance = id, %reason, "instance failed");
+                        tracing::error!(instance = %id, %reason, "instance failed");
                         let _ = inner.store.set_instance_state(
                             id,
                             crate::core::store::InstanceState::Failed,
@@ -271,11 +275,11 @@ impl Service {
     }
 
     /// The supervisor's current PID for an instance (tests, `instance ID`).
-    pub fn instance_pid(&self, id: i64) -> Option<i32> {
+    pub fn instance_pid(&self, id: InstanceId) -> Option<i32> {
         self.inner.supervisor.pid(id)
     }
 
-    pub(crate) fn log_file(&self, kind: &str, id: i64) -> PathBuf {
+    pub(crate) fn log_file(&self, kind: &str, id: impl std::fmt::Display) -> PathBuf {
         self.inner.logs.join(format!("{kind}-{id}.log"))
     }
 }

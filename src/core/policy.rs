@@ -2,6 +2,7 @@
 //! extend), quotas and the free-space floor, the cleaner (expired, idle,
 //! and orphaned-by-access instances), image rotation, and freshness status.
 
+use crate::core::model::{ImageId, InstanceId};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -33,10 +34,10 @@ pub trait TokenChecker: Send + Sync {
 /// What the cleaner did in one pass.
 #[derive(Debug, Default, Clone)]
 pub struct CleanReport {
-    pub expired: Vec<i64>,
-    pub idle: Vec<i64>,
-    pub access_gone: Vec<i64>,
-    pub rotated_images: Vec<i64>,
+    pub expired: Vec<InstanceId>,
+    pub idle: Vec<InstanceId>,
+    pub access_gone: Vec<InstanceId>,
+    pub rotated_images: Vec<ImageId>,
 }
 
 /// Image freshness, for `status` and `GET /status`.
@@ -45,7 +46,7 @@ pub struct Status {
     /// `ok`, `stale` (no image became ready within the expected interval)
     /// or `no_images` (none is ready yet).
     pub status: &'static str,
-    pub newest_ready_image: Option<i64>,
+    pub newest_ready_image: Option<ImageId>,
     pub newest_ready_image_age_seconds: Option<i64>,
     pub expected_image_interval_seconds: Option<u64>,
     pub images: usize,
@@ -177,7 +178,7 @@ impl Service {
 
     /// Push an instance's expiry `by` further (from now when it had none or
     /// it is past), up to `max_instance_ttl` from now.
-    pub fn extend_instance(&self, actor: &Actor, id: i64, by: Duration) -> Result<OffsetDateTime> {
+    pub fn extend_instance(&self, actor: &Actor, id: InstanceId, by: Duration) -> Result<OffsetDateTime> {
         let inst = self.owned_instance_for(actor, id)?;
         if by.is_zero() {
             return Err(CoreError::BadInput("extend by more than 0".into()));
@@ -196,7 +197,7 @@ impl Service {
             until = until.min(cap);
         }
         self.inner.store.set_instance_expiry(id, Some(until))?;
-        tracing::info!(instance = id, user = %actor.name, until = %crate::core::store::format_ts(until), "instance extended");
+        tracing::info!(instance = %id, user = %actor.name, until = %crate::core::store::format_ts(until), "instance extended");
         Ok(until)
     }
 
@@ -234,7 +235,7 @@ impl Service {
 
     /// Destroy ready images beyond the newest `image_retention` that have
     /// no instances (warm ones do not count: they go with their image).
-    pub(crate) async fn rotate_images(&self) -> Result<Vec<i64>> {
+    pub(crate) async fn rotate_images(&self) -> Result<Vec<ImageId>> {
         let Some(keep) = self.config().image_retention else {
             return Ok(Vec::new());
         };
@@ -267,7 +268,7 @@ impl Service {
                 ) => continue,
                 Err(e) => return Err(e),
             }
-            tracing::info!(image = old.id, retention = keep, "image rotated out");
+            tracing::info!(image = %old.id, retention = keep, "image rotated out");
             gone.push(old.id);
         }
         Ok(gone)
@@ -275,7 +276,7 @@ impl Service {
 
     /// Does anyone use instance `id` right now? Asked of Postgres itself
     /// over the instance's private socket.
-    async fn has_clients(&self, id: i64, port: u16) -> Option<bool> {
+    async fn has_clients(&self, id: InstanceId, port: u16) -> Option<bool> {
         let dir = self.inner.layout.instance(id);
         let client = pgconn::connect_unix(
             &dir,
@@ -306,7 +307,7 @@ impl Service {
     }
 
     /// Instances whose OAuth refresh token the provider revoked.
-    async fn revoked_instances(&self) -> Result<Vec<i64>> {
+    async fn revoked_instances(&self) -> Result<Vec<InstanceId>> {
         let checker = self
             .inner
             .token_checker
@@ -384,7 +385,7 @@ impl Service {
             } else {
                 continue;
             };
-            tracing::info!(instance = inst.id, owner = %inst.owner_name, reason, "cleaner destroys instance");
+            tracing::info!(instance = %inst.id, owner = %inst.owner_name, reason, "cleaner destroys instance");
             self.destroy_instance_unchecked(inst.id).await?;
         }
         report.rotated_images = self.rotate_images().await?;

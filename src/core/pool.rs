@@ -10,6 +10,7 @@
 //! the pool and replacing failed warm instances, and letting a warm
 //! instance give way when a cold create hits `max_instances_total`.
 
+use crate::core::model::{ImageId, InstanceId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,10 +49,10 @@ impl PoolState {
 #[derive(Debug, Default, Clone)]
 pub struct RefillReport {
     /// Warm instances started.
-    pub started: Vec<i64>,
+    pub started: Vec<InstanceId>,
     /// Warm instances destroyed: failed, surplus, or of an image no longer
     /// ready.
-    pub destroyed: Vec<i64>,
+    pub destroyed: Vec<InstanceId>,
     /// Why the pass stopped before every pool was full (a quota, the
     /// free-space floor, a failed start), if it did.
     pub held_back: Option<String>,
@@ -60,7 +61,7 @@ pub struct RefillReport {
 impl Service {
     /// Running warm instances of an image, waiting to be handed over (for
     /// benchmarks and tests that wait for the pool).
-    pub fn warm_pool_size(&self, image_id: i64) -> usize {
+    pub fn warm_pool_size(&self, image_id: ImageId) -> usize {
         self.inner.store.warm_count(Some(image_id)).unwrap_or(0)
     }
 
@@ -104,7 +105,7 @@ impl Service {
     pub(crate) fn hand_over(
         &self,
         actor: &Actor,
-        image_id: i64,
+        image_id: ImageId,
         ttl: Option<Duration>,
         oauth_refresh_token: Option<&str>,
     ) -> Result<Option<ConnectionInfo>> {
@@ -129,7 +130,7 @@ impl Service {
     /// in.
     pub(crate) async fn make_room(
         &self,
-        image_id: i64,
+        image_id: ImageId,
     ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>> {
         let Err(full) = self.check_total_quota() else {
             return Ok(None);
@@ -155,9 +156,9 @@ impl Service {
         for inst in warm {
             if self.inner.store.retire_pooled_instance(inst.id)? {
                 tracing::info!(
-                    instance = inst.id,
-                    image = inst.image_id,
-                    for_image = image_id,
+                    instance = %inst.id,
+                    image = %inst.image_id,
+                    for_image = %image_id,
                     "warm instance gives way under max_instances_total"
                 );
                 self.destroy_instance_unchecked(inst.id).await?;
@@ -189,7 +190,7 @@ impl Service {
 
         // Shrink. Rows come ordered by id: the oldest `want` are kept (they
         // are also handed over first).
-        let mut kept: HashMap<i64, usize> = HashMap::new();
+        let mut kept: HashMap<ImageId, usize> = HashMap::new();
         for inst in self.inner.store.instances(None, None)? {
             if !inst.pooled {
                 continue;
@@ -212,8 +213,8 @@ impl Service {
             };
             if self.inner.store.retire_pooled_instance(inst.id)? {
                 tracing::info!(
-                    instance = inst.id,
-                    image = inst.image_id,
+                    instance = %inst.id,
+                    image = %inst.image_id,
                     reason,
                     "warm instance destroyed"
                 );
@@ -257,8 +258,8 @@ impl Service {
                 {
                     Ok((id, port)) => {
                         tracing::info!(
-                            instance = id,
-                            image = image.id,
+                            instance = %id,
+                            image = %image.id,
                             port,
                             ms = started.elapsed().as_millis() as u64,
                             "warm instance ready"
@@ -266,7 +267,7 @@ impl Service {
                         report.started.push(id);
                     }
                     Err(e) => {
-                        tracing::warn!(image = image.id, error = %e, "warm instance not started");
+                        tracing::warn!(image = %image.id, error = %e, "warm instance not started");
                         report.held_back = Some(e.to_string());
                         if matches!(e, CoreError::NoFreePort { .. } | CoreError::NoSpace(_)) {
                             return Ok(report);

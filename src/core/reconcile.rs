@@ -8,6 +8,7 @@
 //! finalises `failed` with a reason, and deletes subvolumes and stops
 //! postmasters that no row accounts for.
 
+use crate::core::model::{ImageId, InstanceId};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,12 +23,12 @@ use crate::core::store::{ImageState, InstanceState};
 /// What reconcile did, for the log and for tests.
 #[derive(Debug, Default, Clone)]
 pub struct ReconcileReport {
-    pub adopted: Vec<i64>,
-    pub restarted: Vec<i64>,
-    pub removed_instances: Vec<i64>,
-    pub failed_images: Vec<i64>,
+    pub adopted: Vec<InstanceId>,
+    pub restarted: Vec<InstanceId>,
+    pub removed_instances: Vec<InstanceId>,
+    pub failed_images: Vec<ImageId>,
     /// Images whose destroy was cut off, finished now.
-    pub destroyed_images: Vec<i64>,
+    pub destroyed_images: Vec<ImageId>,
     pub orphan_subvolumes: Vec<String>,
     pub orphan_processes: Vec<i32>,
 }
@@ -70,7 +71,7 @@ impl Service {
                     match self.finish_image_destroy(image.id).await {
                         Ok(()) => report.destroyed_images.push(image.id),
                         Err(e) => {
-                            tracing::error!(image = image.id, error = %e, "finishing the destroy failed")
+                            tracing::error!(image = %image.id, error = %e, "finishing the destroy failed")
                         }
                     }
                 }
@@ -193,14 +194,14 @@ impl Service {
         let uploading: HashSet<i64> = images
             .iter()
             .filter(|i| i.state == ImageState::Uploading)
-            .map(|i| i.id)
+            .map(|i| i.id.get())
             .collect();
         let ready: HashSet<i64> = images
             .iter()
             .filter(|i| i.state == ImageState::Ready)
-            .map(|i| i.id)
+            .map(|i| i.id.get())
             .collect();
-        let instances: HashSet<i64> = store.instances(None, None)?.iter().map(|i| i.id).collect();
+        let instances: HashSet<i64> = store.instances(None, None)?.iter().map(|i| i.id.get()).collect();
         for (dir, keep) in [
             (layout.uploads(), &uploading),
             (layout.snapshots(), &ready),
@@ -223,7 +224,7 @@ impl Service {
         let owned: HashSet<std::path::PathBuf> = instances
             .iter()
             .map(|id| {
-                std::fs::canonicalize(layout.instance(*id)).unwrap_or_else(|_| layout.instance(*id))
+                std::fs::canonicalize(layout.instance(InstanceId::new(*id))).unwrap_or_else(|_| layout.instance(InstanceId::new(*id)))
             })
             .collect();
         for (pid, cwd) in process::postmasters_beneath(layout.root()) {

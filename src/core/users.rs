@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use crate::core::model::Fingerprint;
 
 use super::{Actor, CoreError, Result, Service};
 use crate::core::store::{SshKey, User};
@@ -64,12 +65,8 @@ impl PublicKey {
     }
 
     /// `SHA256:…`, as `ssh-keygen -l` prints it.
-    pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(&self.blob);
-        format!(
-            "SHA256:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        )
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.blob)
     }
 
     /// The key without its comment.
@@ -191,7 +188,7 @@ impl Service {
     }
 
     /// Who owns this SSH key (by fingerprint)?
-    pub fn authenticate_key(&self, fingerprint: &str) -> Result<Option<Actor>> {
+    pub fn authenticate_key(&self, fingerprint: &Fingerprint) -> Result<Option<Actor>> {
         let Some(key) = self.inner.store.key_by_fingerprint(fingerprint)? else {
             return Ok(None);
         };
@@ -309,7 +306,7 @@ impl Service {
     }
 
     /// Add a key to a user: admins for anyone, users for themselves.
-    pub fn add_key(&self, actor: &Actor, user: &str, key_line: &str) -> Result<String> {
+    pub fn add_key(&self, actor: &Actor, user: &str, key_line: &str) -> Result<Fingerprint> {
         let target = self.user_or_404(user)?;
         if target.id != actor.user_id {
             actor.require_admin("adding keys for other users")?;
@@ -335,19 +332,20 @@ impl Service {
     }
 
     pub fn remove_key(&self, actor: &Actor, fingerprint: &str) -> Result<()> {
+        let fingerprint = &Fingerprint::from_stored(fingerprint.to_string());
         let key = self
             .inner
             .store
             .key_by_fingerprint(fingerprint)?
             .ok_or_else(|| CoreError::NotFound {
                 what: "key",
-                id: fingerprint.into(),
+                id: fingerprint.to_string(),
             })?;
         if key.user_id != actor.user_id {
             actor.require_admin("removing other users' keys")?;
         }
         self.inner.store.delete_key(fingerprint)?;
-        tracing::info!(fingerprint, by = %actor.name, "key removed");
+        tracing::info!(%fingerprint, by = %actor.name, "key removed");
         Ok(())
     }
 
@@ -389,7 +387,7 @@ mod tests {
         let k = PublicKey::parse(KEY).unwrap();
         assert_eq!(k.algorithm, "ssh-ed25519");
         assert_eq!(k.comment.as_deref(), Some("alice@laptop"));
-        assert!(k.fingerprint().starts_with("SHA256:"));
+        assert!(k.fingerprint().as_str().starts_with("SHA256:"));
         assert!(PublicKey::parse("ssh-ed25519 notbase64!").is_err());
         assert!(PublicKey::parse(
             "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"

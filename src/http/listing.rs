@@ -10,6 +10,7 @@
 //!
 //! [`listing_version`]: crate::core::Service::listing_version
 
+use crate::core::UserId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -25,12 +26,12 @@ pub(crate) struct Listings(Mutex<Cache>);
 struct Cache {
     version: u64,
     hostname: String,
-    bodies: HashMap<i64, Bytes>,
+    bodies: HashMap<UserId, Bytes>,
 }
 
 impl Listings {
     /// `user`'s body rendered at `version` with `hostname`, if kept.
-    pub fn get(&self, user: i64, version: u64, hostname: &str) -> Option<Bytes> {
+    pub fn get(&self, user: UserId, version: u64, hostname: &str) -> Option<Bytes> {
         let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if cache.version != version || cache.hostname != hostname {
             return None;
@@ -40,7 +41,7 @@ impl Listings {
 
     /// Keep `body`, rendered for `user` from rows read after `version`
     /// was taken.
-    pub fn put(&self, user: i64, version: u64, hostname: &str, body: Bytes) {
+    pub fn put(&self, user: UserId, version: u64, hostname: &str, body: Bytes) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if cache.version != version || cache.hostname != hostname {
             cache.version = version;
@@ -61,15 +62,15 @@ mod tests {
     #[test]
     fn a_body_is_served_only_to_its_user_at_its_version_and_hostname() {
         let l = Listings::default();
-        assert_eq!(l.get(1, 7, "h"), None);
-        l.put(1, 7, "h", Bytes::from_static(b"one"));
-        assert_eq!(l.get(1, 7, "h").as_deref(), Some(&b"one"[..]));
-        assert_eq!(l.get(2, 7, "h"), None);
-        assert_eq!(l.get(1, 8, "h"), None);
-        assert_eq!(l.get(1, 7, "other"), None);
+        assert_eq!(l.get(UserId::new(1), 7, "h"), None);
+        l.put(UserId::new(1), 7, "h", Bytes::from_static(b"one"));
+        assert_eq!(l.get(UserId::new(1), 7, "h").as_deref(), Some(&b"one"[..]));
+        assert_eq!(l.get(UserId::new(2), 7, "h"), None);
+        assert_eq!(l.get(UserId::new(1), 8, "h"), None);
+        assert_eq!(l.get(UserId::new(1), 7, "other"), None);
         // A newer version drops every older body.
-        l.put(2, 8, "h", Bytes::from_static(b"two"));
-        assert_eq!(l.get(1, 8, "h"), None);
-        assert_eq!(l.get(2, 8, "h").as_deref(), Some(&b"two"[..]));
+        l.put(UserId::new(2), 8, "h", Bytes::from_static(b"two"));
+        assert_eq!(l.get(UserId::new(1), 8, "h"), None);
+        assert_eq!(l.get(UserId::new(2), 8, "h").as_deref(), Some(&b"two"[..]));
     }
 }

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken, PathId};
 use super::AppState;
 use crate::core::{Actor, ConnectionInfo, InstanceRef};
-use crate::core::{Image, ImageState, Instance};
+use crate::core::{Image, ImageId, ImageState, Instance, InstanceId};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -80,7 +80,7 @@ fn instance_with_credentials(state: &AppState, info: &ConnectionInfo) -> Value {
             "attributes": {
                 "ca_certificate": info.credentials.ca_certificate,
                 "client_certificate": info.credentials.client_certificate,
-                "client_key": info.credentials.client_key,
+                "client_key": info.credentials.client_key.expose(),
             }
         }]
     })
@@ -95,7 +95,7 @@ fn no_content() -> ApiResult {
 }
 
 /// A path id: digits that fit an i64, else the resource does not exist.
-fn path_id(raw: &str) -> Result<i64, ApiError> {
+fn path_id<T: std::str::FromStr>(raw: &str) -> Result<T, ApiError> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::not_found());
     }
@@ -114,10 +114,10 @@ async fn detached<T: Send + 'static>(
 
 /// Record the caller's address for the allow-list; a failure to record is
 /// logged, not shown.
-fn record(state: &AppState, actor: &Actor, id: i64, addr: ClientAddr) {
+fn record(state: &AppState, actor: &Actor, id: InstanceId, addr: ClientAddr) {
     if let Some(ip) = addr.0 {
         if let Err(e) = state.service.record_address(actor, id, ip) {
-            tracing::warn!(instance = id, %ip, error = %e, "address not recorded");
+            tracing::warn!(instance = %id, %ip, error = %e, "address not recorded");
         }
     }
 }
@@ -231,7 +231,7 @@ pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed
     struct Attributes<'a> {
         created_at: String,
         hostname: &'a str,
-        image_id: i64,
+        image_id: ImageId,
         port: u16,
         updated_at: String,
     }
@@ -293,7 +293,7 @@ fn check_type(given: Option<&Value>, expected: &str) -> Result<(), ApiError> {
 
 /// `image_id` as a string of digits or a non-negative integer; anything
 /// else is the contract's *Bad Request* on `image_id`.
-fn image_id_of(body: &Value) -> Result<i64, ApiError> {
+fn image_id_of(body: &Value) -> Result<ImageId, ApiError> {
     match body.pointer("/data/attributes/image_id") {
         Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse().map_err(|_| ApiError::bad_image_id())
@@ -301,6 +301,7 @@ fn image_id_of(body: &Value) -> Result<i64, ApiError> {
         Some(Value::Number(n)) => n
             .as_i64()
             .filter(|n| *n >= 0)
+            .map(ImageId::new)
             .ok_or_else(ApiError::bad_image_id),
         _ => Err(ApiError::bad_image_id()),
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::format::{self, age, size, table};
-use crate::core::{format_ts, ImageState, Progress};
+use crate::core::{format_ts, ImageId, ImageState, InstanceId, Progress};
 use crate::core::{Actor, CoreError, Finalising, InstanceRef, Service, UploadTarget};
 
 /// Who runs the command, and from where.
@@ -99,10 +99,11 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
         .and_then(|a| crate::core::allowable(a).map_err(|e| e.to_string()))
 }
 
-fn parse_id(s: &str) -> Result<i64, String> {
+fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    let not_an_id = || format!("`{s}` is not an id (a positive number)");
     match s.parse::<i64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{s}` is not an id (a positive number)")),
+        Ok(n) if n > 0 => s.parse::<T>().map_err(|_| not_an_id()),
+        _ => Err(not_an_id()),
     }
 }
 
@@ -116,8 +117,8 @@ enum Cmd {
     },
     /// Show one image, with its failure reason.
     Image {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -136,14 +137,14 @@ enum Cmd {
     },
     /// Upload a tar, tar.gz or tar.zst data directory from stdin (admins).
     UploadImage {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
     },
     /// Anonymise and seal an uploaded image, streaming progress (admins).
     #[command(visible_alias = "done")]
     FinaliseImage {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
         /// Return at once; follow with `image ID`.
         #[arg(long)]
         detach: bool,
@@ -153,13 +154,13 @@ enum Cmd {
     },
     /// Let a failed upload start again with an empty image (admins).
     ResetUpload {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
     },
     /// Delete an image (admins).
     DestroyImage {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
         /// Also destroy the image's instances.
         #[arg(long)]
         force: bool,
@@ -187,38 +188,38 @@ enum Cmd {
     },
     /// Show one instance.
     Instance {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Print shell exports that connect psql: eval "$(ssh draupnir env ID)".
     Env {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Let another address reach an instance (a colleague, a CI runner).
     AllowIp {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
         #[arg(value_parser = parse_ip)]
         address: IpAddr,
     },
     /// Take an address off an instance's allow-list.
     DisallowIp {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
         #[arg(value_parser = parse_ip)]
         address: IpAddr,
     },
     /// Keep an instance longer (e.g. `extend-instance 4 4h`).
     ExtendInstance {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
         #[arg(value_parser = parse_duration)]
         by: std::time::Duration,
     },
@@ -230,13 +231,13 @@ enum Cmd {
     },
     /// Return an instance to its image (same id, port and credentials).
     ResetInstance {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
     },
     /// Stop and delete an instance.
     DestroyInstance {
-        #[arg(value_parser = parse_id)]
-        id: i64,
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
     },
     /// Who you are.
     Whoami {
@@ -588,7 +589,7 @@ async fn dispatch(
         }
         Cmd::Instances { all, json } => {
             let list = svc.list_instances(me, all)?;
-            let ids: Vec<i64> = list.iter().map(|i| i.id).collect();
+            let ids: Vec<InstanceId> = list.iter().map(|i| i.id).collect();
             let disk = svc.instance_disk_use(&ids);
             if json {
                 return say_json(
@@ -707,7 +708,7 @@ async fn dispatch(
                         "sslmode": "verify-ca",
                         "ca_certificate": info.credentials.ca_certificate,
                         "client_certificate": info.credentials.client_certificate,
-                        "client_key": info.credentials.client_key,
+                        "client_key": info.credentials.client_key.expose(),
                     }),
                 )
                 .await;
@@ -889,7 +890,7 @@ async fn dispatch(
                     vec![
                         k.user_name.clone(),
                         k.public_key.split_whitespace().next().unwrap_or("").into(),
-                        k.fingerprint.clone(),
+                        k.fingerprint.to_string(),
                         age(k.created_at),
                     ]
                 })
@@ -915,17 +916,17 @@ async fn dispatch(
 
 /// Remember the client's address for the allow-list; never fails the
 /// command.
-fn record(session: &Session, id: i64) {
+fn record(session: &Session, id: InstanceId) {
     if let Some(peer) = session.peer {
         if let Err(e) = session.service.record_address(&session.actor, id, peer) {
-            tracing::debug!(instance = id, error = %e, "address not recorded");
+            tracing::debug!(instance = %id, error = %e, "address not recorded");
         }
     }
 }
 
 async fn finalise(
     session: &Session,
-    id: i64,
+    id: ImageId,
     detach: bool,
     json: bool,
     out: Out<'_>,
@@ -983,9 +984,9 @@ async fn finalise(
 
 async fn show_progress(out: Out<'_>, p: Progress) -> Result<(), Failure> {
     match p {
-        Progress::Step(s) if s == "ready" => Ok(()),
         Progress::Step(s) => say(out, format!("==> {s}\n")).await,
         Progress::Output(line) => say(out, format!("    {line}\n")).await,
+        Progress::Done => Ok(()),
     }
 }
 
@@ -1003,7 +1004,7 @@ fn env_script(info: &crate::core::ConnectionInfo) -> String {
     for (file, pem) in [
         ("root.crt", &info.credentials.ca_certificate),
         ("client.crt", &info.credentials.client_certificate),
-        ("client.key", &info.credentials.client_key),
+        ("client.key", info.credentials.client_key.expose()),
     ] {
         s.push_str(&format!(
             "printf '%s\\n' {} > \"$DRAUPNIR_DIR/{file}\"\n",

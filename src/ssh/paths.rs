@@ -3,6 +3,7 @@
 //! target of that image. Owns path normalisation: every client path is
 //! resolved here, and anything that would leave the tree is refused.
 
+use crate::core::ImageId;
 use std::path::PathBuf;
 
 /// A resolved place in the virtual tree.
@@ -13,9 +14,9 @@ pub enum VPath {
     /// `/images`
     Images,
     /// `/images/<id>`
-    Image(i64),
+    Image(ImageId),
     /// `/images/<id>/<rel>` (`rel` has only normal components, at least one)
-    InImage(i64, PathBuf),
+    InImage(ImageId, PathBuf),
 }
 
 /// Why a path was refused.
@@ -74,11 +75,11 @@ pub fn resolve(path: &str) -> Result<VPath, PathError> {
     }
 }
 
-fn parse_id(s: &str) -> Option<i64> {
+fn parse_id(s: &str) -> Option<ImageId> {
     if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse().ok().filter(|n| *n > 0)
+    s.parse::<i64>().ok().filter(|n| *n > 0).map(ImageId::new)
 }
 
 impl VPath {
@@ -131,15 +132,15 @@ mod tests {
         assert_eq!(resolve("/").unwrap(), VPath::Root);
         assert_eq!(resolve("images").unwrap(), VPath::Images);
         assert_eq!(resolve("/images/").unwrap(), VPath::Images);
-        assert_eq!(resolve("images/3").unwrap(), VPath::Image(3));
-        assert_eq!(resolve("~/images/3/").unwrap(), VPath::Image(3));
+        assert_eq!(resolve("images/3").unwrap(), VPath::Image(ImageId::new(3)));
+        assert_eq!(resolve("~/images/3/").unwrap(), VPath::Image(ImageId::new(3)));
         assert_eq!(
             resolve("/images/3/./a/../b").unwrap(),
-            VPath::InImage(3, "b".into())
+            VPath::InImage(ImageId::new(3), "b".into())
         );
         assert_eq!(
             resolve("images/3/x/y").unwrap(),
-            VPath::InImage(3, "x/y".into())
+            VPath::InImage(ImageId::new(3), "x/y".into())
         );
         assert_eq!(resolve("images/3/..").unwrap(), VPath::Images);
     }
@@ -178,9 +179,9 @@ mod tests {
             assert!(!valid_name(bad), "{bad:?}");
         }
         assert_eq!(
-            VPath::Image(1).join_name("pg_wal.tar").unwrap(),
-            VPath::InImage(1, "pg_wal.tar".into())
+            VPath::Image(ImageId::new(1)).join_name("pg_wal.tar").unwrap(),
+            VPath::InImage(ImageId::new(1), "pg_wal.tar".into())
         );
-        assert!(VPath::Image(1).join_name("..").is_err());
+        assert!(VPath::Image(ImageId::new(1)).join_name("..").is_err());
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use super::commands::Session;
 use super::paths::{self, VPath};
-use crate::core::{CoreError, UploadTarget};
+use crate::core::{ImageId, CoreError, UploadTarget};
 
 /// Longest record line accepted.
 const MAX_LINE: usize = 4096;
@@ -264,7 +264,7 @@ fn place(target: &VPath, target_is_dir: bool, stack: &[VPath], name: &str) -> Re
 
 async fn receive_file<R: AsyncBufReadExt + Unpin>(
     session: &Session,
-    id: i64,
+    id: ImageId,
     rel: PathBuf,
     size: u64,
     input: &mut R,

@@ -11,6 +11,7 @@
 //! [`AuthDeadline`]), `max_unauthenticated` in all and
 //! `max_unauthenticated_per_address` from one address.
 
+use crate::core::UserId;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,13 +84,13 @@ struct Shared {
     /// Most unauthenticated connections from one address.
     per_address: usize,
     /// Open session channels per user id.
-    sessions: Mutex<HashMap<i64, usize>>,
+    sessions: Mutex<HashMap<UserId, usize>>,
 }
 
 /// One open session channel counted against its user; released on drop.
 pub(crate) struct SessionSlot {
     shared: Arc<Shared>,
-    user_id: i64,
+    user_id: UserId,
 }
 
 impl Drop for SessionSlot {
@@ -149,7 +150,7 @@ impl Shared {
         })
     }
 
-    fn take_slot(self: &Arc<Self>, user_id: i64) -> Option<SessionSlot> {
+    fn take_slot(self: &Arc<Self>, user_id: UserId) -> Option<SessionSlot> {
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user_id).or_insert(0);
         if *n >= self.cfg.max_sessions_per_user {
@@ -404,7 +405,14 @@ struct Conn {
 
 impl Conn {
     fn known_key(&self, key: &russh::keys::PublicKey) -> Option<Actor> {
-        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        // The key's wire encoding, fingerprinted the one way the core does.
+        let fp = match key.to_bytes() {
+            Ok(blob) => crate::core::Fingerprint::of(&blob),
+            Err(e) => {
+                tracing::warn!(error = %e, "offered key cannot be encoded");
+                return None;
+            }
+        };
         match self.shared.service.authenticate_key(&fp) {
             Ok(actor) => actor,
             Err(e) => {

@@ -25,7 +25,7 @@ use super::commands::Session;
 use super::paths::{self, PathError, VPath};
 use super::server::SessionSlot;
 use crate::core::ImageState;
-use crate::core::{CoreError, Upload, UploadTarget};
+use crate::core::{ImageId, CoreError, Upload, UploadTarget};
 
 /// Largest SFTP packet a client may send (russh-sftp's limit).
 const MAX_PACKET: u32 = 256 * 1024;
@@ -55,7 +55,7 @@ pub struct SftpSession {
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     /// Directories made in this session (so `scp -r` can stat them).
-    made_dirs: HashSet<(i64, PathBuf)>,
+    made_dirs: HashSet<(ImageId, PathBuf)>,
 }
 
 fn status(id: u32, code: StatusCode, msg: &str) -> Status {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use draupnir::config::Config;
 use draupnir::core::test_support::process;
-use draupnir::core::{Actor, ConnectionInfo, Service, UploadTarget};
+use draupnir::core::{Actor, ConnectionInfo, ImageId, Service, UploadTarget};
 
 pub const ADMIN_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop";
@@ -414,7 +414,7 @@ start_timeout = "30s"
 
     /// Create an image and upload the fixture into it (not finalised:
     /// a raw upload).
-    pub async fn uploaded_image(&self, script: Option<&str>) -> i64 {
+    pub async fn uploaded_image(&self, script: Option<&str>) -> ImageId {
         let admin = self.admin();
         let img = self.svc().create_image(&admin, None, script).unwrap();
         self.svc()
@@ -430,7 +430,7 @@ start_timeout = "30s"
     }
 
     /// Create an image, upload the fixture, finalise it.
-    pub async fn ready_image(&self, script: Option<&str>) -> i64 {
+    pub async fn ready_image(&self, script: Option<&str>) -> ImageId {
         let id = self.uploaded_image(script).await;
         self.svc()
             .finalise_image(&self.admin(), id, None)
@@ -527,7 +527,7 @@ impl ClientFiles {
         for (name, pem) in [
             ("root.crt", &info.credentials.ca_certificate),
             ("client.crt", &info.credentials.client_certificate),
-            ("client.key", &info.credentials.client_key),
+            ("client.key", info.credentials.client_key.expose()),
         ] {
             let p = dir.path().join(name);
             std::fs::write(&p, pem).unwrap();

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use draupnir::core::{Actor, InstanceRef, Service};
+use draupnir::core::{Actor, ImageId, InstanceRef, Service};
 use draupnir::ssh::SshServer;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -242,7 +242,7 @@ impl SshEnv {
     }
 
     /// A new image (uploading) created by the admin.
-    pub fn new_image(&self) -> i64 {
+    pub fn new_image(&self) -> ImageId {
         self.svc()
             .create_image(&self.admin(), None, None)
             .expect("create image")
@@ -251,7 +251,7 @@ impl SshEnv {
 
     /// Finalise the image, start an instance and query it with psql over
     /// certificate auth: the end of every upload test.
-    pub async fn assert_usable(&self, image: i64) {
+    pub async fn assert_usable(&self, image: ImageId) {
         let a = self.admin();
         self.svc()
             .finalise_image(&a, image, None)

@@ -25,14 +25,7 @@ use super::roles::{self, Problem};
 use super::sandbox::Confinement;
 use crate::certs;
 
-/// What a finalise reports while it runs.
-#[derive(Debug, Clone)]
-pub enum Progress {
-    /// A step begins.
-    Step(String),
-    /// A line the anonymisation script printed.
-    Output(String),
-}
+pub use crate::core::model::Progress;
 
 /// Why a finalise failed; `Display` is the reason kept on the image.
 #[derive(Debug, thiserror::Error)]

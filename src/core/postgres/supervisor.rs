@@ -10,6 +10,7 @@
 //! a crash, so it comes back once the port is free). Instances are known
 //! by id only; the core turns the events into state changes.
 
+use crate::core::model::InstanceId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,17 +25,17 @@ use super::serving::{NotServing, ServingCheck};
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The postmaster exited unexpectedly and was started again.
-    Restarted { id: i64, pid: i32 },
+    Restarted { id: InstanceId, pid: i32 },
     /// Restarting failed too often; the instance is left stopped.
-    Failed { id: i64, reason: String },
+    Failed { id: InstanceId, reason: String },
     /// The postmaster serves its clients on every address (after a
     /// restart, an adoption, or a spell of not serving).
-    Serving { id: i64, pid: i32 },
+    Serving { id: InstanceId, pid: i32 },
     /// Clients cannot reach it (`reason`): it was stopped (`pid` None) and
     /// is started again on its port with back-off until they can, or it
     /// runs but has not answered yet (a long recovery) and is waited for.
     NotServing {
-        id: i64,
+        id: InstanceId,
         pid: Option<i32>,
         reason: String,
     },
@@ -82,7 +83,7 @@ struct Watched {
 /// Cheap to clone; all clones share the watched set.
 #[derive(Clone)]
 pub struct Supervisor {
-    watched: Arc<Mutex<HashMap<i64, Watched>>>,
+    watched: Arc<Mutex<HashMap<InstanceId, Watched>>>,
     events: mpsc::UnboundedSender<Event>,
     policy: RestartPolicy,
 }
@@ -100,7 +101,7 @@ impl Supervisor {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Watched>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Watched>> {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -109,7 +110,7 @@ impl Supervisor {
     /// running).
     pub fn watch(
         &self,
-        id: i64,
+        id: InstanceId,
         spec: PostmasterSpec,
         pm: Postmaster,
         check: Option<Arc<ServingCheck>>,
@@ -143,7 +144,7 @@ impl Supervisor {
     }
 
     /// The current PID of instance `id`'s postmaster, if watched.
-    pub fn pid(&self, id: i64) -> Option<i32> {
+    pub fn pid(&self, id: InstanceId) -> Option<i32> {
         let w = self.lock();
         let pid = w.get(&id)?.pid.lock().unwrap_or_else(|p| p.into_inner());
         *pid
@@ -152,7 +153,7 @@ impl Supervisor {
     /// Stop instance `id`'s postmaster the given way (immediate for an
     /// instance whose data is about to be deleted) and forget it. Returns
     /// when the process is gone.
-    pub async fn shutdown(&self, id: i64, mode: Shutdown) {
+    pub async fn shutdown(&self, id: InstanceId, mode: Shutdown) {
         let watched = self.lock().remove(&id);
         if let Some(w) = watched {
             let _ = w.stop.send(Some(mode));
@@ -180,7 +181,7 @@ pub fn log_says_disk_full(tail: &str) -> bool {
 
 /// What a watcher task keeps.
 struct Watch {
-    id: i64,
+    id: InstanceId,
     spec: PostmasterSpec,
     check: Option<Arc<ServingCheck>>,
     events: mpsc::UnboundedSender<Event>,
@@ -210,7 +211,7 @@ impl Watch {
                 new
             }
             Err(e) => {
-                tracing::error!(instance = self.id, error = %e, "cannot restart postmaster");
+                tracing::error!(instance = %self.id, error = %e, "cannot restart postmaster");
                 *self.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Postmaster::Adopted(0)
             }
@@ -226,7 +227,7 @@ impl Watch {
         stop: &mut watch::Receiver<Option<Shutdown>>,
     ) -> bool {
         if *spell == 0 {
-            tracing::warn!(instance = self.id, reason = %why, "postmaster cannot serve its clients; retrying");
+            tracing::warn!(instance = %self.id, reason = %why, "postmaster cannot serve its clients; retrying");
         }
         let _ = self.events.send(Event::NotServing {
             id: self.id,
@@ -274,7 +275,7 @@ async fn watcher(
                         let _ = w.events.send(Event::Serving { id, pid });
                     }
                     if deaf_spell > 0 {
-                        tracing::info!(instance = id, "postmaster serves its clients again");
+                        tracing::info!(instance = %id, "postmaster serves its clients again");
                     }
                     deaf_spell = 0;
                 }
@@ -290,7 +291,7 @@ async fn watcher(
                     // Alive, but nothing answered in time (a long crash
                     // recovery answers "starting up"): say so and keep
                     // waiting; it is never killed for being slow.
-                    tracing::warn!(instance = id, reason = %why, "postmaster not ready yet");
+                    tracing::warn!(instance = %id, reason = %why, "postmaster not ready yet");
                     let _ = w.events.send(Event::NotServing {
                         id,
                         pid: pm.pid(),
@@ -325,7 +326,7 @@ async fn watcher(
         // it takes (the core's disk watch lets it recover), never counted
         // towards `failed`.
         let disk_full = log_says_disk_full(&process::log_tail(&w.spec.log_file, 20));
-        tracing::warn!(instance = id, disk_full, "postmaster exited unexpectedly");
+        tracing::warn!(instance = %id, disk_full, "postmaster exited unexpectedly");
         let now = Instant::now();
         if disk_full {
             full_exits = full_exits.saturating_add(1);

@@ -1,5 +1,6 @@
 //! Where things live under `data_path` (see DESIGN.md, "Disk layout").
 
+use crate::core::model::{ImageId, InstanceId};
 use std::path::{Path, PathBuf};
 
 /// The directories under `data_path`.
@@ -31,15 +32,15 @@ impl Layout {
         self.root.join("instances")
     }
 
-    pub fn upload(&self, image_id: i64) -> PathBuf {
+    pub fn upload(&self, image_id: ImageId) -> PathBuf {
         self.uploads().join(image_id.to_string())
     }
 
-    pub fn snapshot(&self, image_id: i64) -> PathBuf {
+    pub fn snapshot(&self, image_id: ImageId) -> PathBuf {
         self.snapshots().join(image_id.to_string())
     }
 
-    pub fn instance(&self, instance_id: i64) -> PathBuf {
+    pub fn instance(&self, instance_id: InstanceId) -> PathBuf {
         self.instances().join(instance_id.to_string())
     }
 
