@@ -3,11 +3,13 @@
 //! Nothing here decides about images or instances.
 
 pub mod commands;
+mod error;
 mod format;
 pub mod hostkey;
 pub mod paths;
 pub mod scp;
 pub mod server;
+mod session;
 pub mod sftp;
 mod socket;
 

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::commands::Session;
+use super::error::Refusal;
 use super::paths::{self, VPath};
-use crate::core::{ImageId, CoreError, UploadTarget};
+use super::session::Session;
+use crate::core::{CoreError, ImageId, UploadTarget};
 
 /// Longest record line accepted.
 const MAX_LINE: usize = 4096;
@@ -34,7 +35,7 @@ enum Stop {
 
 impl From<CoreError> for Stop {
     fn from(e: CoreError) -> Self {
-        Stop::Refuse(e.to_string())
+        Stop::Refuse(Refusal::from(e).into_message())
     }
 }
 

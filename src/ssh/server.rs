@@ -11,7 +11,6 @@
 //! [`AuthDeadline`]), `max_unauthenticated` in all and
 //! `max_unauthenticated_per_address` from one address.
 
-use crate::core::UserId;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::commands;
+use super::session::{Session as CommandSession, SessionSlot, Sessions};
 use super::socket::{AuthDeadline, QuickAck};
 use super::{hostkey, scp, sftp, SshError};
 use crate::config::SshConfig;
@@ -83,32 +83,8 @@ struct Shared {
     unauthenticated_from: Mutex<HashMap<IpAddr, usize>>,
     /// Most unauthenticated connections from one address.
     per_address: usize,
-    /// Open session channels per user id.
-    sessions: Mutex<HashMap<UserId, usize>>,
-}
-
-/// One open session channel counted against its user; released on drop.
-pub(crate) struct SessionSlot {
-    shared: Arc<Shared>,
-    user_id: UserId,
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        crate::http::metrics::SSH_SESSIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // The counts stay right even if a task panicked holding the lock.
-        let mut m = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.user_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.user_id);
-            }
-        }
-    }
+    /// Open session channels per user.
+    sessions: Sessions,
 }
 
 /// An unauthenticated connection's place under both caps; released on
@@ -149,20 +125,6 @@ impl Shared {
             ip,
         })
     }
-
-    fn take_slot(self: &Arc<Self>, user_id: UserId) -> Option<SessionSlot> {
-        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(user_id).or_insert(0);
-        if *n >= self.cfg.max_sessions_per_user {
-            return None;
-        }
-        *n += 1;
-        crate::http::metrics::SSH_SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(SessionSlot {
-            shared: self.clone(),
-            user_id,
-        })
-    }
 }
 
 /// Bind `cfg.listen_address`, load (or create) the host key and serve
@@ -188,7 +150,7 @@ pub async fn serve(service: Service, cfg: &SshConfig) -> Result<SshServer, SshEr
         unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
         unauthenticated_from: Mutex::new(HashMap::new()),
         per_address: cfg.unauthenticated_per_address(),
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Sessions::new(cfg.max_sessions_per_user),
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(accept_loop(listener, config, shared, stopped));
@@ -422,8 +384,8 @@ impl Conn {
         }
     }
 
-    fn command_session(&self, actor: Actor) -> commands::Session {
-        commands::Session {
+    fn command_session(&self, actor: Actor) -> CommandSession {
+        CommandSession {
             service: self.shared.service.clone(),
             actor,
             peer: Some(self.peer.ip()),
@@ -532,7 +494,7 @@ impl russh::server::Handler for Conn {
                 .await;
             return Ok(());
         };
-        let Some(slot) = self.shared.take_slot(actor.user_id) else {
+        let Some(slot) = self.shared.sessions.take(actor.user_id) else {
             tracing::warn!(user = %actor.name, peer = %self.peer, "too many ssh sessions");
             if self.refused.len() >= MAX_REFUSED_CHANNELS {
                 reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -729,7 +691,7 @@ async fn finish_channel(chan: &Channel<Msg>, status: u32) {
 async fn run_exec(
     chan: Channel<Msg>,
     slot: SessionSlot,
-    session: commands::Session,
+    session: CommandSession,
     argv: Result<Vec<String>, String>,
 ) {
     let _slot = slot;
@@ -759,7 +721,7 @@ async fn exec_body(
     mut read_half: russh::ChannelReadHalf,
     mut stdout: impl tokio::io::AsyncWrite + Unpin + Send,
     mut stderr: impl tokio::io::AsyncWrite + Unpin + Send,
-    session: commands::Session,
+    session: CommandSession,
     argv: Result<Vec<String>, String>,
 ) -> u32 {
     let status = match argv {

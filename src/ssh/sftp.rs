@@ -21,9 +21,9 @@ use russh_sftp::protocol::{
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::commands::Session;
+use super::error::Refusal;
 use super::paths::{self, PathError, VPath};
-use super::server::SessionSlot;
+use super::session::{Session, SessionSlot};
 use crate::core::ImageState;
 use crate::core::{ImageId, CoreError, Upload, UploadTarget};
 
@@ -72,12 +72,7 @@ fn ok(id: u32) -> Status {
 }
 
 fn core_err(e: CoreError) -> StatusReply {
-    let code = match e {
-        CoreError::NotFound { .. } => StatusCode::NoSuchFile,
-        CoreError::AdminOnly(_) => StatusCode::PermissionDenied,
-        _ => StatusCode::Failure,
-    };
-    code.with_message(e.to_string())
+    Refusal::from(e).sftp_reply()
 }
 
 fn path_err(e: PathError) -> StatusReply {
@@ -359,7 +354,8 @@ impl russh_sftp::server::Handler for SftpSession {
             tracing::debug!(path = %u.shown, bytes = len, "first sftp write");
         }
         if let Err(e) = upload.write(data).await {
-            let reason = e.to_string();
+            // Kept to answer CLOSE with, so always a plain failure.
+            let reason = Refusal::from(e).into_message();
             u.upload = None;
             u.failed = Some(reason.clone());
             return Err(StatusCode::Failure.with_message(reason));

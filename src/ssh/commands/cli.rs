@@ -1,0 +1,277 @@
+//! The command line of `ssh draupnir`: the clap definitions of every
+//! command and its arguments, the argument parsers they share, and the
+//! overview `help` prints. Nothing here runs a command.
+
+use crate::core::{ImageId, InstanceId};
+use std::net::IpAddr;
+
+use clap::{Parser, Subcommand};
+
+pub(super) const OVERVIEW: &str = "\
+Draupnir: fresh, anonymised, private PostgreSQL instances.
+Usage: ssh draupnir COMMAND [ARGS]     (every command takes --help; listings take --json)
+
+Instances
+  instances [--all]              list your instances (--all: everyone's, admins)
+  new-instance IMAGE_ID|latest   create an instance of a ready image [--ttl 8h]
+  instance ID                    show one instance
+  env ID                         print shell exports to connect: eval \"$(ssh draupnir env ID)\"
+  reset-instance ID              return an instance to its image (same port and credentials)
+  extend-instance ID DURATION    keep an instance longer (e.g. 4h)
+  allow-ip ID ADDRESS            let another address reach an instance
+  disallow-ip ID ADDRESS         take an address off an instance's allow-list
+  destroy-instance ID            stop and delete an instance
+
+Images
+  images                         list images
+  image ID                       show one image (with its failure reason)
+  new-image [--script SQL|-]     create an image to upload into (admins)
+  upload-image ID                upload a tar/tar.gz/tar.zst data directory from stdin (admins)
+  finalise-image ID [--detach]   anonymise and seal an image (alias: done) (admins)
+  reset-upload ID                let a failed upload start again (admins)
+  destroy-image ID [--force]     delete an image (--force: and its instances) (admins)
+
+Users and keys
+  whoami                         who you are
+  users                          list users (admins)
+  add-user NAME [--admin]        add a user (admins)
+  remove-user NAME               remove a user and their instances (admins)
+  add-key USER                   add the public key on stdin to a user
+  remove-key FINGERPRINT         remove a key
+  keys [USER]                    list keys
+  token                          mint a bearer token for the HTTP API
+
+  status                         image freshness (stale when the nightly image is late)
+  help                           this list
+  version                        the server's version
+";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "draupnir",
+    bin_name = "ssh draupnir",
+    no_binary_name = true,
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Option<Cmd>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| format!("`{s}` is not an IP address"))
+        .and_then(|a| crate::core::allowable(a).map_err(|e| e.to_string()))
+}
+
+pub(super) fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    let not_an_id = || format!("`{s}` is not an id (a positive number)");
+    match s.parse::<i64>() {
+        Ok(n) if n > 0 => s.parse::<T>().map_err(|_| not_an_id()),
+        _ => Err(not_an_id()),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Cmd {
+    /// List images.
+    Images {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image, with its failure reason.
+    Image {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an image to upload a backup into (admins).
+    NewImage {
+        /// When the backup was taken (RFC 3339, e.g. 2026-11-21T02:00:00Z).
+        #[arg(long)]
+        backed_up_at: Option<String>,
+        /// The anonymisation SQL script, inline, or `-` to read it from stdin.
+        #[arg(long)]
+        script: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a tar, tar.gz or tar.zst data directory from stdin (admins).
+    UploadImage {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+    },
+    /// Anonymise and seal an uploaded image, streaming progress (admins).
+    #[command(visible_alias = "done")]
+    FinaliseImage {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+        /// Return at once; follow with `image ID`.
+        #[arg(long)]
+        detach: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a failed upload start again with an empty image (admins).
+    ResetUpload {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+    },
+    /// Delete an image (admins).
+    DestroyImage {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+        /// Also destroy the image's instances.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List your instances.
+    Instances {
+        /// Everyone's instances (admins).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an instance of a ready image (`latest`: the newest).
+    NewInstance {
+        /// An image id, or `latest`.
+        #[arg(value_name = "IMAGE_ID")]
+        image: String,
+        /// How long it lives (e.g. 8h, 3d); destroyed after that.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one instance.
+    Instance {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell exports that connect psql: eval "$(ssh draupnir env ID)".
+    Env {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let another address reach an instance (a colleague, a CI runner).
+    AllowIp {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+        #[arg(value_parser = parse_ip)]
+        address: IpAddr,
+    },
+    /// Take an address off an instance's allow-list.
+    DisallowIp {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+        #[arg(value_parser = parse_ip)]
+        address: IpAddr,
+    },
+    /// Keep an instance longer (e.g. `extend-instance 4 4h`).
+    ExtendInstance {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+        #[arg(value_parser = parse_duration)]
+        by: std::time::Duration,
+    },
+    /// Image freshness: `stale` when no image became ready in time.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return an instance to its image (same id, port and credentials).
+    ResetInstance {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+    },
+    /// Stop and delete an instance.
+    DestroyInstance {
+        #[arg(value_parser = parse_id::<InstanceId>)]
+        id: InstanceId,
+    },
+    /// Who you are.
+    Whoami {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users (admins).
+    Users {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user (admins).
+    AddUser {
+        name: String,
+        /// Make the user an admin.
+        #[arg(long)]
+        admin: bool,
+        /// The user's e-mail (links an OAuth login to this user).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Remove a user and destroy their instances (admins).
+    RemoveUser { name: String },
+    /// Add the OpenSSH public key(s) on stdin to a user.
+    AddKey { user: String },
+    /// Remove a key by its SHA256 fingerprint.
+    RemoveKey { fingerprint: String },
+    /// List keys (yours, or a user's; admins: everyone's).
+    Keys {
+        user: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a bearer token for the HTTP API (shown once).
+    Token {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the commands.
+    Help,
+    /// Print the server's version.
+    Version,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn overview_lists_every_command() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name();
+            assert!(
+                OVERVIEW.lines().any(|l| l.trim_start().starts_with(name)),
+                "`{name}` missing from the overview"
+            );
+        }
+        Cli::command().debug_assert();
+    }
+}

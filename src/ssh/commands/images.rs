@@ -1,0 +1,245 @@
+//! The image commands: `images`, `image`, `new-image`, `upload-image`,
+//! `finalise-image` (streaming the core's progress), `reset-upload` and
+//! `destroy-image`. Each asks the core and formats its answer.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::AsyncRead;
+
+use super::{read_stdin, say, say_json, ssh_target, Failure, Out, Session};
+use crate::core::{format_ts, Finalising, ImageId, ImageState, Progress, UploadTarget};
+use crate::ssh::error::Refusal;
+use crate::ssh::format::{self, age, size, table};
+
+/// `images [--json]`.
+pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<(), Failure> {
+    let images = session.service.list_images(&session.actor)?;
+    if json {
+        return say_json(
+            out,
+            &json!(images.iter().map(format::image_json).collect::<Vec<_>>()),
+        )
+        .await;
+    }
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.state.as_str().into(),
+                i.pg_major
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                size(i.size_bytes),
+                i.backed_up_at.map(age).unwrap_or_else(|| "-".into()),
+                age(i.created_at),
+                i.failure_reason
+                    .as_deref()
+                    .map(|r| format::one_line(r, 70))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    say(
+        out,
+        table(
+            &[
+                "ID",
+                "STATE",
+                "PG",
+                "SIZE",
+                "BACKED UP",
+                "CREATED",
+                "REASON",
+            ],
+            &rows,
+        ),
+    )
+    .await
+}
+
+/// `image ID [--json]`.
+pub(super) async fn show(
+    session: &Session,
+    id: ImageId,
+    json: bool,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let i = session.service.image(&session.actor, id)?;
+    if json {
+        return say_json(out, &format::image_json(&i)).await;
+    }
+    let mut text =
+        format!(
+        "image     {}\nstate     {}\npostgres  {}\nsize      {}\nbacked up {}\ncreated   {} ({})\n",
+        i.id,
+        i.state.as_str(),
+        i.pg_major.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+        size(i.size_bytes),
+        i.backed_up_at.map(format_ts).unwrap_or_else(|| "-".into()),
+        format_ts(i.created_at),
+        age(i.created_at),
+    );
+    if let Some(r) = &i.failure_reason {
+        text.push_str(&format!("reason    {r}\n"));
+    }
+    say(out, text).await
+}
+
+/// `new-image [--backed-up-at TIME] [--script SQL|-] [--json]`.
+pub(super) async fn create(
+    session: &Session,
+    backed_up_at: Option<String>,
+    script: Option<String>,
+    json: bool,
+    stdin: &mut (dyn AsyncRead + Unpin + Send),
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let backed_up_at = match backed_up_at {
+        None => None,
+        Some(s) => Some(
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    Failure::Usage(format!(
+                        "--backed-up-at `{}` is not an RFC 3339 time like 2026-11-21T02:00:00Z",
+                        format::one_line(&s, 40)
+                    ))
+                })?,
+        ),
+    };
+    let script = match script.as_deref() {
+        Some("-") => Some(read_stdin(stdin, "the script").await?),
+        Some(s) => Some(s.to_string()),
+        None => None,
+    };
+    let image = session
+        .service
+        .create_image(&session.actor, backed_up_at, script.as_deref())?;
+    if json {
+        return say_json(out, &format::image_json(&image)).await;
+    }
+    let (port, host) = ssh_target(session);
+    say(
+        out,
+        format!(
+            "image {id} created; upload a backup into it:\n  scp{port} backup.tar.gz {host}:images/{id}\nthen seal it:\n  ssh{p2} {host} finalise-image {id}\n",
+            id = image.id,
+            p2 = port.replace("-P", "-p"),
+        ),
+    )
+    .await
+}
+
+/// `upload-image ID`: the archive comes on stdin.
+pub(super) async fn upload(
+    session: &Session,
+    id: ImageId,
+    stdin: &mut (dyn AsyncRead + Unpin + Send),
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let report = session
+        .service
+        .ingest(&session.actor, id, UploadTarget::Stream, &mut *stdin)
+        .await?;
+    say(
+        out,
+        format!(
+            "uploaded {} in {} entries into image {id}\n",
+            size(report.bytes_written),
+            report.entries
+        ),
+    )
+    .await
+}
+
+/// `finalise-image ID [--detach] [--json]` (alias `done`).
+pub(super) async fn finalise(
+    session: &Session,
+    id: ImageId,
+    detach: bool,
+    json: bool,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let svc = &session.service;
+    if detach {
+        return match svc.start_finalise(&session.actor, id, None)? {
+            Finalising::AlreadyReady(i) if json => say_json(out, &format::image_json(&i)).await,
+            Finalising::AlreadyReady(_) => say(out, format!("image {id} is already ready\n")).await,
+            Finalising::Started(_) => {
+                say(
+                    out,
+                    format!("finalising image {id} in the background; follow with: ssh draupnir image {id}\n"),
+                )
+                .await
+            }
+        };
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let progress: crate::core::FinaliseProgress = Arc::new(move |p| {
+        let _ = tx.send(p);
+    });
+    let work = svc.finalise_image(&session.actor, id, if json { None } else { Some(progress) });
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            res = &mut work => break res,
+            Some(p) = rx.recv() => show_progress(&mut *out, p).await?,
+        }
+    };
+    while let Ok(p) = rx.try_recv() {
+        show_progress(&mut *out, p).await?;
+    }
+    let image = result?;
+    if json {
+        return say_json(out, &format::image_json(&image)).await;
+    }
+    if image.state == ImageState::Ready {
+        say(
+            out,
+            format!(
+                "image {id} is ready (PostgreSQL {}, {}); create an instance with: ssh draupnir new-instance {id}\n",
+                image.pg_major.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+                size(image.size_bytes)
+            ),
+        )
+        .await
+    } else {
+        Err(Failure::Core(Refusal::failed(format!(
+            "image {id} is {}",
+            image.state.as_str()
+        ))))
+    }
+}
+
+async fn show_progress(out: Out<'_>, p: Progress) -> Result<(), Failure> {
+    match p {
+        Progress::Step(s) => say(out, format!("==> {s}\n")).await,
+        Progress::Output(line) => say(out, format!("    {line}\n")).await,
+        Progress::Done => Ok(()),
+    }
+}
+
+/// `reset-upload ID`.
+pub(super) async fn reset_upload(session: &Session, id: ImageId, out: Out<'_>) -> Result<(), Failure> {
+    session.service.reset_upload(&session.actor, id)?;
+    say(
+        out,
+        format!("image {id} is empty and accepts uploads again\n"),
+    )
+    .await
+}
+
+/// `destroy-image ID [--force]`.
+pub(super) async fn destroy(
+    session: &Session,
+    id: ImageId,
+    force: bool,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    session
+        .service
+        .destroy_image(&session.actor, id, force)
+        .await?;
+    say(out, format!("image {id} destroyed\n")).await
+}
