@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod shared;
 pub mod ssh;
 
 use std::io::Write;
@@ -491,22 +492,38 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Stop the core, kill its postmasters and unmount: what drop does,
+    /// for a world shared by a whole test binary (torn down at exit).
+    pub fn teardown(&self) {
+        if let Some(s) = &self.service {
+            s.shutdown();
+        }
+        unmount_world(&self.config.data_path);
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+}
+
+fn unmount_world(data_path: &Path) {
+    kill_postmasters_beneath(data_path);
+    for _ in 0..50 {
+        let out = Command::new("umount")
+            .arg(data_path)
+            .stderr(Stdio::null())
+            .status();
+        if matches!(out, Ok(s) if s.success()) || !is_mounted(data_path) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if let Some(s) = self.service.take() {
             s.shutdown();
         }
-        kill_postmasters_beneath(&self.config.data_path);
-        for _ in 0..50 {
-            let out = Command::new("umount")
-                .arg(&self.config.data_path)
-                .stderr(Stdio::null())
-                .status();
-            if matches!(out, Ok(s) if s.success()) || !is_mounted(&self.config.data_path) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        unmount_world(&self.config.data_path);
     }
 }
 
