@@ -41,7 +41,7 @@ use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::TestConfig;
 use draupnir::core::test_support::cluster::CLIENT_ROLE;
 use draupnir::core::test_support::{pgconn, process};
 use serde_json::Value;
@@ -526,15 +526,15 @@ async fn run() {
         .expect("tempdir");
     let base = common::port_base();
     let max_port = base + (n as u16).max(40) + 50;
-    let config = TestEnv::config_text_full(
-        dir.path(),
-        &format!(
+    let config = TestConfig::new()
+        .top(&format!(
             "min_instance_port = {base}\nmax_instance_port = {max_port}\nloopback_size = \"8G\""
-        ),
-        &format!("admin_keys = [\"{}\"]", common::ssh::public_line(&key)),
-        common::DEFAULT_HTTP,
-        "",
-    );
+        ))
+        .ssh(&format!(
+            "admin_keys = [\"{}\"]",
+            common::ssh::public_line(&key)
+        ))
+        .text(dir.path());
     let daemon = Daemon::start(dir, &config);
     let ssh = Ssh {
         port: daemon.ssh_port,

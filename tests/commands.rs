@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::future::Future;
 use std::process::Command;
+use std::sync::OnceLock;
 
+use common::shared::Shared;
 use common::*;
 use draupnir::core::Actor;
 use draupnir::ssh::commands::{self, Io, Session};
@@ -59,199 +62,408 @@ fn assert_one_line_error(r: &Ran, code: u32, needle: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_story_through_commands() {
+/// The story's shared world: one image made through the commands
+/// (`new-image --script -`, `upload-image`, `finalise-image`), its id read
+/// from `images --json`; the replies are kept for the tests to check. Each
+/// test that needs an instance makes its own, for a user of its own.
+struct Story {
+    env: TestEnv,
+    image: i64,
+    new_image: Ran,
+    upload: Ran,
+    finalise: Ran,
+}
+
+static STORY: OnceLock<Shared<Story>> = OnceLock::new();
+
+async fn build_story() -> Story {
     let env = TestEnv::new().await;
     let admin = env.admin();
-    let r = run(
+    let new_image = run(
         &env,
         &admin,
         "new-image --script -",
         b"DELETE FROM orders WHERE user_id > 5; DELETE FROM users WHERE id > 5;",
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.contains("image 1 created"), "{}", r.out);
-    assert!(
-        r.out.contains("backup.tar.gz localhost:images/1"),
-        "{}",
-        r.out
-    );
-    let r = run(&env, &admin, "upload-image 1", &FIXTURE.tar_gz).await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.contains("into image 1"), "{}", r.out);
-    let r = run(&env, &admin, "finalise-image 1", b"").await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(
-        r.out.contains("==> running anonymisation script"),
-        "{}",
-        r.out
-    );
-    assert!(
-        r.out.contains("DELETE 95"),
-        "psql output is streamed: {}",
-        r.out
-    );
-    assert!(
-        r.out.contains("image 1 is ready (PostgreSQL 15"),
-        "{}",
-        r.out
-    );
-    let r = run(&env, &admin, "done 1 --json", b"").await;
-    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert_eq!(v["ready"], true);
+    let images = json_of(&run(&env, &admin, "images --json", b"").await);
+    let image = images[0]["id"].as_i64().expect("an image id in --json");
+    let upload = run(
+        &env,
+        &admin,
+        &format!("upload-image {image}"),
+        &FIXTURE.tar_gz,
+    )
+    .await;
+    let finalise = run(&env, &admin, &format!("finalise-image {image}"), b"").await;
+    Story {
+        env,
+        image,
+        new_image,
+        upload,
+        finalise,
+    }
+}
 
-    let bob = env.user("bob");
-    let r = run(&env, &bob, "new-instance latest", b"").await;
+/// Run a test on the story's world.
+async fn on_story<Fut>(test: impl FnOnce(&'static Story) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Shared::get(&STORY, build_story, |s| s.env.teardown())
+        .await
+        .run(test)
+        .await
+}
+
+/// A command's `--json` output, parsed.
+fn json_of(r: &Ran) -> serde_json::Value {
+    serde_json::from_str(&r.out).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", r.out, r.err))
+}
+
+/// `new-instance IMAGE --json` as `who`; the new instance's id.
+async fn new_instance(env: &TestEnv, who: &Actor, image: i64) -> i64 {
+    let r = run(env, who, &format!("new-instance {image} --json"), b"").await;
     assert_eq!(r.code, 0, "{}", r.err);
-    assert!(
-        r.out.contains("instance 1 of image 1 is running"),
-        "{}",
-        r.out
-    );
-    assert!(
-        r.out
-            .contains("eval \"$(ssh -p 2222 localhost env 1)\" && psql"),
-        "{}",
-        r.out
-    );
-    let r = run(&env, &bob, "extend-instance 1 4h", b"").await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.contains("now lives until"), "{}", r.out);
-    assert_one_line_error(
-        &run(&env, &bob, "extend-instance 1 soon", b"").await,
-        2,
-        "duration",
-    );
-    let r = run(&env, &bob, "status --json", b"").await;
-    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert_eq!(v["status"], "ok");
-    assert_eq!(v["newest_ready_image"], 1);
-    let r = run(&env, &bob, "env 1", b"").await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    // eval it in a real POSIX shell and run psql with nothing else set.
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("env.sh");
-    std::fs::write(&script, &r.out).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "eval \"$(cat {})\" && test \"$(stat -c %a \"$PGSSLKEY\")\" = 600 && PGHOST=127.0.0.1 psql -X -At -c 'SELECT count(*) FROM users'",
-            script.display()
-        ))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("TMPDIR", dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
-    for var in [
-        "PGHOST='localhost'",
-        "PGUSER='draupnir'",
-        "PGSSLMODE=verify-ca",
-        "PGSSLROOTCERT=",
-        "PGSSLCERT=",
-        "PGSSLKEY=",
-        "PGDATABASE=",
-        "PGPORT=",
-    ] {
+    json_of(&r)["id"]
+        .as_i64()
+        .expect("an instance id in --json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_image_reads_its_script_from_stdin_and_says_where_to_upload() {
+    on_story(|s| async move {
+        let (r, id) = (&s.new_image, s.image);
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(r.out.contains(&format!("image {id} created")), "{}", r.out);
         assert!(
-            r.out.contains(&format!("export {var}")),
-            "{var} missing: {}",
+            r.out
+                .contains(&format!("backup.tar.gz localhost:images/{id}")),
+            "{}",
             r.out
         );
-    }
-    let r = run(&env, &bob, "env 1 --json", b"").await;
-    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert!(v["client_key"].as_str().unwrap().contains("PRIVATE KEY"));
-    assert_eq!(v["sslmode"], "verify-ca");
+    })
+    .await
+}
 
-    let r = run(&env, &bob, "instances", b"").await;
-    assert!(r.out.starts_with("ID  IMAGE  STATE    PORT"), "{}", r.out);
-    assert!(
-        r.out.contains("running") && r.out.contains("bob"),
-        "{}",
-        r.out
-    );
-    let r = run(&env, &bob, "instance 1", b"").await;
-    assert!(
-        r.out.contains("192.0.2.7"),
-        "the client's address is recorded: {}",
-        r.out
-    );
-    let r = run(&env, &bob, "allow-ip 1 ::ffff:198.51.100.4", b"").await;
-    assert_eq!(
-        r.out, "198.51.100.4 may now reach instance 1\n",
-        "{}",
-        r.err
-    );
-    assert_one_line_error(
-        &run(&env, &bob, "allow-ip 1 0.0.0.0", b"").await,
-        2,
-        "cannot be allow-listed",
-    );
-    assert_one_line_error(
-        &run(&env, &bob, "allow-ip 1 banana", b"").await,
-        2,
-        "not an IP address",
-    );
-    assert_one_line_error(
-        &run(&env, &carol_probe(&env), "allow-ip 1 198.51.100.9", b"").await,
-        1,
-        "not found",
-    );
-    let r = run(&env, &bob, "disallow-ip 1 198.51.100.4", b"").await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert_one_line_error(
-        &run(&env, &bob, "disallow-ip 1 198.51.100.4", b"").await,
-        1,
-        "not found",
-    );
-    let r = run(&env, &bob, "instances --json", b"").await;
-    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert_eq!(v[0]["image_id"], 1);
-    assert_eq!(v[0]["hostname"], "localhost");
-    assert!(v[0]["port"].as_u64().is_some());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_image_takes_the_archive_on_stdin() {
+    on_story(|s| async move {
+        let r = &s.upload;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(
+            r.out.contains(&format!("into image {}", s.image)),
+            "{}",
+            r.out
+        );
+    })
+    .await
+}
 
-    // Another user sees nothing of bob's.
-    let carol = env.user("carol");
-    let r = run(&env, &carol, "instances", b"").await;
-    assert_eq!(r.out.lines().count(), 1, "{}", r.out);
-    assert_one_line_error(
-        &run(&env, &carol, "env 1", b"").await,
-        1,
-        "instance 1 not found",
-    );
-    assert_one_line_error(
-        &run(&env, &carol, "destroy-instance 1", b"").await,
-        1,
-        "not found",
-    );
-    assert_one_line_error(&run(&env, &carol, "instance 1", b"").await, 1, "not found");
-    assert_one_line_error(
-        &run(&env, &carol, "instances --all", b"").await,
-        1,
-        "admin only",
-    );
-    assert_one_line_error(&run(&env, &carol, "new-image", b"").await, 1, "admin only");
-    assert_one_line_error(
-        &run(&env, &carol, "upload-image 1", &FIXTURE.tar).await,
-        1,
-        "admin only",
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalise_image_streams_the_script_and_its_psql_output() {
+    on_story(|s| async move {
+        let r = &s.finalise;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(
+            r.out.contains("==> running anonymisation script"),
+            "{}",
+            r.out
+        );
+        assert!(
+            r.out.contains("DELETE 95"),
+            "psql output is streamed: {}",
+            r.out
+        );
+        assert!(
+            r.out
+                .contains(&format!("image {} is ready (PostgreSQL 15", s.image)),
+            "{}",
+            r.out
+        );
+    })
+    .await
+}
 
-    let r = run(&env, &bob, "destroy-instance 1", b"").await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    assert_eq!(r.out, "instance 1 destroyed\n");
-    let r = run(&env, &admin, "images", b"").await;
-    assert!(r.out.starts_with("ID  STATE"), "{}", r.out);
-    assert!(r.out.contains("ready"), "{}", r.out);
-    let r = run(&env, &admin, "destroy-image 1", b"").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_json_says_the_image_is_ready() {
+    on_story(|s| async move {
+        let r = run(
+            &s.env,
+            &s.env.admin(),
+            &format!("done {} --json", s.image),
+            b"",
+        )
+        .await;
+        assert_eq!(json_of(&r)["ready"], true);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_instance_latest_says_how_to_connect() {
+    on_story(|s| async move {
+        let nina = s.env.user("nina");
+        let r = run(&s.env, &nina, "new-instance latest", b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        let listed = json_of(&run(&s.env, &nina, "instances --json", b"").await);
+        let id = listed[0]["id"].as_i64().expect("an instance id in --json");
+        assert!(
+            r.out
+                .contains(&format!("instance {id} of image {} is running", s.image)),
+            "{}",
+            r.out
+        );
+        assert!(
+            r.out.contains(&format!(
+                "eval \"$(ssh -p 2222 localhost env {id})\" && psql"
+            )),
+            "{}",
+            r.out
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_instance_takes_a_duration() {
+    on_story(|s| async move {
+        let olga = s.env.user("olga");
+        let id = new_instance(&s.env, &olga, s.image).await;
+        let r = run(&s.env, &olga, &format!("extend-instance {id} 4h"), b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(r.out.contains("now lives until"), "{}", r.out);
+        assert_one_line_error(
+            &run(&s.env, &olga, &format!("extend-instance {id} soon"), b"").await,
+            2,
+            "duration",
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_names_the_newest_ready_image() {
+    on_story(|s| async move {
+        let r = run(&s.env, &s.env.user("pete"), "status --json", b"").await;
+        let v = json_of(&r);
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["newest_ready_image"], s.image);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_exports_what_psql_needs_in_a_posix_shell() {
+    on_story(|s| async move {
+        let quinn = s.env.user("quinn");
+        let id = new_instance(&s.env, &quinn, s.image).await;
+        let r = run(&s.env, &quinn, &format!("env {id}"), b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        // eval it in a real POSIX shell and run psql with nothing else set.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("env.sh");
+        std::fs::write(&script, &r.out).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "eval \"$(cat {})\" && test \"$(stat -c %a \"$PGSSLKEY\")\" = 600 && PGHOST=127.0.0.1 psql -X -At -c 'SELECT count(*) FROM users'",
+                script.display()
+            ))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+        for var in [
+            "PGHOST='localhost'",
+            "PGUSER='draupnir'",
+            "PGSSLMODE=verify-ca",
+            "PGSSLROOTCERT=",
+            "PGSSLCERT=",
+            "PGSSLKEY=",
+            "PGDATABASE=",
+            "PGPORT=",
+        ] {
+            assert!(
+                r.out.contains(&format!("export {var}")),
+                "{var} missing: {}",
+                r.out
+            );
+        }
+        let v = json_of(&run(&s.env, &quinn, &format!("env {id} --json"), b"").await);
+        assert!(v["client_key"].as_str().unwrap().contains("PRIVATE KEY"));
+        assert_eq!(v["sslmode"], "verify-ca");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_lists_ones_own_as_a_table_and_as_json() {
+    on_story(|s| async move {
+        let bob = s.env.user("bob");
+        new_instance(&s.env, &bob, s.image).await;
+        let r = run(&s.env, &bob, "instances", b"").await;
+        assert!(r.out.starts_with("ID  IMAGE  STATE    PORT"), "{}", r.out);
+        assert!(
+            r.out.contains("running") && r.out.contains("bob"),
+            "{}",
+            r.out
+        );
+        let v = json_of(&run(&s.env, &bob, "instances --json", b"").await);
+        assert_eq!(v[0]["image_id"], s.image);
+        assert_eq!(v[0]["hostname"], "localhost");
+        assert!(v[0]["port"].as_u64().is_some());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_shows_the_address_the_client_came_from() {
+    on_story(|s| async move {
+        let rita = s.env.user("rita");
+        let id = new_instance(&s.env, &rita, s.image).await;
+        let r = run(&s.env, &rita, &format!("instance {id}"), b"").await;
+        assert!(
+            r.out.contains("192.0.2.7"),
+            "the client's address is recorded: {}",
+            r.out
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_ip_and_disallow_ip_edit_the_allow_list() {
+    on_story(|s| async move {
+        let env = &s.env;
+        let sam = env.user("sam");
+        let id = new_instance(env, &sam, s.image).await;
+        let r = run(
+            env,
+            &sam,
+            &format!("allow-ip {id} ::ffff:198.51.100.4"),
+            b"",
+        )
+        .await;
+        assert_eq!(
+            r.out,
+            format!("198.51.100.4 may now reach instance {id}\n"),
+            "{}",
+            r.err
+        );
+        assert_one_line_error(
+            &run(env, &sam, &format!("allow-ip {id} 0.0.0.0"), b"").await,
+            2,
+            "cannot be allow-listed",
+        );
+        assert_one_line_error(
+            &run(env, &sam, &format!("allow-ip {id} banana"), b"").await,
+            2,
+            "not an IP address",
+        );
+        assert_one_line_error(
+            &run(
+                env,
+                &carol_probe(env),
+                &format!("allow-ip {id} 198.51.100.9"),
+                b"",
+            )
+            .await,
+            1,
+            "not found",
+        );
+        let r = run(env, &sam, &format!("disallow-ip {id} 198.51.100.4"), b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert_one_line_error(
+            &run(env, &sam, &format!("disallow-ip {id} 198.51.100.4"), b"").await,
+            1,
+            "not found",
+        );
+    })
+    .await
+}
+
+/// carol owns nothing in the story's world.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_sees_nothing_of_ones_instances() {
+    on_story(|s| async move {
+        let env = &s.env;
+        let tess = env.user("tess");
+        let id = new_instance(env, &tess, s.image).await;
+        let carol = env.user("carol");
+        let r = run(env, &carol, "instances", b"").await;
+        assert_eq!(r.out.lines().count(), 1, "{}", r.out);
+        assert_one_line_error(
+            &run(env, &carol, &format!("env {id}"), b"").await,
+            1,
+            &format!("instance {id} not found"),
+        );
+        assert_one_line_error(
+            &run(env, &carol, &format!("destroy-instance {id}"), b"").await,
+            1,
+            "not found",
+        );
+        assert_one_line_error(
+            &run(env, &carol, &format!("instance {id}"), b"").await,
+            1,
+            "not found",
+        );
+        assert_one_line_error(
+            &run(env, &carol, "instances --all", b"").await,
+            1,
+            "admin only",
+        );
+        assert_one_line_error(&run(env, &carol, "new-image", b"").await, 1, "admin only");
+        assert_one_line_error(
+            &run(
+                env,
+                &carol,
+                &format!("upload-image {}", s.image),
+                &FIXTURE.tar,
+            )
+            .await,
+            1,
+            "admin only",
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_instance_says_so() {
+    on_story(|s| async move {
+        let uma = s.env.user("uma");
+        let id = new_instance(&s.env, &uma, s.image).await;
+        let r = run(&s.env, &uma, &format!("destroy-instance {id}"), b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert_eq!(r.out, format!("instance {id} destroyed\n"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_lists_a_ready_image_as_a_table() {
+    on_story(|s| async move {
+        let r = run(&s.env, &s.env.admin(), "images", b"").await;
+        assert!(r.out.starts_with("ID  STATE"), "{}", r.out);
+        assert!(r.out.contains("ready"), "{}", r.out);
+    })
+    .await
+}
+
+/// A world of its own: the story's image must stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_image_removes_a_ready_image() {
+    let env = TestEnv::new().await;
+    let id = env.ready_image(None).await;
+    let r = run(&env, &env.admin(), &format!("destroy-image {id}"), b"").await;
     assert_eq!(r.code, 0, "{}", r.err);
 }
 
@@ -420,11 +632,14 @@ async fn help_usage_errors_and_users() {
     assert!(r.out.starts_with("draupnir "));
 }
 
+/// What a person sees for a few commands in a fresh world, checked against
+/// `tests/golden/commands.txt` with times replaced by `<TIME>`.
+/// `UPDATE_GOLDEN=1 cargo test --test commands outputs_match` rewrites it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "prints command output for a human to look at"]
-async fn show_outputs() {
+async fn outputs_match_the_golden_file() {
     let env = TestEnv::new().await;
     let admin = env.admin();
+    let mut transcript = String::new();
     for line in [
         "help",
         "new-instance",
@@ -439,9 +654,128 @@ async fn show_outputs() {
         "keys",
     ] {
         let r = run(&env, &admin, line, b"").await;
-        println!(
+        transcript.push_str(&format!(
             "$ ssh draupnir {line}   [exit {}]\n{}{}",
-            r.code, r.out, r.err
+            r.code,
+            without_ages(&r.out),
+            r.err
+        ));
+    }
+    check_golden("commands.txt", &normalise(&transcript));
+}
+
+/// A table whose cells hold ages (`just now`, `5s ago`, `in 4h`) with
+/// those cells as `<AGE>` and its columns two spaces apart (the widths
+/// follow the ages); any other text as it is.
+fn without_ages(text: &str) -> String {
+    let is_age = |c: &str| {
+        let span = |t: &str| {
+            t.len() > 1
+                && t[..t.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                && t.ends_with(['s', 'm', 'h', 'd'])
+        };
+        c == "just now"
+            || c.strip_suffix(" ago").is_some_and(span)
+            || c.strip_prefix("in ").is_some_and(span)
+    };
+    let cells = |l: &str| -> Vec<String> {
+        l.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if !text.lines().any(|l| cells(l).iter().any(|c| is_age(c))) {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for l in text.lines() {
+        let row: Vec<String> = cells(l)
+            .into_iter()
+            .map(|c| if is_age(&c) { "<AGE>".into() } else { c })
+            .collect();
+        out.push_str(&row.join("  "));
+        out.push('\n');
+    }
+    out
+}
+
+/// `text` with every `YYYY-MM-DD hh:mm[:ss]` (with `T` or a space, and an
+/// optional `Z`) replaced by `<TIME>`: what changes from run to run.
+fn normalise(text: &str) -> String {
+    let b = text.as_bytes();
+    let shape = |i: usize| -> Option<usize> {
+        // The length of a time at `i`, if one starts there.
+        let digits = |from: usize, n: usize| {
+            b.len() >= from + n && b[from..from + n].iter().all(u8::is_ascii_digit)
+        };
+        let at = |j: usize, c: u8| b.get(j) == Some(&c);
+        let date = digits(i, 4) && at(i + 4, b'-') && digits(i + 5, 2) && at(i + 7, b'-');
+        let date = date && digits(i + 8, 2) && (at(i + 10, b'T') || at(i + 10, b' '));
+        let time = digits(i + 11, 2) && at(i + 13, b':') && digits(i + 14, 2);
+        if !(date && time) {
+            return None;
+        }
+        let mut end = i + 16;
+        if at(end, b':') && digits(end + 1, 2) {
+            end += 3;
+        }
+        if at(end, b'Z') {
+            end += 1;
+        }
+        Some(end - i)
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(n) = shape(i) {
+            out.push_str("<TIME>");
+            i += n;
+        } else {
+            let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+            out.push(ch);
+            i += ch.len_utf8().max(1);
+        }
+    }
+    out
+}
+
+/// Compare `actual` with `tests/golden/NAME`, or write it there when
+/// `UPDATE_GOLDEN=1`.
+fn check_golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(e, a)| e != a)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the output, first at line {} (UPDATE_GOLDEN=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display(),
+            first + 1
         );
     }
+}
+
+#[test]
+fn golden_normalising_hides_times_and_ages_only() {
+    assert_eq!(
+        normalise("at 2026-12-02T04:01:12Z and 2026-12-02 04:01, not 2026-12"),
+        "at <TIME> and <TIME>, not 2026-12"
+    );
+    assert_eq!(
+        without_ages("ID  CREATED   REASON\n1   just now  -\n2   5s ago    -\n3   in 4h     x\n"),
+        "ID  CREATED  REASON\n1  <AGE>  -\n2  <AGE>  -\n3  <AGE>  x\n"
+    );
+    assert_eq!(without_ages("no  ages  here\n"), "no  ages  here\n");
 }

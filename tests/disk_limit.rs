@@ -211,13 +211,17 @@ async fn without_a_limit_disk_use_is_not_shown_and_nothing_is_limited() {
 #[test]
 fn a_limit_below_64m_is_refused_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestEnv::config_text(dir.path(), "max_instance_disk = \"1M\"");
+    let text = TestConfig::new()
+        .top("max_instance_disk = \"1M\"")
+        .text(dir.path());
     let err = draupnir::config::Config::parse(&text)
         .expect_err("1M is refused")
         .to_string();
     assert!(err.contains("max_instance_disk"), "{err}");
     assert!(!err.trim().contains('\n'), "{err}");
-    let text = TestEnv::config_text(dir.path(), "max_instance_disk = \"lots\"");
+    let text = TestConfig::new()
+        .top("max_instance_disk = \"lots\"")
+        .text(dir.path());
     let err = draupnir::config::Config::parse(&text)
         .expect_err("not a size")
         .to_string();

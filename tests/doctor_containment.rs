@@ -67,7 +67,7 @@ fn a_data_path_under_a_0700_directory_is_named_with_its_fix() {
     chmod(&locked, 0o700);
     let data = locked.join("data");
     let _unmount = Unmount(data.clone());
-    let text = TestEnv::config_text(d, "").replace(
+    let text = TestConfig::new().text(d).replace(
         &format!("\"{}/data\"", d.display()),
         &format!("\"{}\"", data.display()),
     );
@@ -219,7 +219,7 @@ fn a_port_held_by_another_draupnir_is_not_the_running_daemon() {
             .prefix("drp-")
             .tempdir_in("/tmp")
             .unwrap();
-        let text = TestEnv::config_text(dir.path(), "").replacen(
+        let text = TestConfig::new().text(dir.path()).replacen(
             "listen_address = \"127.0.0.1:0\"",
             &format!("listen_address = \"127.0.0.1:{ssh}\""),
             1,

@@ -113,16 +113,14 @@ async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
 async fn stalled_https_flood_under_a_low_fd_limit_spares_ssh() {
     let keys = tempfile::tempdir().unwrap();
     let key = common::ssh::keygen(keys.path(), "admin", "alice@test");
-    let mut env = TestEnv::with_all(
-        "",
-        &format!(
+    let mut env = TestConfig::new()
+        .ssh(&format!(
             "admin_keys = [\"{ADMIN_KEY}\", \"{}\"]",
             common::ssh::public_line(&key)
-        ),
-        "listen_address = \"127.0.0.1:0\"\nheader_timeout = \"3s\"",
-        "",
-    )
-    .await;
+        ))
+        .http("listen_address = \"127.0.0.1:0\"\nheader_timeout = \"3s\"")
+        .open()
+        .await;
     env.service.take().unwrap().shutdown();
     let (_daemon, rx) = spawn_daemon(&env.dir.path().join("config.toml"));
     let ssh_port = port_after(&wait_line(&rx, "ssh listening on"), "127.0.0.1:");

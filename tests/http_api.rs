@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use common::http::*;
+use common::shared::Shared;
 use common::*;
 use draupnir::core::{ConnectionInfo, InstanceRef, UploadTarget};
 use reqwest::Method;
@@ -106,18 +108,154 @@ fn check_credentials(api: &Api, doc: &Value) -> ConnectionInfo {
     info
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_and_instances_conform_and_connect() {
-    let api = Api::start(BASE, DEFAULT_HTTP, "").await;
-    let svc = api.env.svc().clone();
-    let admin = api.env.admin();
-    let alice_token = svc.mint_token(&admin).unwrap();
+/// The image and instance tests' shared world: one server; one image
+/// created over HTTP (with an anonymisation script), uploaded through the
+/// core and finalised over HTTP; an instance of it for the integration user
+/// (image id as a string) and one for alice (image id as a number). The
+/// replies are kept for the tests to check.
+struct Ready {
+    api: Api,
+    /// Alice's (the bootstrap admin's) token.
+    alice: String,
+    image: i64,
+    /// The first `POST /images/:id/done`.
+    done: Reply,
+    /// The integration user's `POST /instances`.
+    inst1: Reply,
+    /// Alice's `POST /instances`.
+    inst2: Reply,
+}
 
-    // GET /health_check: no version, no auth.
-    let r = send(api.client.get(api.url("/health_check"))).await;
-    assert_eq!(r.status, 200);
-    r.assert_api_headers();
-    assert_eq!(r.json(), json!({"status": "ok"}));
+static READY: OnceLock<Shared<Ready>> = OnceLock::new();
+
+const SCRIPT: &str = "UPDATE users SET email = 'x' || id || '@example.invalid';";
+
+fn image_body(script: &str) -> Value {
+    json!({"data": {"type": "images", "attributes": {
+        "backed_up_at": "2016-01-02T03:04:05Z",
+        "anonymisation_script": script}}})
+}
+
+fn instance_body(image_id: Value) -> Value {
+    json!({"data": {"type": "instances", "attributes": {"image_id": image_id}}})
+}
+
+/// The id in a JSON:API document (`data.id`, a string).
+fn id_of(doc: &Value) -> i64 {
+    doc["data"]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {doc}"))
+}
+
+/// A bearer token for the bootstrap admin, minted by the core.
+fn admin_token(api: &Api) -> String {
+    api.env.svc().mint_token(&api.env.admin()).unwrap()
+}
+
+/// Upload the fixture into image `id` through the core.
+async fn upload_through_core(api: &Api, id: i64) {
+    api.env
+        .svc()
+        .ingest(
+            &api.env.admin(),
+            id,
+            UploadTarget::File("base.tar.gz".into()),
+            &FIXTURE.tar_gz[..],
+        )
+        .await
+        .expect("upload");
+}
+
+async fn build_ready() -> Ready {
+    let api = Api::start(BASE, DEFAULT_HTTP, "").await;
+    let alice = admin_token(&api);
+    let r = api
+        .call(
+            Method::POST,
+            "/images",
+            Some(SECRET),
+            Some(image_body(SCRIPT)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let image = id_of(&r.json());
+    upload_through_core(&api, image).await;
+    let started = std::time::Instant::now();
+    let done = api
+        .call(
+            Method::POST,
+            &format!("/images/{image}/done"),
+            Some(SECRET),
+            Some(json!({})),
+        )
+        .await;
+    eprintln!("finalise over HTTP: {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let inst1 = api
+        .call(
+            Method::POST,
+            "/instances",
+            Some(INTEGRATION),
+            Some(instance_body(json!(image.to_string()))),
+        )
+        .await;
+    eprintln!("POST /instances: {:?}", started.elapsed());
+    let inst2 = api
+        .call(
+            Method::POST,
+            "/instances",
+            Some(&alice),
+            Some(instance_body(json!(image))),
+        )
+        .await;
+    Ready {
+        api,
+        alice,
+        image,
+        done,
+        inst1,
+        inst2,
+    }
+}
+
+/// Run a test on the shared world of ready image and instances.
+async fn on_ready<Fut>(test: impl FnOnce(&'static Ready) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Shared::get(&READY, build_ready, |r| r.api.env.teardown())
+        .await
+        .run(test)
+        .await
+}
+
+fn not_found() -> Value {
+    error_doc(
+        404,
+        "resource_not_found",
+        "Resource Not Found",
+        "The resource you requested could not be found",
+        json!({}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_needs_no_version_and_no_token() {
+    on_ready(|w| async move {
+        let r = send(w.api.client.get(w.api.url("/health_check"))).await;
+        assert_eq!(r.status, 200);
+        r.assert_api_headers();
+        assert_eq!(r.json(), json!({"status": "ok"}));
+    })
+    .await
+}
+
+/// A world of its own: the image list starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_image_is_uploading_listed_and_found() {
+    let api = Api::start(BASE, DEFAULT_HTTP, "").await;
+    let alice_token = admin_token(&api);
 
     // GET /images, empty.
     let r = api.get("/images", SECRET).await;
@@ -126,22 +264,27 @@ async fn images_and_instances_conform_and_connect() {
     assert_eq!(r.json(), json!({"data": []}));
 
     // POST /images.
-    let body = json!({"data": {"type": "images", "attributes": {
-        "backed_up_at": "2016-01-02T03:04:05Z",
-        "anonymisation_script": "UPDATE users SET email = 'x' || id || '@example.invalid';"}}});
     let r = api
-        .call(Method::POST, "/images", Some(SECRET), Some(body.clone()))
+        .call(
+            Method::POST,
+            "/images",
+            Some(SECRET),
+            Some(image_body(SCRIPT)),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     r.assert_api_headers();
     let doc = r.json();
-    let id: i64 = doc["data"]["id"].as_str().unwrap().parse().unwrap();
+    let id = id_of(&doc);
     assert_image(&doc["data"], id, false);
     assert_eq!(
         doc["data"]["attributes"]["backed_up_at"],
         "2016-01-02T03:04:05Z"
     );
-    assert!(svc.image_path(id).0.is_dir(), "upload subvolume exists");
+    assert!(
+        api.env.svc().image_path(id).0.is_dir(),
+        "upload subvolume exists"
+    );
 
     // GET /images and /images/:id.
     let r = api.get("/images", SECRET).await;
@@ -150,246 +293,295 @@ async fn images_and_instances_conform_and_connect() {
     let r = api.get(&format!("/images/{id}"), &alice_token).await;
     assert_eq!(r.status, 200);
     assert_image(&r.json()["data"], id, false);
-    let not_found = error_doc(
-        404,
-        "resource_not_found",
-        "Resource Not Found",
-        "The resource you requested could not be found",
-        json!({}),
-    );
-    for bad in ["999", "abc", "99999999999999999999999", "-1", "1.0"] {
-        let r = api.get(&format!("/images/{bad}"), SECRET).await;
-        assert_eq!(r.status, 404, "{bad}");
-        r.assert_api_headers();
-        assert_eq!(r.json(), not_found, "{bad}");
-    }
+    api.server.unwrap().shutdown().await;
+}
 
-    // POST /instances on an image that is not ready.
-    let r = api
-        .call(
-            Method::POST,
-            "/instances",
-            Some(INTEGRATION),
-            Some(
-                json!({"data": {"type": "instances", "attributes": {"image_id": id.to_string()}}}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 422);
-    r.assert_api_headers();
-    assert_eq!(
-        r.json(),
-        error_doc(
-            422,
-            "unprocessable_entity",
-            "Image Not Ready",
-            "The specified image is not ready to be used",
-            json!({"parameter": "image_id"})
-        )
-    );
-
-    // Upload through the core, finalise through HTTP.
-    svc.ingest(
-        &admin,
-        id,
-        UploadTarget::File("base.tar.gz".into()),
-        &FIXTURE.tar_gz[..],
-    )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_malformed_image_ids_are_404() {
+    on_ready(|w| async move {
+        for bad in ["999", "abc", "99999999999999999999999", "-1", "1.0"] {
+            let r = w.api.get(&format!("/images/{bad}"), SECRET).await;
+            assert_eq!(r.status, 404, "{bad}");
+            r.assert_api_headers();
+            assert_eq!(r.json(), not_found(), "{bad}");
+        }
+    })
     .await
-    .expect("upload");
-    let started = std::time::Instant::now();
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/images/{id}/done"),
-            Some(SECRET),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.assert_api_headers();
-    assert_image(&r.json()["data"], id, true);
-    eprintln!("finalise over HTTP: {:?}", started.elapsed());
-    let started = std::time::Instant::now();
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/images/{id}/done"),
-            Some(SECRET),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    assert_image(&r.json()["data"], id, true);
-    assert!(
-        started.elapsed().as_secs() < 2,
-        "already ready answers at once"
-    );
+}
 
-    // POST /instances as the integration user, image_id as a string.
-    let started = std::time::Instant::now();
-    let r = api
-        .call(
-            Method::POST,
-            "/instances",
-            Some(INTEGRATION),
-            Some(
-                json!({"data": {"type": "instances", "attributes": {"image_id": id.to_string()}}}),
-            ),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_not_yet_ready_gets_no_instance() {
+    on_ready(|w| async move {
+        let r = w
+            .api
+            .call(
+                Method::POST,
+                "/images",
+                Some(SECRET),
+                Some(image_body(SCRIPT)),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let id = id_of(&r.json());
+        let r = w
+            .api
+            .call(
+                Method::POST,
+                "/instances",
+                Some(INTEGRATION),
+                Some(instance_body(json!(id.to_string()))),
+            )
+            .await;
+        assert_eq!(r.status, 422);
+        r.assert_api_headers();
+        assert_eq!(
+            r.json(),
+            error_doc(
+                422,
+                "unprocessable_entity",
+                "Image Not Ready",
+                "The specified image is not ready to be used",
+                json!({"parameter": "image_id"})
+            )
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_finalises_and_answers_at_once_when_ready() {
+    on_ready(|w| async move {
+        let id = w.image;
+        let r = &w.done;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.assert_api_headers();
+        assert_image(&r.json()["data"], id, true);
+        let started = std::time::Instant::now();
+        let r = w
+            .api
+            .call(
+                Method::POST,
+                &format!("/images/{id}/done"),
+                Some(SECRET),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_image(&r.json()["data"], id, true);
+        assert!(
+            started.elapsed().as_secs() < 2,
+            "already ready answers at once"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_integration_user_gets_an_instance_whose_credentials_connect() {
+    on_ready(|w| async move {
+        let r = &w.inst1;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.assert_api_headers();
+        let doc = r.json();
+        assert_instance(&doc["data"], w.image);
+        let info = check_credentials(&w.api, &doc);
+        let n = psql_cert(
+            &info,
+            "SELECT count(*) FROM users WHERE email LIKE '%@example.invalid'",
         )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    eprintln!("POST /instances: {:?}", started.elapsed());
-    r.assert_api_headers();
-    let doc = r.json();
-    assert_instance(&doc["data"], id);
-    let info = check_credentials(&api, &doc);
-    let inst1 = info.instance.id;
-    let n = psql_cert(
-        &info,
-        "SELECT count(*) FROM users WHERE email LIKE '%@example.invalid'",
-    )
-    .expect("psql");
-    assert_eq!(
-        n,
-        FIXTURE_USERS.to_string(),
-        "anonymised data over the returned credentials"
-    );
-    assert_eq!(
-        svc.allowed_addresses(&admin, inst1).unwrap(),
-        vec!["127.0.0.1".to_string()]
-    );
+        .expect("psql");
+        assert_eq!(
+            n,
+            FIXTURE_USERS.to_string(),
+            "anonymised data over the returned credentials"
+        );
+        let admin = w.api.env.admin();
+        assert_eq!(
+            w.api
+                .env
+                .svc()
+                .allowed_addresses(&admin, info.instance.id)
+                .unwrap(),
+            vec!["127.0.0.1".to_string()]
+        );
+    })
+    .await
+}
 
-    // A second instance, alice's, image_id as a number.
-    let r = api
-        .call(
-            Method::POST,
-            "/instances",
-            Some(&alice_token),
-            Some(json!({"data": {"type": "instances", "attributes": {"image_id": id}}})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let inst2: i64 = r.json()["data"]["id"].as_str().unwrap().parse().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_id_may_be_given_as_a_number() {
+    on_ready(|w| async move {
+        let r = &w.inst2;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    })
+    .await
+}
 
-    // GET /instances: only one's own, without relationships.
-    let r = api.get("/instances", INTEGRATION).await;
-    assert_eq!(r.status, 200);
-    r.assert_api_headers();
-    let list = r.json();
-    let data = list["data"].as_array().unwrap();
-    assert_eq!(data.len(), 1);
-    assert_eq!(data[0]["id"], inst1.to_string());
-    assert_instance(&data[0], id);
-    assert!(data[0].get("relationships").is_none() && list.get("included").is_none());
-    let r = api.get("/instances", &alice_token).await;
-    let data = r.json()["data"].as_array().unwrap().clone();
-    assert_eq!(data.len(), 1);
-    assert_eq!(data[0]["id"], inst2.to_string());
+/// Nothing else in this binary makes instances for the integration user or
+/// alice in the shared world, so their listings are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_listings_hold_only_ones_own_and_follow_every_change() {
+    on_ready(|w| async move {
+        let (api, id) = (&w.api, w.image);
+        let (inst1, inst2) = (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
+        // GET /instances: only one's own, without relationships.
+        let r = api.get("/instances", INTEGRATION).await;
+        assert_eq!(r.status, 200);
+        r.assert_api_headers();
+        let list = r.json();
+        let data = list["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0]["id"], inst1.to_string());
+        assert_instance(&data[0], id);
+        assert!(data[0].get("relationships").is_none() && list.get("included").is_none());
+        let r = api.get("/instances", &w.alice).await;
+        let data = r.json()["data"].as_array().unwrap().clone();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0]["id"], inst2.to_string());
 
-    // The listing is kept rendered between changes: the same bytes again,
-    // and every change, whichever door made it, shows at once.
-    let kept = api.get("/instances", &alice_token).await;
-    assert_eq!(kept.body, r.body);
-    assert_eq!(kept.header("content-type"), "application/json");
-    let inst3 = svc
-        .create_instance(&admin, InstanceRef::Id(id))
-        .await
-        .expect("a core create")
-        .instance
-        .id;
-    let r = api.get("/instances", &alice_token).await;
-    let ids: Vec<_> = r.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ids, [inst2.to_string(), inst3.to_string()]);
-    assert_eq!(
-        api.get("/instances", INTEGRATION).await.json()["data"]
+        // The listing is kept rendered between changes: the same bytes
+        // again, and every change, whichever door made it, shows at once.
+        let kept = api.get("/instances", &w.alice).await;
+        assert_eq!(kept.body, r.body);
+        assert_eq!(kept.header("content-type"), "application/json");
+        let svc = api.env.svc();
+        let admin = api.env.admin();
+        let inst3 = svc
+            .create_instance(&admin, InstanceRef::Id(id))
+            .await
+            .expect("a core create")
+            .instance
+            .id;
+        let r = api.get("/instances", &w.alice).await;
+        let ids: Vec<_> = r.json()["data"]
             .as_array()
             .unwrap()
-            .len(),
-        1
-    );
-    svc.destroy_instance(&admin, inst3).await.unwrap();
-    let r = api.get("/instances", &alice_token).await;
-    assert_eq!(r.json()["data"].as_array().unwrap().len(), 1);
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, [inst2.to_string(), inst3.to_string()]);
+        assert_eq!(
+            api.get("/instances", INTEGRATION).await.json()["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        svc.destroy_instance(&admin, inst3).await.unwrap();
+        let r = api.get("/instances", &w.alice).await;
+        assert_eq!(r.json()["data"].as_array().unwrap().len(), 1);
+    })
+    .await
+}
 
-    // GET /instances/:id: own with credentials; someone else's is 404.
-    let r = api.get(&format!("/instances/{inst1}"), INTEGRATION).await;
-    assert_eq!(r.status, 200);
-    r.assert_api_headers();
-    check_credentials(&api, &r.json());
-    let r = api.get(&format!("/instances/{inst2}"), INTEGRATION).await;
-    assert_eq!(r.status, 404);
-    assert_eq!(r.json(), not_found);
-    let r = api
-        .call(
-            Method::DELETE,
-            &format!("/instances/{inst2}"),
-            Some(INTEGRATION),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 404);
-    for bad in ["abc", "99999999999999999999"] {
-        let r = api.get(&format!("/instances/{bad}"), INTEGRATION).await;
-        assert_eq!(r.status, 404, "{bad}");
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ones_own_instance_shows_its_credentials_and_others_are_404() {
+    on_ready(|w| async move {
+        let api = &w.api;
+        let (inst1, inst2) = (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
+        let r = api.get(&format!("/instances/{inst1}"), INTEGRATION).await;
+        assert_eq!(r.status, 200);
+        r.assert_api_headers();
+        check_credentials(api, &r.json());
+        let r = api.get(&format!("/instances/{inst2}"), INTEGRATION).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json(), not_found());
+        let r = api
+            .call(
+                Method::DELETE,
+                &format!("/instances/{inst2}"),
+                Some(INTEGRATION),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404);
+        for bad in ["abc", "99999999999999999999"] {
+            let r = api.get(&format!("/instances/{bad}"), INTEGRATION).await;
+            assert_eq!(r.status, 404, "{bad}");
+        }
+    })
+    .await
+}
 
-    // POST /instances: bad, unknown image ids.
-    let bad_id = error_doc(
-        400,
-        "bad_request",
-        "Bad Request",
-        "The image ID provided is not valid",
-        json!({"parameter": "image_id"}),
-    );
-    for v in [
-        json!("abc"),
-        json!({}),
-        json!([]),
-        json!(null),
-        json!(true),
-        json!(1.5),
-        json!(-3),
-        json!("99999999999999999999"),
-        json!(99999999999999999999u128 as f64),
-        json!(""),
-    ] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_image_ids_are_400_and_unknown_images_404() {
+    on_ready(|w| async move {
+        let api = &w.api;
+        let bad_id = error_doc(
+            400,
+            "bad_request",
+            "Bad Request",
+            "The image ID provided is not valid",
+            json!({"parameter": "image_id"}),
+        );
+        for v in [
+            json!("abc"),
+            json!({}),
+            json!([]),
+            json!(null),
+            json!(true),
+            json!(1.5),
+            json!(-3),
+            json!("99999999999999999999"),
+            json!(99999999999999999999u128 as f64),
+            json!(""),
+        ] {
+            let r = api
+                .call(
+                    Method::POST,
+                    "/instances",
+                    Some(INTEGRATION),
+                    Some(instance_body(v.clone())),
+                )
+                .await;
+            assert_eq!(r.status, 400, "{v}");
+            r.assert_api_headers();
+            assert_eq!(r.json(), bad_id, "{v}");
+        }
         let r = api
             .call(
                 Method::POST,
                 "/instances",
                 Some(INTEGRATION),
-                Some(json!({"data": {"type": "instances", "attributes": {"image_id": v}}})),
+                Some(instance_body(json!("4242"))),
             )
             .await;
-        assert_eq!(r.status, 400, "{v}");
-        r.assert_api_headers();
-        assert_eq!(r.json(), bad_id, "{v}");
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.json(),
+            error_doc(
+                404,
+                "resource_not_found",
+                "Image Not Found",
+                "The image you specified could not be found",
+                json!({})
+            )
+        );
+    })
+    .await
+}
+
+/// A world of its own: deleting the image takes every instance, row,
+/// subvolume and postmaster with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_user_alone_deletes_an_image_with_instances() {
+    let api = Api::start(BASE, DEFAULT_HTTP, "").await;
+    let alice_token = admin_token(&api);
+    let id = api.env.ready_image(None).await;
+    let mut instances = Vec::new();
+    for token in [INTEGRATION, alice_token.as_str()] {
+        let r = api
+            .call(
+                Method::POST,
+                "/instances",
+                Some(token),
+                Some(instance_body(json!(id))),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        instances.push(id_of(&r.json()));
     }
-    let r = api
-        .call(
-            Method::POST,
-            "/instances",
-            Some(INTEGRATION),
-            Some(json!({"data": {"type": "instances", "attributes": {"image_id": "4242"}}})),
-        )
-        .await;
-    assert_eq!(r.status, 404);
-    assert_eq!(
-        r.json(),
-        error_doc(
-            404,
-            "resource_not_found",
-            "Image Not Found",
-            "The image you specified could not be found",
-            json!({})
-        )
-    );
+    let inst1 = instances[0];
 
     // DELETE /images/:id: an admin who is not the upload user gets 422.
     let r = api
@@ -433,276 +625,398 @@ async fn images_and_instances_conform_and_connect() {
     assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     r.assert_api_headers();
     assert!(r.body.is_empty());
-    assert!(svc.list_instances(&admin, true).unwrap().is_empty());
+    assert!(api
+        .env
+        .svc()
+        .list_instances(&api.env.admin(), true)
+        .unwrap()
+        .is_empty());
     assert!(api.env.entries("instances").is_empty());
     assert!(api.env.postmasters().is_empty());
     let r = api.get(&format!("/images/{id}"), SECRET).await;
     assert_eq!(r.status, 404);
-
-    // Metrics are off unless configured.
-    let r = send(api.client.get(api.url("/metrics"))).await;
-    assert_eq!(r.status, 404);
-    r.assert_api_headers();
     api.server.unwrap().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_check_auth_and_bad_inputs() {
+async fn metrics_are_off_unless_configured() {
+    on_ready(|w| async move {
+        let r = send(w.api.client.get(w.api.url("/metrics"))).await;
+        assert_eq!(r.status, 404);
+        r.assert_api_headers();
+    })
+    .await
+}
+
+/// The version, authentication and bad-input tests' shared world: a server
+/// with plain HTTP and metrics on and a 64K body limit, where nothing ever
+/// creates an image or an instance; bob is a plain user.
+struct Guarded {
+    api: Api,
+    /// Bob's token.
+    bob: String,
+}
+
+static GUARDED: OnceLock<Shared<Guarded>> = OnceLock::new();
+
+async fn build_guarded() -> Guarded {
     let api = Api::start(
         BASE,
         "listen_address = \"127.0.0.1:0\"\ninsecure_listen_address = \"127.0.0.1:0\"\nmetrics = true\nmax_body_size = \"64K\"",
         "",
     )
     .await;
-    let svc = api.env.svc().clone();
     let user = api.env.user("bob");
-    let bob = svc.mint_token(&user).unwrap();
+    let bob = api.env.svc().mint_token(&user).unwrap();
+    Guarded { api, bob }
+}
 
-    // Version header: missing, garbled, other major, newer minor.
-    let r = send(api.client.get(api.url("/images")).bearer_auth(SECRET)).await;
-    assert_eq!(r.status, 400);
-    r.assert_api_headers();
-    assert_eq!(
-        r.json(),
-        error_doc(
-            400,
-            "missing_api_version_header",
-            "Missing API Version Header",
-            "No API version specified in Draupnir-Version header",
-            json!({})
-        )
+/// Run a test on the guarded world.
+async fn on_guarded<Fut>(test: impl FnOnce(&'static Guarded) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Shared::get(&GUARDED, build_guarded, |g| g.api.env.teardown())
+        .await
+        .run(test)
+        .await
+}
+
+/// No request in the guarded world creates an image.
+fn assert_nothing_created(api: &Api) {
+    assert!(
+        api.env
+            .svc()
+            .list_images(&api.env.admin())
+            .unwrap()
+            .is_empty(),
+        "nothing was created"
     );
-    for v in ["4.0.0", "6.3.6", "5.4.0", "garbage", "5.3", "5.3.6.1", ""] {
-        let r = send(
-            api.client
-                .get(api.url("/images"))
-                .header("Draupnir-Version", v),
-        )
-        .await;
-        assert_eq!(r.status, 400, "{v}");
-        r.assert_api_headers();
-        assert_eq!(
-            r.json(),
-            error_doc(
-                400,
-                "invalid_api_version",
-                "Invalid API Version",
-                &format!("Specified API version ({v}) does not match server version (5.3.6)"),
-                json!({})
-            ),
-            "version checked before auth"
-        );
-    }
-    for v in ["5.3.6", "5.3.99", "5.0.0"] {
-        let r = send(
-            api.client
-                .get(api.url("/images"))
-                .header("Draupnir-Version", v)
-                .bearer_auth(SECRET),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{v}");
-    }
+}
 
-    // Authentication.
-    let unauthorized = error_doc(
+fn unauthorized() -> Value {
+    error_doc(
         401,
         "unauthorized",
         "Unauthorized",
         "You do not have permission to view this resource",
         json!({}),
-    );
-    let r = api.call(Method::GET, "/images", None, None).await;
-    assert_eq!(r.status, 401);
-    r.assert_api_headers();
-    assert_eq!(r.json(), unauthorized);
-    for t in [
-        "wrong",
-        "the-upload-shared-secreT",
-        "the-upload-shared-secret-",
-        "drp_00",
-    ] {
-        let r = api.get("/images", t).await;
-        assert_eq!(r.status, 401, "{t}");
-        assert_eq!(r.json(), unauthorized);
-    }
-    let r = send(
-        api.client
-            .get(api.url("/images"))
-            .header("Draupnir-Version", VERSION)
-            .header("Authorization", format!("Basic {SECRET}")),
     )
-    .await;
-    assert_eq!(r.status, 401);
-    assert_eq!(api.get("/images", &bob).await.status, 200);
-    // A plain user may not create images.
-    let body = json!({"data": {"type": "images", "attributes": {"backed_up_at": "2016-01-02T03:04:05Z", "anonymisation_script": ""}}});
-    let r = api
-        .call(Method::POST, "/images", Some(&bob), Some(body.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_version_header_is_400() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let r = send(api.client.get(api.url("/images")).bearer_auth(SECRET)).await;
+        assert_eq!(r.status, 400);
+        r.assert_api_headers();
+        assert_eq!(
+            r.json(),
+            error_doc(
+                400,
+                "missing_api_version_header",
+                "Missing API Version Header",
+                "No API version specified in Draupnir-Version header",
+                json!({})
+            )
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_major_a_newer_minor_or_garbage_is_400_before_auth() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        for v in ["4.0.0", "6.3.6", "5.4.0", "garbage", "5.3", "5.3.6.1", ""] {
+            let r = send(
+                api.client
+                    .get(api.url("/images"))
+                    .header("Draupnir-Version", v),
+            )
+            .await;
+            assert_eq!(r.status, 400, "{v}");
+            r.assert_api_headers();
+            assert_eq!(
+                r.json(),
+                error_doc(
+                    400,
+                    "invalid_api_version",
+                    "Invalid API Version",
+                    &format!("Specified API version ({v}) does not match server version (5.3.6)"),
+                    json!({})
+                ),
+                "version checked before auth"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_major_with_an_older_or_newer_patch_is_accepted() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        for v in ["5.3.6", "5.3.99", "5.0.0"] {
+            let r = send(
+                api.client
+                    .get(api.url("/images"))
+                    .header("Draupnir-Version", v)
+                    .bearer_auth(SECRET),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{v}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_known_bearer_token_is_let_in() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let r = api.call(Method::GET, "/images", None, None).await;
+        assert_eq!(r.status, 401);
+        r.assert_api_headers();
+        assert_eq!(r.json(), unauthorized());
+        for t in [
+            "wrong",
+            "the-upload-shared-secreT",
+            "the-upload-shared-secret-",
+            "drp_00",
+        ] {
+            let r = api.get("/images", t).await;
+            assert_eq!(r.status, 401, "{t}");
+            assert_eq!(r.json(), unauthorized());
+        }
+        let r = send(
+            api.client
+                .get(api.url("/images"))
+                .header("Draupnir-Version", VERSION)
+                .header("Authorization", format!("Basic {SECRET}")),
+        )
         .await;
-    assert_eq!(r.status, 401);
-    assert_eq!(r.json(), unauthorized);
+        assert_eq!(r.status, 401);
+        assert_eq!(api.get("/images", &g.bob).await.status, 200);
+    })
+    .await
+}
 
-    // Unknown route, wrong method.
-    let r = api.get("/nope", SECRET).await;
-    assert_eq!(r.status, 404);
-    r.assert_api_headers();
-    assert_eq!(r.json()["code"], "resource_not_found");
-    let r = send(api.client.get(api.url("/nope"))).await;
-    assert_eq!(r.status, 404);
-    r.assert_api_headers();
-    let r = api.call(Method::PUT, "/images", Some(SECRET), None).await;
-    assert_eq!(r.status, 405);
-    r.assert_api_headers();
-    assert_eq!(r.json()["status"], "405");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_user_may_not_create_images() {
+    on_guarded(|g| async move {
+        let body = json!({"data": {"type": "images", "attributes": {"backed_up_at": "2016-01-02T03:04:05Z", "anonymisation_script": ""}}});
+        let r = g
+            .api
+            .call(Method::POST, "/images", Some(&g.bob), Some(body))
+            .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json(), unauthorized());
+        assert_nothing_created(&g.api);
+    })
+    .await
+}
 
-    // Bodies: malformed, wrong types, too large.
-    let invalid_json = error_doc(
-        400,
-        "bad_request",
-        "Invalid JSON",
-        "Your JSON is malformed",
-        json!({}),
-    );
-    for raw in [
-        "{",
-        "",
-        "[]",
-        "{\"data\": 5}",
-        "{\"data\":{\"attributes\":{\"backed_up_at\":5}}}",
-        "{\"data\":{\"attributes\":{\"anonymisation_script\":{}}}}",
-    ] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_route_is_404_and_a_wrong_method_405() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let r = api.get("/nope", SECRET).await;
+        assert_eq!(r.status, 404);
+        r.assert_api_headers();
+        assert_eq!(r.json()["code"], "resource_not_found");
+        let r = send(api.client.get(api.url("/nope"))).await;
+        assert_eq!(r.status, 404);
+        r.assert_api_headers();
+        let r = api.call(Method::PUT, "/images", Some(SECRET), None).await;
+        assert_eq!(r.status, 405);
+        r.assert_api_headers();
+        assert_eq!(r.json()["status"], "405");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_mistyped_body_is_400() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let invalid_json = error_doc(
+            400,
+            "bad_request",
+            "Invalid JSON",
+            "Your JSON is malformed",
+            json!({}),
+        );
+        for raw in [
+            "{",
+            "",
+            "[]",
+            "{\"data\": 5}",
+            "{\"data\":{\"attributes\":{\"backed_up_at\":5}}}",
+            "{\"data\":{\"attributes\":{\"anonymisation_script\":{}}}}",
+        ] {
+            let r = send(
+                api.client
+                    .post(api.url("/images"))
+                    .header("Draupnir-Version", VERSION)
+                    .bearer_auth(SECRET)
+                    .body(raw),
+            )
+            .await;
+            assert_eq!(r.status, 400, "{raw}");
+            r.assert_api_headers();
+            assert_eq!(r.json(), invalid_json, "{raw}");
+        }
+        let r = send(
+            api.client
+                .post(api.url("/instances"))
+                .header("Draupnir-Version", VERSION)
+                .bearer_auth(SECRET)
+                .body("{not json"),
+        )
+        .await;
+        assert_eq!(r.json(), invalid_json);
+        let r = api
+            .call(
+                Method::POST,
+                "/images",
+                Some(SECRET),
+                Some(json!({"data": {"type": "images", "attributes": {"backed_up_at": "yesterday"}}})),
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["source"], json!({"parameter": "backed_up_at"}));
+        assert_nothing_created(api);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let huge = format!(
+            "{{\"data\":{{\"attributes\":{{\"anonymisation_script\":\"{}\"}}}}}}",
+            "x".repeat(2 << 20)
+        );
         let r = send(
             api.client
                 .post(api.url("/images"))
                 .header("Draupnir-Version", VERSION)
                 .bearer_auth(SECRET)
-                .body(raw),
+                .body(huge),
         )
         .await;
-        assert_eq!(r.status, 400, "{raw}");
+        assert_eq!(r.status, 413);
         r.assert_api_headers();
-        assert_eq!(r.json(), invalid_json, "{raw}");
-    }
-    let r = send(
-        api.client
-            .post(api.url("/instances"))
-            .header("Draupnir-Version", VERSION)
-            .bearer_auth(SECRET)
-            .body("{not json"),
-    )
-    .await;
-    assert_eq!(r.json(), invalid_json);
-    let r = api
-        .call(
-            Method::POST,
-            "/images",
-            Some(SECRET),
-            Some(json!({"data": {"type": "images", "attributes": {"backed_up_at": "yesterday"}}})),
+        assert_eq!(r.json()["code"], "payload_too_large");
+        assert_nothing_created(api);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_serves_when_configured_but_not_on_the_https_port() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        let plain = api.server().http_addr().expect("plain listener");
+        let r = send(reqwest::Client::new().get(format!("http://{plain}/health_check"))).await;
+        assert_eq!(r.status, 200);
+        r.assert_api_headers();
+        let r = send(
+            reqwest::Client::new()
+                .get(format!("http://{plain}/images"))
+                .header("Draupnir-Version", VERSION)
+                .bearer_auth(SECRET),
         )
         .await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["source"], json!({"parameter": "backed_up_at"}));
-    let huge = format!(
-        "{{\"data\":{{\"attributes\":{{\"anonymisation_script\":\"{}\"}}}}}}",
-        "x".repeat(2 << 20)
-    );
-    let r = send(
-        api.client
-            .post(api.url("/images"))
-            .header("Draupnir-Version", VERSION)
-            .bearer_auth(SECRET)
-            .body(huge),
-    )
-    .await;
-    assert_eq!(r.status, 413);
-    r.assert_api_headers();
-    assert_eq!(r.json()["code"], "payload_too_large");
-    assert!(
-        svc.list_images(&api.env.admin()).unwrap().is_empty(),
-        "nothing was created"
-    );
+        assert_eq!(r.status, 200);
+        // The HTTPS port does not speak plain HTTP.
+        assert!(reqwest::Client::new()
+            .get(format!("http://{}/health_check", api.addr))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true));
+    })
+    .await
+}
 
-    // Plain HTTP, since it is configured here.
-    let plain = api.server().http_addr().expect("plain listener");
-    let r = send(reqwest::Client::new().get(format!("http://{plain}/health_check"))).await;
-    assert_eq!(r.status, 200);
-    r.assert_api_headers();
-    let r = send(
-        reqwest::Client::new()
-            .get(format!("http://{plain}/images"))
-            .header("Draupnir-Version", VERSION)
-            .bearer_auth(SECRET),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    // The HTTPS port does not speak plain HTTP.
-    assert!(reqwest::Client::new()
-        .get(format!("http://{}/health_check", api.addr))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_when_configured_are_prometheus_text_without_auth() {
+    on_guarded(|g| async move {
+        let api = &g.api;
+        // What the counters below count: a 401 on /images, an unmatched 404.
+        assert_eq!(
+            api.call(Method::GET, "/images", None, None).await.status,
+            401
+        );
+        assert_eq!(send(api.client.get(api.url("/nope"))).await.status, 404);
+        let r = send(api.client.get(api.url("/metrics"))).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").starts_with("text/plain"));
+        assert_eq!(r.header("draupnir-version"), VERSION);
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        for needle in [
+            "draupnir_images{state=\"ready\"} 0",
+            "draupnir_instances{state=\"running\"} 0",
+            "draupnir_ssh_sessions 0",
+            "draupnir_instance_creates_total 0",
+            "draupnir_finalise_seconds_count 0",
+            "draupnir_http_requests_total{route=\"/images\",method=\"GET\",status=\"401\"}",
+            "draupnir_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
+        ] {
+            assert!(text.contains(needle), "{needle} in\n{text}");
+        }
+    })
+    .await
+}
 
-    // Metrics, configured here: unauthenticated, Prometheus text.
-    let r = send(api.client.get(api.url("/metrics"))).await;
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").starts_with("text/plain"));
-    assert_eq!(r.header("draupnir-version"), VERSION);
-    let text = String::from_utf8(r.body.clone()).unwrap();
-    for needle in [
-        "draupnir_images{state=\"ready\"} 0",
-        "draupnir_instances{state=\"running\"} 0",
-        "draupnir_ssh_sessions 0",
-        "draupnir_instance_creates_total 0",
-        "draupnir_finalise_seconds_count 0",
-        "draupnir_http_requests_total{route=\"/images\",method=\"GET\",status=\"401\"}",
-        "draupnir_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
-    ] {
-        assert!(text.contains(needle), "{needle} in\n{text}");
-    }
-
-    // A handler that panics is a 500 JSON answer, not a dropped connection.
-    use tower::ServiceExt;
-    let app = draupnir::http::app_with(
-        svc.clone(),
-        &api.env.config,
-        axum::Router::new().route(
-            "/boom",
-            axum::routing::get(|| async {
-                if std::hint::black_box(true) {
-                    panic!("boom");
-                }
-                "unreachable"
-            }),
-        ),
-    )
-    .unwrap();
-    let resp = app
-        .oneshot(
-            axum::http::Request::get("/boom")
-                .body(axum::body::Body::empty())
-                .unwrap(),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_a_500_json_answer() {
+    on_guarded(|g| async move {
+        use tower::ServiceExt;
+        let app = draupnir::http::app_with(
+            g.api.env.svc().clone(),
+            &g.api.env.config,
+            axum::Router::new().route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            ),
         )
-        .await
         .unwrap();
-    assert_eq!(resp.status(), 500);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    assert_eq!(resp.headers()["draupnir-version"], VERSION);
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    assert_eq!(
-        serde_json::from_slice::<Value>(&body).unwrap(),
-        error_doc(
-            500,
-            "internal_server_error",
-            "Internal Server Error",
-            "Something went wrong :(",
-            json!({})
-        )
-    );
-    api.server.unwrap().shutdown().await;
+        let resp = app
+            .oneshot(
+                axum::http::Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["draupnir-version"], VERSION);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            error_doc(
+                500,
+                "internal_server_error",
+                "Internal Server Error",
+                "Something went wrong :(",
+                json!({})
+            )
+        );
+    })
+    .await
 }
 
 /// A small OAuth provider on loopback: `/token` exchanges `good-code` and

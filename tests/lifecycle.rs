@@ -3,216 +3,349 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use common::shared::Shared;
 use common::*;
 use draupnir::core::Progress;
-use draupnir::core::{CoreError, InstanceRef, UploadTarget};
+use draupnir::core::{ConnectionInfo, CoreError, Image, InstanceRef, UploadTarget};
 use draupnir::core::{ImageState, InstanceState};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_lifecycle() {
+/// The lifecycle's shared world: one image created through the core with a
+/// script that keeps ten users, the fixture uploaded and the image
+/// finalised with its progress recorded. What each step answered is kept
+/// for the tests to check; each test makes its own instances.
+struct Finalised {
+    env: TestEnv,
+    image: i64,
+    /// The image as created.
+    created: Image,
+    /// The upload subvolumes right after the create.
+    uploads_after_create: Vec<String>,
+    bytes_written: u64,
+    /// The image as finalised.
+    ready: Image,
+    events: Vec<Progress>,
+}
+
+static FINALISED: OnceLock<Shared<Finalised>> = OnceLock::new();
+
+const KEEP_TEN: &str = "DELETE FROM orders WHERE user_id > 10;\nDELETE FROM users WHERE id > 10;\nSELECT count(*) AS kept FROM users;";
+
+async fn build_finalised() -> Finalised {
     let env = TestEnv::new().await;
     let svc = env.svc();
     let admin = env.admin();
-
-    let img = svc
-        .create_image(&admin, None, Some("DELETE FROM orders WHERE user_id > 10;\nDELETE FROM users WHERE id > 10;\nSELECT count(*) AS kept FROM users;"))
-        .unwrap();
-    assert_eq!(img.state, ImageState::Uploading);
-    assert_eq!(env.entries("image_uploads"), vec![img.id.to_string()]);
+    let created = svc.create_image(&admin, None, Some(KEEP_TEN)).unwrap();
+    let uploads_after_create = env.entries("image_uploads");
+    let image = created.id;
     let report = svc
         .ingest(
             &admin,
-            img.id,
+            image,
             UploadTarget::File("base.tar.gz".into()),
             &FIXTURE.tar_gz[..],
         )
         .await
         .unwrap();
-    assert!(report.bytes_written > 1_000_000);
-
     let events: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let sink = events.clone();
     let ready = svc
         .finalise_image(
             &admin,
-            img.id,
+            image,
             Some(Arc::new(move |p| sink.lock().unwrap().push(p))),
         )
         .await
         .unwrap();
-    assert_eq!(ready.state, ImageState::Ready);
-    assert_eq!(ready.pg_major, Some(15));
     let events = events.lock().unwrap().clone();
-    let steps: Vec<String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Progress::Step(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
-    assert!(
-        steps.iter().any(|s| s.contains("anonymisation script")),
-        "{steps:?}"
-    );
-    assert!(steps.iter().any(|s| s.contains("proving")), "{steps:?}");
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, Progress::Output(l) if l.trim() == "10")),
-        "script output is streamed: {events:?}"
-    );
-    // The upload became a read-only snapshot (the upload subvolume is
-    // deleted in the background); finalising again is a no-op.
-    for _ in 0..200 {
-        if env.entries("image_uploads").is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    Finalised {
+        image,
+        created,
+        uploads_after_create,
+        bytes_written: report.bytes_written,
+        ready,
+        events,
+        env,
     }
-    assert!(env.entries("image_uploads").is_empty());
-    assert_eq!(env.entries("image_snapshots"), vec![img.id.to_string()]);
-    let snap = env.data().join("image_snapshots").join(img.id.to_string());
-    assert!(
-        std::fs::write(snap.join("x"), b"x").is_err(),
-        "snapshot is read-only"
-    );
-    assert!(
-        !snap.join("server.key").exists(),
-        "no finalise key left in the image"
-    );
-    assert!(
-        !snap.join("pg_stat/pgstat.stat").exists(),
-        "instances start with no activity counters for autovacuum to act on"
-    );
-    assert_eq!(
-        svc.finalise_image(&admin, img.id, None)
-            .await
-            .unwrap()
-            .state,
-        ImageState::Ready
-    );
-    // Ready images take no more bytes.
-    let err = svc
-        .ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("does not accept uploads"), "{err}");
+}
 
-    let a = svc
-        .create_instance(&admin, InstanceRef::Id(img.id))
+/// Run a test on the lifecycle's world.
+async fn on_finalised<Fut>(test: impl FnOnce(&'static Finalised) -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Shared::get(&FINALISED, build_finalised, |f| f.env.teardown())
         .await
-        .unwrap();
-    let b = svc
-        .create_instance(&admin, InstanceRef::Latest)
+        .run(test)
         .await
-        .unwrap();
-    assert_ne!(a.port, b.port);
-    assert_eq!(a.instance.state, InstanceState::Running);
-    assert_eq!(a.host, "localhost");
-    assert_eq!(a.user, "draupnir");
+}
 
-    // The script ran; draupnir owns the data; writes stay private.
-    assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "10");
-    // No subscription in the upload may reach its publisher from an instance.
-    assert_eq!(
-        psql_cert(&a, "SHOW max_logical_replication_workers").unwrap(),
-        "0"
-    );
-    psql_cert(&a, "INSERT INTO users VALUES (1000, 'new@example.com', 'x'); DROP TABLE orders CASCADE; ALTER TABLE app_owned ADD COLUMN y int").unwrap();
-    assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "11");
-    assert_eq!(psql_cert(&b, "SELECT count(*) FROM users").unwrap(), "10");
-    assert_eq!(psql_cert(&b, "SELECT count(*) FROM orders").unwrap(), "50");
-    // The tables the script changed were vacuumed and analysed once, in
-    // the image, rather than by autovacuum in every instance.
-    assert_eq!(
-        psql_cert(
-            &b,
-            "SELECT relname, reltuples::int, relallvisible > 0 FROM pg_class \
-             WHERE relname IN ('users', 'orders') ORDER BY 1"
-        )
-        .unwrap(),
-        "orders|50|t\nusers|10|t"
-    );
-    assert_eq!(psql_cert(&b, "SELECT current_user").unwrap(), "draupnir");
-    assert_eq!(
-        psql_cert(
-            &b,
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        )
-        .unwrap(),
-        "f"
-    );
-    assert_eq!(
-        psql_cert(
-            &b,
-            "SELECT count(*) FROM pg_roles WHERE rolname = 'draupnir_finalise'"
-        )
-        .unwrap(),
-        "0"
-    );
-    let c = svc
-        .create_instance(&admin, InstanceRef::Id(img.id))
+/// A new instance of `image` for the admin, through the core.
+async fn instance_of(env: &TestEnv, image: InstanceRef) -> ConnectionInfo {
+    env.svc()
+        .create_instance(&env.admin(), image)
         .await
-        .unwrap();
-    assert_eq!(
-        psql_cert(&c, "SELECT count(*) FROM users").unwrap(),
-        "10",
-        "image unchanged"
-    );
+        .unwrap()
+}
 
-    // Without the client certificate, or in plain text, or as another role: refused.
-    let files = ClientFiles::new(&a);
-    let base = format!("host=127.0.0.1 port={} dbname=postgres", a.port);
-    let no_cert = psql(
-        &format!(
-            "{base} user=draupnir sslmode=verify-ca sslrootcert={}",
-            files.path("root.crt")
-        ),
-        "SELECT 1",
-    );
-    assert!(no_cert.is_err(), "no client cert must be refused");
-    assert!(psql(&format!("{base} user=draupnir sslmode=disable"), "SELECT 1").is_err());
-    let as_postgres = psql(
-        &format!(
-            "{base} user=postgres sslmode=verify-ca sslrootcert={} sslcert={} sslkey={}",
-            files.path("root.crt"),
-            files.path("client.crt"),
-            files.path("client.key")
-        ),
-        "SELECT 1",
-    );
-    assert!(
-        as_postgres.is_err(),
-        "role postgres must be refused over TCP"
-    );
-    // Another instance's certificate does not open this one.
-    let other = ClientFiles::new(&b);
-    let cross = psql(
-        &format!(
-            "{base} user=draupnir sslmode=require sslcert={} sslkey={}",
-            other.path("client.crt"),
-            other.path("client.key")
-        ),
-        "SELECT 1",
-    );
-    assert!(
-        cross.is_err(),
-        "another instance's certificate must be refused"
-    );
-
-    // Destroy: rows, subvolumes and processes go.
-    for info in [&a, &b, &c] {
-        svc.destroy_instance(&admin, info.instance.id)
+/// Destroy these instances through the core.
+async fn destroy_all(env: &TestEnv, infos: &[&ConnectionInfo]) {
+    for info in infos {
+        env.svc()
+            .destroy_instance(&env.admin(), info.instance.id)
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_is_uploading_into_its_own_subvolume() {
+    on_finalised(|f| async move {
+        assert_eq!(f.created.state, ImageState::Uploading);
+        assert_eq!(f.uploads_after_create, vec![f.image.to_string()]);
+        assert!(f.bytes_written > 1_000_000);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalise_makes_a_ready_image_and_streams_its_steps_and_script_output() {
+    on_finalised(|f| async move {
+        assert_eq!(f.ready.state, ImageState::Ready);
+        assert_eq!(f.ready.pg_major, Some(15));
+        let events = &f.events;
+        let steps: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Progress::Step(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            steps.iter().any(|s| s.contains("anonymisation script")),
+            "{steps:?}"
+        );
+        assert!(steps.iter().any(|s| s.contains("proving")), "{steps:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Progress::Output(l) if l.trim() == "10")),
+            "script output is streamed: {events:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_becomes_a_read_only_snapshot_without_key_or_counters() {
+    on_finalised(|f| async move {
+        let env = &f.env;
+        // The upload subvolume is deleted in the background.
+        for _ in 0..200 {
+            if env.entries("image_uploads").is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(env.entries("image_uploads").is_empty());
+        assert_eq!(env.entries("image_snapshots"), vec![f.image.to_string()]);
+        let snap = env.data().join("image_snapshots").join(f.image.to_string());
+        assert!(
+            std::fs::write(snap.join("x"), b"x").is_err(),
+            "snapshot is read-only"
+        );
+        assert!(
+            !snap.join("server.key").exists(),
+            "no finalise key left in the image"
+        );
+        assert!(
+            !snap.join("pg_stat/pgstat.stat").exists(),
+            "instances start with no activity counters for autovacuum to act on"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalising_a_ready_image_again_changes_nothing() {
+    on_finalised(|f| async move {
+        assert_eq!(
+            f.env
+                .svc()
+                .finalise_image(&f.env.admin(), f.image, None)
+                .await
+                .unwrap()
+                .state,
+            ImageState::Ready
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_image_takes_no_more_bytes() {
+    on_finalised(|f| async move {
+        let err = f
+            .env
+            .svc()
+            .ingest(
+                &f.env.admin(),
+                f.image,
+                UploadTarget::Stream,
+                &FIXTURE.tar[..],
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not accept uploads"), "{err}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_run_on_their_own_ports_as_draupnir_on_localhost() {
+    on_finalised(|f| async move {
+        let a = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        let b = instance_of(&f.env, InstanceRef::Latest).await;
+        assert_ne!(a.port, b.port);
+        assert_eq!(a.instance.state, InstanceState::Running);
+        assert_eq!(a.host, "localhost");
+        assert_eq!(a.user, "draupnir");
+        destroy_all(&f.env, &[&a, &b]).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_ran_and_each_instance_keeps_its_writes() {
+    on_finalised(|f| async move {
+        let a = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        let b = instance_of(&f.env, InstanceRef::Latest).await;
+        // The script ran; draupnir owns the data; writes stay private.
+        assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "10");
+        psql_cert(&a, "INSERT INTO users VALUES (1000, 'new@example.com', 'x'); DROP TABLE orders CASCADE; ALTER TABLE app_owned ADD COLUMN y int").unwrap();
+        assert_eq!(psql_cert(&a, "SELECT count(*) FROM users").unwrap(), "11");
+        assert_eq!(psql_cert(&b, "SELECT count(*) FROM users").unwrap(), "10");
+        assert_eq!(psql_cert(&b, "SELECT count(*) FROM orders").unwrap(), "50");
+        let c = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        assert_eq!(
+            psql_cert(&c, "SELECT count(*) FROM users").unwrap(),
+            "10",
+            "image unchanged"
+        );
+        destroy_all(&f.env, &[&a, &b, &c]).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_vacuumed_unprivileged_and_cut_off_from_publishers() {
+    on_finalised(|f| async move {
+        let b = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        // No subscription in the upload may reach its publisher from an instance.
+        assert_eq!(
+            psql_cert(&b, "SHOW max_logical_replication_workers").unwrap(),
+            "0"
+        );
+        // The tables the script changed were vacuumed and analysed once, in
+        // the image, rather than by autovacuum in every instance.
+        assert_eq!(
+            psql_cert(
+                &b,
+                "SELECT relname, reltuples::int, relallvisible > 0 FROM pg_class \
+                 WHERE relname IN ('users', 'orders') ORDER BY 1"
+            )
+            .unwrap(),
+            "orders|50|t\nusers|10|t"
+        );
+        assert_eq!(psql_cert(&b, "SELECT current_user").unwrap(), "draupnir");
+        assert_eq!(
+            psql_cert(
+                &b,
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            .unwrap(),
+            "f"
+        );
+        assert_eq!(
+            psql_cert(
+                &b,
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'draupnir_finalise'"
+            )
+            .unwrap(),
+            "0"
+        );
+        destroy_all(&f.env, &[&b]).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_instance_certificate_as_draupnir_over_tls_gets_in() {
+    on_finalised(|f| async move {
+        let a = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        let b = instance_of(&f.env, InstanceRef::Id(f.image)).await;
+        // Without the client certificate, or in plain text, or as another role: refused.
+        let files = ClientFiles::new(&a);
+        let base = format!("host=127.0.0.1 port={} dbname=postgres", a.port);
+        let no_cert = psql(
+            &format!(
+                "{base} user=draupnir sslmode=verify-ca sslrootcert={}",
+                files.path("root.crt")
+            ),
+            "SELECT 1",
+        );
+        assert!(no_cert.is_err(), "no client cert must be refused");
+        assert!(psql(&format!("{base} user=draupnir sslmode=disable"), "SELECT 1").is_err());
+        let as_postgres = psql(
+            &format!(
+                "{base} user=postgres sslmode=verify-ca sslrootcert={} sslcert={} sslkey={}",
+                files.path("root.crt"),
+                files.path("client.crt"),
+                files.path("client.key")
+            ),
+            "SELECT 1",
+        );
+        assert!(
+            as_postgres.is_err(),
+            "role postgres must be refused over TCP"
+        );
+        // Another instance's certificate does not open this one.
+        let other = ClientFiles::new(&b);
+        let cross = psql(
+            &format!(
+                "{base} user=draupnir sslmode=require sslcert={} sslkey={}",
+                other.path("client.crt"),
+                other.path("client.key")
+            ),
+            "SELECT 1",
+        );
+        assert!(
+            cross.is_err(),
+            "another instance's certificate must be refused"
+        );
+        destroy_all(&f.env, &[&a, &b]).await;
+    })
+    .await
+}
+
+/// A world of its own: nothing else may be running to see everything go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_takes_rows_subvolumes_and_processes_with_it() {
+    let env = TestEnv::new().await;
+    let svc = env.svc();
+    let admin = env.admin();
+    let image = env.ready_image(None).await;
+    let a = instance_of(&env, InstanceRef::Id(image)).await;
+    let b = instance_of(&env, InstanceRef::Latest).await;
+    let c = instance_of(&env, InstanceRef::Id(image)).await;
+    destroy_all(&env, &[&a, &b, &c]).await;
     assert!(env.entries("instances").is_empty());
     assert!(svc.list_instances(&admin, true).unwrap().is_empty());
     assert!(env.postmasters().is_empty(), "{:?}", env.postmasters());
-    svc.destroy_image(&admin, img.id, false).await.unwrap();
+    svc.destroy_image(&admin, image, false).await.unwrap();
     assert!(env.entries("image_snapshots").is_empty());
 }
 

@@ -9,7 +9,7 @@ use draupnir::http::HttpServer;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::TestEnv;
+use super::{TestConfig, TestEnv};
 
 pub const VERSION: &str = "5.3.6";
 pub const SECRET: &str = "the-upload-shared-secret";
@@ -76,7 +76,12 @@ pub fn client_for(env: &TestEnv, addr: SocketAddr) -> reqwest::Client {
 
 impl Api {
     pub async fn start(extra: &str, http: &str, oauth: &str) -> Api {
-        let env = TestEnv::with_sections(extra, http, oauth).await;
+        let env = TestConfig::new()
+            .top(extra)
+            .http(http)
+            .oauth(oauth)
+            .open()
+            .await;
         let server = draupnir::http::serve(env.svc().clone(), &env.config)
             .await
             .expect("http server starts");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod shared;
 pub mod ssh;
 
 use std::io::Write;
@@ -243,33 +244,72 @@ pub fn port_base() -> u16 {
     10000 + r * 40
 }
 
-impl TestEnv {
-    pub fn config_text(dir: &Path, extra: &str) -> String {
-        Self::config_text_full(dir, extra, "", DEFAULT_HTTP, "")
+/// The config a test runs with: the defaults every test shares (its own
+/// directories, a free port range, the bootstrap admin key, HTTPS on a free
+/// loopback port) and setters for what a test changes. Lines given to a
+/// setter replace the defaults of the same keys in that section.
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    top: String,
+    ssh: String,
+    http: String,
+    oauth: String,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            top: String::new(),
+            ssh: String::new(),
+            http: DEFAULT_HTTP.to_string(),
+            oauth: String::new(),
+        }
+    }
+}
+
+fn add_lines(to: &mut String, lines: &str) {
+    if lines.is_empty() {
+        return;
+    }
+    if !to.is_empty() {
+        to.push('\n');
+    }
+    to.push_str(lines);
+}
+
+impl TestConfig {
+    pub fn new() -> TestConfig {
+        TestConfig::default()
     }
 
-    /// Like [`TestEnv::config_text`], with `ssh_extra` lines in `[ssh]`
-    /// (replacing the defaults of the same keys).
-    pub fn config_text_ssh(dir: &Path, extra: &str, ssh_extra: &str) -> String {
-        Self::config_text_full(dir, extra, ssh_extra, DEFAULT_HTTP, "")
+    /// Top-level `key = value` lines.
+    pub fn top(mut self, lines: &str) -> TestConfig {
+        add_lines(&mut self.top, lines);
+        self
     }
 
-    /// [`TestEnv::config_text`] with the `[http]` section's lines and an
-    /// optional `[oauth]` section.
-    pub fn config_text_with(dir: &Path, extra: &str, http: &str, oauth: &str) -> String {
-        Self::config_text_full(dir, extra, "", http, oauth)
+    /// Lines in `[ssh]`.
+    pub fn ssh(mut self, lines: &str) -> TestConfig {
+        add_lines(&mut self.ssh, lines);
+        self
     }
 
-    /// Everything: top-level `extra`, `[ssh]` extras, `[http]` lines and
-    /// optional `[oauth]` lines.
-    pub fn config_text_full(
-        dir: &Path,
-        extra: &str,
-        ssh_extra: &str,
-        http: &str,
-        oauth: &str,
-    ) -> String {
-        let text = Self::base_config_text(dir, extra);
+    /// The `[http]` section's lines (replacing the default).
+    pub fn http(mut self, lines: &str) -> TestConfig {
+        self.http = lines.to_string();
+        self
+    }
+
+    /// An `[oauth]` section with these lines.
+    pub fn oauth(mut self, lines: &str) -> TestConfig {
+        self.oauth = lines.to_string();
+        self
+    }
+
+    /// The TOML text for a test world rooted at `dir`.
+    pub fn text(&self, dir: &Path) -> String {
+        let text = base_config_text(dir, &self.top);
+        let ssh_extra = self.ssh.as_str();
         let key_of = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
         let ssh_keys: Vec<String> = ssh_extra
             .lines()
@@ -293,17 +333,23 @@ impl TestEnv {
             out.push(line.to_string());
         }
         let mut text = out.join("\n");
-        text.push_str(&format!("\n[http]\n{http}\n"));
-        if !oauth.is_empty() {
-            text.push_str(&format!("[oauth]\n{oauth}\n"));
+        text.push_str(&format!("\n[http]\n{}\n", self.http));
+        if !self.oauth.is_empty() {
+            text.push_str(&format!("[oauth]\n{}\n", self.oauth));
         }
         text
     }
 
-    fn base_config_text(dir: &Path, extra: &str) -> String {
-        let base = port_base();
-        format!(
-            r#"
+    /// A running test world with this config.
+    pub async fn open(self) -> TestEnv {
+        TestEnv::open(self).await
+    }
+}
+
+fn base_config_text(dir: &Path, extra: &str) -> String {
+    let base = port_base();
+    format!(
+        r#"
 data_path = "{d}/data"
 state_path = "{d}/state"
 loopback_size = "1G"
@@ -319,52 +365,41 @@ host_key_path = "{d}/keys/ssh_host_ed25519_key"
 instance_user = "{INSTANCE_USER}"
 start_timeout = "30s"
 "#,
-            d = dir.display(),
-            max = base + 40
-        )
-        .lines()
-        .filter(|l| {
-            // Keys given in `extra` replace the defaults above.
-            let key = l.split('=').next().unwrap_or("").trim();
-            key.is_empty()
-                || !extra
-                    .lines()
-                    .any(|e| e.split('=').next().unwrap_or("").trim() == key)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replacen("\n", &format!("\n{extra}\n"), 1)
-    }
+        d = dir.display(),
+        max = base + 40
+    )
+    .lines()
+    .filter(|l| {
+        // Keys given in `extra` replace the defaults above.
+        let key = l.split('=').next().unwrap_or("").trim();
+        key.is_empty()
+            || !extra
+                .lines()
+                .any(|e| e.split('=').next().unwrap_or("").trim() == key)
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+    .replacen("\n", &format!("\n{extra}\n"), 1)
+}
 
+impl TestEnv {
     pub async fn new() -> TestEnv {
         Self::with("").await
     }
 
     /// A test world whose config has `extra` top-level keys.
     pub async fn with(extra: &str) -> TestEnv {
-        Self::with_all(extra, "", DEFAULT_HTTP, "").await
+        TestConfig::new().top(extra).open().await
     }
 
-    /// A test world with `extra` top-level keys and `ssh_extra` keys in
-    /// the `[ssh]` section.
-    pub async fn with_ssh(extra: &str, ssh_extra: &str) -> TestEnv {
-        Self::with_all(extra, ssh_extra, DEFAULT_HTTP, "").await
-    }
-
-    /// A test world with `extra` top-level keys, these `[http]` lines and,
-    /// when not empty, these `[oauth]` lines.
-    pub async fn with_sections(extra: &str, http: &str, oauth: &str) -> TestEnv {
-        Self::with_all(extra, "", http, oauth).await
-    }
-
-    /// Every knob at once.
-    pub async fn with_all(extra: &str, ssh_extra: &str, http: &str, oauth: &str) -> TestEnv {
+    /// A test world with this config.
+    pub async fn open(cfg: TestConfig) -> TestEnv {
         let _ = &*FIXTURE;
         let dir = tempfile::Builder::new()
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let config_text = Self::config_text_full(dir.path(), extra, ssh_extra, http, oauth);
+        let config_text = cfg.text(dir.path());
         let config = Config::parse(&config_text).expect("test config");
         std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
         let mut env = TestEnv {
@@ -457,22 +492,38 @@ start_timeout = "30s"
     }
 }
 
+impl TestEnv {
+    /// Stop the core, kill its postmasters and unmount: what drop does,
+    /// for a world shared by a whole test binary (torn down at exit).
+    pub fn teardown(&self) {
+        if let Some(s) = &self.service {
+            s.shutdown();
+        }
+        unmount_world(&self.config.data_path);
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+}
+
+fn unmount_world(data_path: &Path) {
+    kill_postmasters_beneath(data_path);
+    for _ in 0..50 {
+        let out = Command::new("umount")
+            .arg(data_path)
+            .stderr(Stdio::null())
+            .status();
+        if matches!(out, Ok(s) if s.success()) || !is_mounted(data_path) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if let Some(s) = self.service.take() {
             s.shutdown();
         }
-        kill_postmasters_beneath(&self.config.data_path);
-        for _ in 0..50 {
-            let out = Command::new("umount")
-                .arg(&self.config.data_path)
-                .stderr(Stdio::null())
-                .status();
-            if matches!(out, Ok(s) if s.success()) || !is_mounted(&self.config.data_path) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        unmount_world(&self.config.data_path);
     }
 }
 

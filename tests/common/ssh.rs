@@ -13,7 +13,7 @@ use draupnir::ssh::SshServer;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{psql_cert, TestEnv, FIXTURE, FIXTURE_USERS};
+use super::{psql_cert, TestConfig, TestEnv, FIXTURE, FIXTURE_USERS};
 
 pub struct SshEnv {
     /// Declared first: dropped (server stopped) before the TestEnv.
@@ -93,7 +93,12 @@ impl SshEnv {
         } else {
             format!("{admin_keys}\n{ssh_extra}")
         };
-        let env = TestEnv::with_all(extra, &ssh_lines, http, "").await;
+        let env = TestConfig::new()
+            .top(extra)
+            .ssh(&ssh_lines)
+            .http(http)
+            .open()
+            .await;
         let mut me = SshEnv {
             server: None,
             env,
