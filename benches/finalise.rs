@@ -29,7 +29,7 @@ use common::{as_instance_user, check, TestEnv};
 use draupnir::core::test_support::btrfs;
 use draupnir::core::test_support::cluster::InstanceUser;
 use draupnir::core::test_support::Confinement;
-use draupnir::core::{test_support::sync_fs, Progress};
+use draupnir::core::{test_support::sync_fs, ImageId, Progress};
 use draupnir::core::{Actor, FinaliseProgress, Service, UploadTarget};
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target, Unit};
@@ -147,7 +147,7 @@ fn build_datadir(root: &Path, full: bool) -> PathBuf {
 }
 
 /// Upload `dir` into a new image through the core, as a `tar` stream.
-async fn upload(svc: &Service, admin: &Actor, dir: &Path, script: Option<&str>) -> i64 {
+async fn upload(svc: &Service, admin: &Actor, dir: &Path, script: Option<&str>) -> ImageId {
     let image = svc.create_image(admin, None, script).expect("create image");
     let mut tar = tokio::process::Command::new("tar")
         .arg("-C")
@@ -206,7 +206,11 @@ const FLOOR_STEPS: [&str; 4] = [
 
 /// One finalise through the core; returns its time and the time from
 /// each reported step to the next.
-async fn finalise_once(svc: &Service, admin: &Actor, image: i64) -> (Duration, Vec<(String, f64)>) {
+async fn finalise_once(
+    svc: &Service,
+    admin: &Actor,
+    image: ImageId,
+) -> (Duration, Vec<(String, f64)>) {
     let marks: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let m = marks.clone();
     let progress: FinaliseProgress = Arc::new(move |p| {

@@ -24,7 +24,7 @@ use draupnir::core::test_support::btrfs;
 use draupnir::core::test_support::cluster::{self, InstanceUser, CLIENT_ROLE};
 use draupnir::core::test_support::Confinement;
 use draupnir::core::test_support::{pgconn, process};
-use draupnir::core::{ConnectionInfo, InstanceRef};
+use draupnir::core::{ConnectionInfo, ImageId, InstanceId, InstanceRef};
 use support::chart::Chart;
 use support::{Bench, Row, Stats, Target};
 
@@ -89,7 +89,7 @@ async fn query_instance(info: &ConnectionInfo) {
         info.port,
         &c.ca_certificate,
         &c.client_certificate,
-        &c.client_key,
+        c.client_key.expose(),
     )
     .await;
 }
@@ -398,9 +398,9 @@ async fn disk_limits(bench: &mut Bench) -> (Stats, Stats, Stats, Stats) {
     let off = SshEnv::with(&env_for(""), "").await;
     let mut created: [Vec<Duration>; 2] = Default::default();
     let mut destroyed: [Vec<Duration>; 2] = Default::default();
-    let mut ids: [Vec<i64>; 2] = Default::default();
+    let mut ids: [Vec<InstanceId>; 2] = Default::default();
     let envs = [&on, &off];
-    let mut images = [0; 2];
+    let mut images = [ImageId::new(0); 2];
     for (k, env) in envs.iter().enumerate() {
         images[k] = env.env.ready_image(None).await;
     }

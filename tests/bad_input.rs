@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use draupnir::core::ImageState;
-use draupnir::core::{CoreError, InstanceRef, UploadTarget};
+use draupnir::core::{CoreError, ImageId, InstanceId, InstanceRef, UploadTarget};
 
 /// A tar entry with a raw name (the tar crate's builder refuses `..`).
 fn raw_entry(

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use common::shared::Shared;
 use common::*;
-use draupnir::core::Actor;
+use draupnir::core::{Actor, ImageId, InstanceId};
 use draupnir::ssh::commands::{self, Io, Session};
 
 struct Ran {
@@ -68,7 +68,7 @@ fn assert_one_line_error(r: &Ran, code: u32, needle: &str) {
 /// test that needs an instance makes its own, for a user of its own.
 struct Story {
     env: TestEnv,
-    image: i64,
+    image: ImageId,
     new_image: Ran,
     upload: Ran,
     finalise: Ran,
@@ -87,7 +87,10 @@ async fn build_story() -> Story {
     )
     .await;
     let images = json_of(&run(&env, &admin, "images --json", b"").await);
-    let image = images[0]["id"].as_i64().expect("an image id in --json");
+    let image = images[0]["id"]
+        .as_i64()
+        .map(ImageId::new)
+        .expect("an image id in --json");
     let upload = run(
         &env,
         &admin,
@@ -122,11 +125,12 @@ fn json_of(r: &Ran) -> serde_json::Value {
 }
 
 /// `new-instance IMAGE --json` as `who`; the new instance's id.
-async fn new_instance(env: &TestEnv, who: &Actor, image: i64) -> i64 {
+async fn new_instance(env: &TestEnv, who: &Actor, image: ImageId) -> InstanceId {
     let r = run(env, who, &format!("new-instance {image} --json"), b"").await;
     assert_eq!(r.code, 0, "{}", r.err);
     json_of(&r)["id"]
         .as_i64()
+        .map(InstanceId::new)
         .expect("an instance id in --json")
 }
 
@@ -248,7 +252,7 @@ async fn status_json_names_the_newest_ready_image() {
         let r = run(&s.env, &s.env.user("pete"), "status --json", b"").await;
         let v = json_of(&r);
         assert_eq!(v["status"], "ok");
-        assert_eq!(v["newest_ready_image"], s.image);
+        assert_eq!(v["newest_ready_image"], s.image.get());
     })
     .await
 }
@@ -317,7 +321,7 @@ async fn instances_lists_ones_own_as_a_table_and_as_json() {
             r.out
         );
         let v = json_of(&run(&s.env, &bob, "instances --json", b"").await);
-        assert_eq!(v[0]["image_id"], s.image);
+        assert_eq!(v[0]["image_id"], s.image.get());
         assert_eq!(v[0]["hostname"], "localhost");
         assert!(v[0]["port"].as_u64().is_some());
     })

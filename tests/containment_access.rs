@@ -13,6 +13,7 @@
 
 mod common;
 
+use draupnir::core::ImageId;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -261,7 +262,7 @@ async fn credentials_reach_only_the_owner() {
     let info = svc
         .instance_credentials(&owner, id.parse().unwrap())
         .unwrap();
-    assert_eq!(pem_body(&info.credentials.client_key), secrets.key);
+    assert_eq!(pem_body(info.credentials.client_key.expose()), secrets.key);
     let count = tokio::task::spawn_blocking(move || psql_cert(&info, "SELECT count(*) FROM users"))
         .await
         .unwrap();
@@ -283,7 +284,7 @@ struct HeldUpload {
 }
 
 impl HeldUpload {
-    async fn start(s: &SshEnv, image: i64, data: &[u8]) -> HeldUpload {
+    async fn start(s: &SshEnv, image: ImageId, data: &[u8]) -> HeldUpload {
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.args(common::ssh::client_opts(
             &s.admin_key,

@@ -19,7 +19,7 @@ use draupnir::core::test_support::pgconn;
 use draupnir::core::test_support::roles::{self, Problem};
 use draupnir::core::ImageState;
 use draupnir::core::Progress;
-use draupnir::core::{ConnectionInfo, InstanceRef, UploadTarget};
+use draupnir::core::{ConnectionInfo, ImageId, InstanceRef, UploadTarget};
 
 /// A data directory of our own, started as the instance user on a socket
 /// in its own directory (trust, as initdb leaves it).
@@ -149,7 +149,7 @@ async fn upload_and_finalise(
     env: &TestEnv,
     tar: &[u8],
     script: Option<&str>,
-) -> (i64, Result<(), String>) {
+) -> (ImageId, Result<(), String>) {
     let admin = env.admin();
     let img = env.svc().create_image(&admin, None, script).unwrap();
     env.svc()

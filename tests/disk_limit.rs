@@ -13,7 +13,7 @@ use common::ssh::SshEnv;
 use common::*;
 use draupnir::core::test_support::btrfs;
 use draupnir::core::InstanceState;
-use draupnir::core::{ConnectionInfo, InstanceRef};
+use draupnir::core::{ConnectionInfo, InstanceId, InstanceRef};
 use serde_json::Value;
 
 /// PostgreSQL's answer when a write does not fit: the kernel's EDQUOT /
@@ -57,10 +57,10 @@ async fn listing(env: &SshEnv) -> Vec<Value> {
         .clone()
 }
 
-fn disk_of(list: &[Value], id: i64) -> (u64, u64) {
+fn disk_of(list: &[Value], id: InstanceId) -> (u64, u64) {
     let row = list
         .iter()
-        .find(|r| r["id"] == id)
+        .find(|r| r["id"] == id.get())
         .unwrap_or_else(|| panic!("instance {id} listed: {list:?}"));
     (
         row["disk_bytes"].as_u64().expect("disk_bytes"),
@@ -200,7 +200,10 @@ async fn without_a_limit_disk_use_is_not_shown_and_nothing_is_limited() {
         .await
         .expect("instance");
     let list = listing(&env).await;
-    let row = list.iter().find(|r| r["id"] == i.instance.id).unwrap();
+    let row = list
+        .iter()
+        .find(|r| r["id"] == i.instance.id.get())
+        .unwrap();
     assert!(row["disk_bytes"].is_null(), "{row}");
     assert!(row["disk_limit_bytes"].is_null(), "{row}");
     let out = env.ssh(&env.admin_key, &["instances"]).await;

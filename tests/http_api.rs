@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use common::http::*;
 use common::shared::Shared;
 use common::*;
-use draupnir::core::{ConnectionInfo, InstanceRef, UploadTarget};
+use draupnir::core::{ConnectionInfo, ImageId, InstanceId, InstanceRef, UploadTarget};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ fn is_ts(v: &Value) -> bool {
     s.len() == 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T'
 }
 
-fn assert_image(v: &Value, id: i64, ready: bool) {
+fn assert_image(v: &Value, id: ImageId, ready: bool) {
     assert_eq!(v["type"], "images");
     assert_eq!(v["id"], id.to_string());
     let a = &v["attributes"];
@@ -34,7 +34,7 @@ fn assert_image(v: &Value, id: i64, ready: bool) {
     assert_eq!(keys, ["backed_up_at", "created_at", "ready", "updated_at"]);
 }
 
-fn assert_instance(v: &Value, image_id: i64) {
+fn assert_instance(v: &Value, image_id: ImageId) {
     assert_eq!(v["type"], "instances");
     assert!(v["id"].is_string(), "{v}");
     let a = &v["attributes"];
@@ -71,7 +71,7 @@ fn check_credentials(api: &Api, doc: &Value) -> ConnectionInfo {
         credentials: draupnir::core::Credentials {
             ca_certificate: pem("ca_certificate"),
             client_certificate: pem("client_certificate"),
-            client_key: pem("client_key"),
+            client_key: pem("client_key").into(),
         },
     };
     // The client certificate is issued by the CA and matches the key.
@@ -117,7 +117,7 @@ struct Ready {
     api: Api,
     /// Alice's (the bootstrap admin's) token.
     alice: String,
-    image: i64,
+    image: ImageId,
     /// The first `POST /images/:id/done`.
     done: Reply,
     /// The integration user's `POST /instances`.
@@ -141,7 +141,7 @@ fn instance_body(image_id: Value) -> Value {
 }
 
 /// The id in a JSON:API document (`data.id`, a string).
-fn id_of(doc: &Value) -> i64 {
+fn id_of<T: std::str::FromStr>(doc: &Value) -> T {
     doc["data"]["id"]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -154,7 +154,7 @@ fn admin_token(api: &Api) -> String {
 }
 
 /// Upload the fixture into image `id` through the core.
-async fn upload_through_core(api: &Api, id: i64) {
+async fn upload_through_core(api: &Api, id: ImageId) {
     api.env
         .svc()
         .ingest(
@@ -322,7 +322,7 @@ async fn an_image_not_yet_ready_gets_no_instance() {
             )
             .await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        let id = id_of(&r.json());
+        let id: ImageId = id_of(&r.json());
         let r = w
             .api
             .call(
@@ -423,7 +423,8 @@ async fn an_image_id_may_be_given_as_a_number() {
 async fn instance_listings_hold_only_ones_own_and_follow_every_change() {
     on_ready(|w| async move {
         let (api, id) = (&w.api, w.image);
-        let (inst1, inst2) = (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
+        let (inst1, inst2): (InstanceId, InstanceId) =
+            (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
         // GET /instances: only one's own, without relationships.
         let r = api.get("/instances", INTEGRATION).await;
         assert_eq!(r.status, 200);
@@ -478,7 +479,8 @@ async fn instance_listings_hold_only_ones_own_and_follow_every_change() {
 async fn ones_own_instance_shows_its_credentials_and_others_are_404() {
     on_ready(|w| async move {
         let api = &w.api;
-        let (inst1, inst2) = (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
+        let (inst1, inst2): (InstanceId, InstanceId) =
+            (id_of(&w.inst1.json()), id_of(&w.inst2.json()));
         let r = api.get(&format!("/instances/{inst1}"), INTEGRATION).await;
         assert_eq!(r.status, 200);
         r.assert_api_headers();
@@ -568,7 +570,7 @@ async fn the_upload_user_alone_deletes_an_image_with_instances() {
     let api = Api::start(BASE, DEFAULT_HTTP, "").await;
     let alice_token = admin_token(&api);
     let id = api.env.ready_image(None).await;
-    let mut instances = Vec::new();
+    let mut instances: Vec<InstanceId> = Vec::new();
     for token in [INTEGRATION, alice_token.as_str()] {
         let r = api
             .call(

@@ -5,6 +5,7 @@
 mod common;
 
 use common::http::*;
+use draupnir::core::{ImageId, InstanceId};
 use serde_json::json;
 
 const BASE: &str = "shared_secret = \"the-upload-shared-secret\"\nuse_x_forwarded_for = true\ntrusted_proxy_cidrs = [\"127.0.0.0/8\"]\nmax_instances_per_user = 2\nexpected_image_interval = \"1h\"";
@@ -33,12 +34,12 @@ async fn forwarded_for_quota_status_and_metrics() {
     r.assert_api_headers();
     assert_eq!(r.json()["status"], "no_images");
     let image = api.env.ready_image(None).await;
-    assert_eq!(image, 1);
+    assert_eq!(image, ImageId::new(1));
 
     // The peer (127.0.0.1) is a trusted proxy: the rightmost untrusted entry counts.
     let (status, doc) = create_with_xff(&api, "203.0.113.50, 198.51.100.23, 127.0.0.9").await;
     assert_eq!(status, 201, "{doc}");
-    let id: i64 = doc["data"]["id"].as_str().unwrap().parse().unwrap();
+    let id: InstanceId = doc["data"]["id"].as_str().unwrap().parse().unwrap();
     let admin = api.env.admin();
     assert_eq!(
         api.env.svc().allowed_addresses(&admin, id).unwrap(),
@@ -47,7 +48,7 @@ async fn forwarded_for_quota_status_and_metrics() {
     // Junk in the header: the peer's address.
     let (status, doc) = create_with_xff(&api, "<script>").await;
     assert_eq!(status, 201, "{doc}");
-    let id2: i64 = doc["data"]["id"].as_str().unwrap().parse().unwrap();
+    let id2: InstanceId = doc["data"]["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         api.env.svc().allowed_addresses(&admin, id2).unwrap(),
         vec!["127.0.0.1"]
@@ -89,7 +90,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     api.env.ready_image(None).await;
     let (status, doc) = create_with_xff(&api, "198.51.100.23").await;
     assert_eq!(status, 201, "{doc}");
-    let id: i64 = doc["data"]["id"].as_str().unwrap().parse().unwrap();
+    let id: InstanceId = doc["data"]["id"].as_str().unwrap().parse().unwrap();
     let admin = api.env.admin();
     assert_eq!(
         api.env.svc().allowed_addresses(&admin, id).unwrap(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::shared::Shared;
 use common::*;
 use draupnir::core::Progress;
-use draupnir::core::{ConnectionInfo, CoreError, Image, InstanceRef, UploadTarget};
+use draupnir::core::{ConnectionInfo, CoreError, Image, ImageId, InstanceRef, UploadTarget};
 use draupnir::core::{ImageState, InstanceState};
 
 /// The lifecycle's shared world: one image created through the core with a
@@ -19,7 +19,7 @@ use draupnir::core::{ImageState, InstanceState};
 /// for the tests to check; each test makes its own instances.
 struct Finalised {
     env: TestEnv,
-    image: i64,
+    image: ImageId,
     /// The image as created.
     created: Image,
     /// The upload subvolumes right after the create.
@@ -409,7 +409,8 @@ async fn instances_are_cheap_and_ports_unique_and_authorised() {
         Err(CoreError::AdminOnly(_))
     ));
     assert!(matches!(
-        svc.create_instance(&bob, InstanceRef::Id(ImageId::new(9999))).await,
+        svc.create_instance(&bob, InstanceRef::Id(ImageId::new(9999)))
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     // The image has instances: refused unless cascading.

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use draupnir::core::{CoreError, InstanceRef, NewInstance, UploadTarget};
+use draupnir::core::{CoreError, ImageId, InstanceRef, NewInstance, UploadTarget};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expiry_extension_and_limits() {
@@ -125,7 +125,7 @@ async fn instances_of_users_without_access_are_destroyed() {
         .await
         .unwrap();
     assert!(svc.clean_once().await.unwrap().access_gone.is_empty());
-    svc.remove_key(&admin, &fp).unwrap();
+    svc.remove_key(&admin, fp.as_str()).unwrap();
     let report = svc.clean_once().await.unwrap();
     assert_eq!(report.access_gone, vec![inst.instance.id]);
     assert_eq!(env.entries("instances"), vec![mine.instance.id.to_string()]);
@@ -146,7 +146,7 @@ async fn rotation_keeps_the_newest_n_and_images_in_use() {
     let second = env.ready_image(None).await;
     let third = env.ready_image(None).await;
     // `first` is beyond the newest two but has an instance: kept.
-    let ids: Vec<i64> = svc
+    let ids: Vec<ImageId> = svc
         .list_images(&admin)
         .unwrap()
         .iter()
@@ -164,7 +164,7 @@ async fn rotation_keeps_the_newest_n_and_images_in_use() {
     let report = svc.clean_once().await.unwrap();
     assert_eq!(report.rotated_images, vec![first]);
     let fourth = env.ready_image(None).await;
-    let ids: Vec<i64> = svc
+    let ids: Vec<ImageId> = svc
         .list_images(&admin)
         .unwrap()
         .iter()

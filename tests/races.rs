@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use common::ssh::*;
 use common::*;
-use draupnir::core::{test_support::Store, ImageState, InstanceState};
+use draupnir::core::{test_support::Store, ImageId, ImageState, InstanceId, InstanceState};
 use draupnir::core::{Actor, CoreError, InstanceRef, Service, UploadTarget};
 
 const STAGGER: Duration = Duration::from_millis(8);
 
 /// What one racing operation may end with. Anything else (an internal
 /// error above all) fails the test.
-fn clean_loss(e: &CoreError, image: i64) -> bool {
+fn clean_loss(e: &CoreError, image: ImageId) -> bool {
     match e {
         CoreError::ImageDestroying { id } => *id == image,
         CoreError::NotFound { what, .. } => *what == "image" || *what == "instance",
@@ -81,10 +81,10 @@ fn assert_consistent(env: &TestEnv, ctx: &str) {
 async fn race(
     env: &TestEnv,
     users: &[Actor],
-    image: i64,
+    image: ImageId,
     n: usize,
     delay: Duration,
-    victim: Option<i64>,
+    victim: Option<InstanceId>,
 ) -> usize {
     let svc = env.svc().clone();
     let mut creates = Vec::new();
@@ -142,7 +142,7 @@ async fn race(
 }
 
 /// A ready image of the fixture (what `TestEnv::ready_image` makes).
-async fn next_image(svc: Service, admin: Actor) -> i64 {
+async fn next_image(svc: Service, admin: Actor) -> ImageId {
     let img = svc.create_image(&admin, None, None).unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
         .await
@@ -227,7 +227,7 @@ async fn destroy_image_races_new_instance_and_one_side_wins() {
 }
 
 /// Wait (up to a minute) until image `image` has `n` warm instances.
-async fn wait_pool(svc: &Service, image: i64, n: usize) {
+async fn wait_pool(svc: &Service, image: ImageId, n: usize) {
     for _ in 0..600 {
         if svc.warm_pool_size(image) >= n {
             return;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use draupnir::config::Config;
-use draupnir::core::{test_support::Store, ImageState, InstanceState};
+use draupnir::core::{test_support::Store, ImageId, ImageState, InstanceState};
 use draupnir::core::{InstanceRef, Service, UploadTarget};
 
 /// The child's side: run a scenario in a fresh core until killed.
@@ -32,7 +32,7 @@ async fn child_daemon() {
     let admin = svc.actor_for("alice").unwrap().unwrap();
     match scenario.as_str() {
         "finalise" => {
-            let id: i64 = std::env::var("DRAUPNIR_CHILD_IMAGE")
+            let id: ImageId = std::env::var("DRAUPNIR_CHILD_IMAGE")
                 .unwrap()
                 .parse()
                 .unwrap();
@@ -51,7 +51,7 @@ async fn child_daemon() {
 struct ChildDaemon(Child);
 
 impl ChildDaemon {
-    fn start(env: &TestEnv, scenario: &str, image: Option<i64>) -> ChildDaemon {
+    fn start(env: &TestEnv, scenario: &str, image: Option<ImageId>) -> ChildDaemon {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "child_daemon",

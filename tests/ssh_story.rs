@@ -4,6 +4,7 @@
 
 mod common;
 
+use draupnir::core::{ImageId, InstanceId};
 use std::process::Command;
 
 use common::ssh::*;
@@ -31,7 +32,7 @@ async fn the_four_lines() {
         )
         .await;
     assert!(o.status.success(), "{}", text(&o));
-    let id: i64 = stdout(&o)
+    let id: ImageId = stdout(&o)
         .split_whitespace()
         .nth(1)
         .and_then(|w| w.parse().ok())
@@ -59,7 +60,7 @@ async fn the_four_lines() {
     let bob = s.new_user_key("bob", false);
     let o = s.ssh(&bob, &["new-instance", &id.to_string()]).await;
     assert!(o.status.success(), "{}", text(&o));
-    let inst: i64 = stdout(&o)
+    let inst: InstanceId = stdout(&o)
         .split_whitespace()
         .nth(1)
         .and_then(|w| w.parse().ok())
@@ -94,8 +95,8 @@ async fn the_four_lines() {
     // Listings, --json, and what another user sees.
     let o = s.ssh(&bob, &["instances", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v[0]["id"], inst);
-    assert_eq!(v[0]["image_id"], id);
+    assert_eq!(v[0]["id"], inst.get());
+    assert_eq!(v[0]["image_id"], id.get());
     let carol = s.new_user_key("carol", false);
     let o = s.ssh(&carol, &["instances"]).await;
     assert_eq!(
@@ -127,7 +128,7 @@ async fn pg_basebackup_piped_into_upload_image() {
     let admin = s.admin_key.clone();
     let o = s.ssh(&admin, &["new-image", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let id = v["id"].as_i64().unwrap();
+    let id = v["id"].as_i64().map(ImageId::new).unwrap();
     // What `pg_basebackup -D - -Ft -X fetch | ssh draupnir upload-image N` sends.
     let o = s
         .ssh_stdin(

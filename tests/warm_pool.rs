@@ -12,11 +12,11 @@ use std::time::Duration;
 use common::ssh::*;
 use common::*;
 use draupnir::config::{Config, FreeSpace};
-use draupnir::core::{test_support::Store, InstanceState};
+use draupnir::core::{test_support::Store, ImageId, InstanceId, InstanceState};
 use draupnir::core::{CoreError, InstanceRef, NewInstance, Service, POOL_USER};
 
 /// Wait (up to a minute) until image `image` has `n` warm instances.
-async fn wait_pool(svc: &Service, image: i64, n: usize) {
+async fn wait_pool(svc: &Service, image: ImageId, n: usize) {
     for _ in 0..600 {
         if svc.warm_pool_size(image) == n {
             return;
@@ -30,7 +30,7 @@ async fn wait_pool(svc: &Service, image: i64, n: usize) {
 }
 
 /// Ids of the warm instances (what an admin's `instances --all` marks).
-fn warm_ids(env: &TestEnv) -> Vec<i64> {
+fn warm_ids(env: &TestEnv) -> Vec<InstanceId> {
     env.svc()
         .list_instances(&env.admin(), true)
         .unwrap()
@@ -81,8 +81,8 @@ async fn handovers_are_atomic_and_never_repeat() {
     for t in tasks {
         infos.push(t.await.unwrap().expect("create"));
     }
-    let handed: Vec<i64> = infos.iter().map(|i| i.instance.id).collect();
-    let distinct: HashSet<i64> = handed.iter().copied().collect();
+    let handed: Vec<InstanceId> = infos.iter().map(|i| i.instance.id).collect();
+    let distinct: HashSet<InstanceId> = handed.iter().copied().collect();
     assert_eq!(distinct.len(), 4, "distinct instances: {handed:?}");
     for id in &first_pool {
         assert!(handed.contains(id), "warm {id} was handed over: {handed:?}");
@@ -107,7 +107,7 @@ async fn handovers_are_atomic_and_never_repeat() {
                 .unwrap();
         assert_eq!(count.as_deref(), Ok(FIXTURE_USERS.to_string().as_str()));
         // A user sees their own instance and nothing of the pool.
-        let mine: Vec<i64> = svc
+        let mine: Vec<InstanceId> = svc
             .list_instances(user, false)
             .unwrap()
             .iter()
@@ -393,7 +393,7 @@ async fn ssh_new_instance_gets_a_warm_one() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    let id = v["id"].as_i64().expect("id");
+    let id = v["id"].as_i64().map(InstanceId::new).expect("id");
     assert_eq!(vec![id], warm, "the warm instance was handed over");
     assert_eq!(v["owner"], "bob");
     assert_eq!(v["pooled"], false);
@@ -408,7 +408,10 @@ async fn ssh_new_instance_gets_a_warm_one() {
     };
     let info = s.svc().instance_credentials(&owner, id).unwrap();
     let creds: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(creds["client_key"], info.credentials.client_key.as_str());
+    assert_eq!(
+        creds["client_key"],
+        info.credentials.client_key.expose().as_str()
+    );
     let count = tokio::task::spawn_blocking(move || psql_cert(&info, "SELECT count(*) FROM users"))
         .await
         .unwrap();

@@ -8,9 +8,9 @@
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
 
-use crate::core::model::UserId;
 use super::{Actor, CoreError, Result, Service};
 use crate::config::Environment;
+use crate::core::model::UserId;
 
 /// The identity string of the `shared_secret` user.
 pub const UPLOAD_USER: &str = "upload";

@@ -84,7 +84,12 @@ impl Service {
     }
 
     /// The postmaster command for an instance.
-    pub(crate) fn instance_spec(&self, id: InstanceId, port: u16, major: u32) -> Result<PostmasterSpec> {
+    pub(crate) fn instance_spec(
+        &self,
+        id: InstanceId,
+        port: u16,
+        major: u32,
+    ) -> Result<PostmasterSpec> {
         let bin = cluster::find_bin(&self.config().postgres.bin_root, major)
             .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
         let datadir = self.inner.layout.instance(id);
@@ -275,7 +280,13 @@ impl Service {
         }
     }
 
-    async fn bring_up(&self, id: InstanceId, image_id: ImageId, port: u16, major: u32) -> Result<()> {
+    async fn bring_up(
+        &self,
+        id: InstanceId,
+        image_id: ImageId,
+        port: u16,
+        major: u32,
+    ) -> Result<()> {
         let cfg = self.config();
         let dir = self.inner.layout.instance(id);
         btrfs::snapshot(&self.inner.layout.snapshot(image_id), &dir, false)?;
@@ -511,7 +522,12 @@ impl Service {
     }
 
     /// Remember an address the owner used, for the allow-list.
-    pub fn record_address(&self, actor: &Actor, id: InstanceId, addr: std::net::IpAddr) -> Result<()> {
+    pub fn record_address(
+        &self,
+        actor: &Actor,
+        id: InstanceId,
+        addr: std::net::IpAddr,
+    ) -> Result<()> {
         self.allow_address(actor, id, addr).map(|_| ())
     }
 

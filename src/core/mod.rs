@@ -26,7 +26,6 @@ mod store;
 pub mod test_support;
 mod users;
 
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,14 +42,14 @@ pub use error::{CoreError, Result};
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
-pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
-pub use pool::RefillReport;
-pub use reconcile::ReconcileReport;
-pub use reload::ReloadReport;
 pub use model::{
     format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
     InstanceState, Progress, SshKey, User, UserId,
 };
+pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
+pub use pool::RefillReport;
+pub use reconcile::ReconcileReport;
+pub use reload::ReloadReport;
 
 /// Copy the metadata database at `db` to `dest` with SQLite's online
 /// backup, and check the copy's integrity (`draupnir backup`).

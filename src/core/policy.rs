@@ -178,7 +178,12 @@ impl Service {
 
     /// Push an instance's expiry `by` further (from now when it had none or
     /// it is past), up to `max_instance_ttl` from now.
-    pub fn extend_instance(&self, actor: &Actor, id: InstanceId, by: Duration) -> Result<OffsetDateTime> {
+    pub fn extend_instance(
+        &self,
+        actor: &Actor,
+        id: InstanceId,
+        by: Duration,
+    ) -> Result<OffsetDateTime> {
         let inst = self.owned_instance_for(actor, id)?;
         if by.is_zero() {
             return Err(CoreError::BadInput("extend by more than 0".into()));

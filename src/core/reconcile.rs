@@ -201,7 +201,11 @@ impl Service {
             .filter(|i| i.state == ImageState::Ready)
             .map(|i| i.id.get())
             .collect();
-        let instances: HashSet<i64> = store.instances(None, None)?.iter().map(|i| i.id.get()).collect();
+        let instances: HashSet<i64> = store
+            .instances(None, None)?
+            .iter()
+            .map(|i| i.id.get())
+            .collect();
         for (dir, keep) in [
             (layout.uploads(), &uploading),
             (layout.snapshots(), &ready),
@@ -224,7 +228,8 @@ impl Service {
         let owned: HashSet<std::path::PathBuf> = instances
             .iter()
             .map(|id| {
-                std::fs::canonicalize(layout.instance(InstanceId::new(*id))).unwrap_or_else(|_| layout.instance(InstanceId::new(*id)))
+                std::fs::canonicalize(layout.instance(InstanceId::new(*id)))
+                    .unwrap_or_else(|_| layout.instance(InstanceId::new(*id)))
             })
             .collect();
         for (pid, cwd) in process::postmasters_beneath(layout.root()) {

@@ -1,8 +1,8 @@
 //! Users, SSH keys and API tokens: who someone is and what they may do.
 
+use crate::core::model::Fingerprint;
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use crate::core::model::Fingerprint;
 
 use super::{Actor, CoreError, Result, Service};
 use crate::core::store::{SshKey, User};

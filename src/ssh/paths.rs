@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(resolve("images").unwrap(), VPath::Images);
         assert_eq!(resolve("/images/").unwrap(), VPath::Images);
         assert_eq!(resolve("images/3").unwrap(), VPath::Image(ImageId::new(3)));
-        assert_eq!(resolve("~/images/3/").unwrap(), VPath::Image(ImageId::new(3)));
+        assert_eq!(
+            resolve("~/images/3/").unwrap(),
+            VPath::Image(ImageId::new(3))
+        );
         assert_eq!(
             resolve("/images/3/./a/../b").unwrap(),
             VPath::InImage(ImageId::new(3), "b".into())
@@ -179,7 +182,9 @@ mod tests {
             assert!(!valid_name(bad), "{bad:?}");
         }
         assert_eq!(
-            VPath::Image(ImageId::new(1)).join_name("pg_wal.tar").unwrap(),
+            VPath::Image(ImageId::new(1))
+                .join_name("pg_wal.tar")
+                .unwrap(),
             VPath::InImage(ImageId::new(1), "pg_wal.tar".into())
         );
         assert!(VPath::Image(ImageId::new(1)).join_name("..").is_err());

@@ -25,7 +25,7 @@ use super::error::Refusal;
 use super::paths::{self, PathError, VPath};
 use super::session::{Session, SessionSlot};
 use crate::core::ImageState;
-use crate::core::{ImageId, CoreError, Upload, UploadTarget};
+use crate::core::{CoreError, ImageId, Upload, UploadTarget};
 
 /// Largest SFTP packet a client may send (russh-sftp's limit).
 const MAX_PACKET: u32 = 256 * 1024;

@@ -152,7 +152,11 @@ impl Store {
     }
 
     /// Instances, optionally only one owner's or one image's.
-    pub fn instances(&self, owner: Option<UserId>, image: Option<ImageId>) -> Result<Vec<Instance>> {
+    pub fn instances(
+        &self,
+        owner: Option<UserId>,
+        image: Option<ImageId>,
+    ) -> Result<Vec<Instance>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {INSTANCE_COLS} FROM instances i JOIN users u ON u.id = i.owner_id \
@@ -230,7 +234,11 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_instance_expiry(&self, id: InstanceId, expires_at: Option<OffsetDateTime>) -> Result<()> {
+    pub fn set_instance_expiry(
+        &self,
+        id: InstanceId,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<()> {
         self.conn().execute(
             "UPDATE instances SET expires_at = ?1, updated_at = ?2 WHERE id = ?3",
             params![expires_at.map(format_ts), format_ts(now()), id],

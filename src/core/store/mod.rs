@@ -273,7 +273,6 @@ impl Store {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,4 +459,3 @@ mod tests {
         );
     }
 }
-

@@ -23,7 +23,8 @@ fn key_row(row: &Row) -> rusqlite::Result<SshKey> {
         public_key: row.get(4)?,
         created_at: parse_ts(&row.get::<_, String>(5)?),
     })
-}impl Store {
+}
+impl Store {
     pub fn insert_user(&self, name: &str, email: Option<&str>, is_admin: bool) -> Result<User> {
         let conn = self.conn();
         conn.execute(
@@ -91,7 +92,12 @@ fn key_row(row: &Row) -> rusqlite::Result<SshKey> {
         Ok(())
     }
 
-    pub fn insert_key(&self, user_id: UserId, fingerprint: &Fingerprint, public_key: &str) -> Result<()> {
+    pub fn insert_key(
+        &self,
+        user_id: UserId,
+        fingerprint: &Fingerprint,
+        public_key: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "INSERT INTO ssh_keys (user_id, fingerprint, public_key, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![user_id, fingerprint, public_key, format_ts(now())],

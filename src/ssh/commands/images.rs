@@ -221,7 +221,11 @@ async fn show_progress(out: Out<'_>, p: Progress) -> Result<(), Failure> {
 }
 
 /// `reset-upload ID`.
-pub(super) async fn reset_upload(session: &Session, id: ImageId, out: Out<'_>) -> Result<(), Failure> {
+pub(super) async fn reset_upload(
+    session: &Session,
+    id: ImageId,
+    out: Out<'_>,
+) -> Result<(), Failure> {
     session.service.reset_upload(&session.actor, id)?;
     say(
         out,

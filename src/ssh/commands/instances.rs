@@ -238,7 +238,11 @@ pub(super) async fn reset(session: &Session, id: InstanceId, out: Out<'_>) -> Re
 }
 
 /// `destroy-instance ID`.
-pub(super) async fn destroy(session: &Session, id: InstanceId, out: Out<'_>) -> Result<(), Failure> {
+pub(super) async fn destroy(
+    session: &Session,
+    id: InstanceId,
+    out: Out<'_>,
+) -> Result<(), Failure> {
     session.service.destroy_instance(&session.actor, id).await?;
     say(out, format!("instance {id} destroyed\n")).await
 }
