@@ -12,5 +12,6 @@ pub mod config;
 pub mod core;
 pub mod guard;
 pub mod http;
+pub mod secret;
 pub mod secret_file;
 pub mod ssh;
