@@ -1,6 +1,10 @@
 //! Doctor's host checks: the SSH host key and the system clock.
 
-use super::*;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+
+use super::{fail, pass, Check};
+use crate::config::Config;
 
 pub(super) fn host_key(config: &Config) -> Check {
     const NAME: &str = "host key";

@@ -7,16 +7,11 @@
 //! the [`Report`]. The checks themselves are grouped by what they look at:
 //! `storage`, `pg`, `state`, `ports` and `host`.
 
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::core::store::Store;
 
 mod host;
 mod pg;
@@ -153,6 +148,7 @@ pub fn run_with(config: &Config, config_path: &Path) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::store::Store;
 
     #[test]
     fn a_ready_image_of_a_missing_major_fails() {

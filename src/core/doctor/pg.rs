@@ -2,7 +2,9 @@
 //! need), the instance user, the postmaster box and the instance user's
 //! access to the data directories.
 
-use super::*;
+use super::{fail, pass, Check};
+use crate::config::Config;
+use crate::core::store::Store;
 
 pub(super) fn postgres(config: &Config) -> Check {
     const NAME: &str = "postgres";

@@ -1,7 +1,12 @@
 //! Doctor's listener checks: each configured port is free, or held by a
 //! running `draupnir serve` with this same config file.
 
-use super::*;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{fail, pass, Check};
 
 pub(super) fn port(name: &str, addr: Option<SocketAddr>, key: &str, config_path: &Path) -> Check {
     let Some(addr) = addr else {

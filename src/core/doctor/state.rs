@@ -1,7 +1,9 @@
 //! Doctor's state checks: the SQLite metadata file (opened read-only)
 //! and the allow-list compared with a dry-run reconcile.
 
-use super::*;
+use super::{fail, pass, Check};
+use crate::config::Config;
+use crate::core::store::Store;
 
 /// The SQLite check; returns the read-only store when it is usable.
 pub(super) fn sqlite(config: &Config, checks: &mut Vec<Check>) -> Option<Store> {

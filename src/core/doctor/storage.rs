@@ -2,7 +2,10 @@
 //! free-space floor, and whether btrfs quotas can enforce
 //! `max_instance_disk`.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use super::{fail, pass, Check};
+use crate::config::Config;
 
 pub(super) fn data_path(config: &Config) -> Check {
     const NAME: &str = "data_path";

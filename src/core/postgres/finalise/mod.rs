@@ -15,17 +15,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE, CLIENT_ROLE};
+use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE};
 use super::pgconn::{self, PgConnError};
 use super::process::{self, Postmaster, PostmasterSpec};
 use super::roles::{self, Problem};
 use super::sandbox::Confinement;
-use crate::certs;
 
 mod prepare;
 mod prove;

@@ -3,8 +3,20 @@
 //! the anonymisation script, vacuum, ownership to `draupnir`, containment
 //! and dropping the temporary admin role.
 
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
 use super::script::{reassign_sql, run_script, vacuum_what_autovacuum_would};
-use super::*;
+use super::{
+    admin_connect, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError, FinaliseSpec,
+    Progress, SOCKET_PORT,
+};
+use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
+use crate::core::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::core::postgres::roles;
 
 /// Everything done while the first, socket-only postmaster runs. Returns
 /// the name of the bootstrap superuser.
@@ -18,15 +30,43 @@ pub(super) async fn prepare_and_anonymise(
 ) -> Result<String, FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("creating roles");
-    // A superuser connection: the configured superuser's (root is mapped to
-    // it), which also creates the admin role the script runs as, or the
-    // admin role's.
-    let admin = match wait_socket(spec, pm, spec.superuser, None).await {
+    let admin = superuser_session(spec, bin, first, pm, password).await?;
+    let boot = create_client_role(spec, &admin).await?;
+    let mut paused = pause_everywhere(spec, password, admin).await?;
+
+    if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
+        step("running anonymisation script");
+        run_script(spec, bin, script, password, progress).await?;
+    }
+
+    step("reassigning ownership to draupnir");
+    let last = hand_over(spec, password, &mut paused, progress).await?;
+
+    step("containing role draupnir; dropping temporary admin role");
+    contain_and_drop_admin(spec, password, last, &boot).await?;
+    step("stopping postgres");
+    Ok(boot)
+}
+
+/// Event triggers paused per database: each one's name and `evtenabled`.
+type Paused = BTreeMap<String, Vec<(String, String)>>;
+
+/// A superuser session on `template1`: the configured superuser's (root is
+/// mapped to it), which also creates the admin role the script runs as, or
+/// the admin role's.
+async fn superuser_session(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    first: &PostmasterSpec,
+    pm: &mut Postmaster,
+    password: &str,
+) -> Result<tokio_postgres::Client, FinaliseError> {
+    match wait_socket(spec, pm, spec.superuser, None).await {
         Ok(su) => {
             su.batch_execute(&roles::create_admin_sql(password))
                 .await
                 .map_err(db_err("creating the temporary admin role"))?;
-            su
+            Ok(su)
         }
         Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
             // The upload's superuser has another name: create the admin
@@ -35,10 +75,18 @@ pub(super) async fn prepare_and_anonymise(
             pm.stop(Duration::from_secs(60)).await;
             single_user_create_admin(spec, bin, password).await?;
             *pm = start(first).await?;
-            wait_socket(spec, pm, ADMIN_ROLE, Some(password)).await?
+            wait_socket(spec, pm, ADMIN_ROLE, Some(password)).await
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// Create Draupnir's own `draupnir` role, check the database is there;
+/// returns the name of the bootstrap superuser.
+async fn create_client_role(
+    spec: &FinaliseSpec<'_>,
+    admin: &tokio_postgres::Client,
+) -> Result<String, FinaliseError> {
     // Whatever the upload had under the name `draupnir` is renamed away
     // first: the clients' role is Draupnir's own, fresh.
     admin
@@ -63,6 +111,15 @@ pub(super) async fn prepare_and_anonymise(
             spec.database
         )));
     }
+    Ok(boot)
+}
+
+/// Pause the event triggers of every database that allows connections.
+async fn pause_everywhere(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    admin: tokio_postgres::Client,
+) -> Result<Paused, FinaliseError> {
     // The upload's event triggers would run its code as a superuser on the
     // script's DDL and on ours: paused in every database until that
     // database's hygiene is done, then enabled as they were.
@@ -95,13 +152,18 @@ pub(super) async fn prepare_and_anonymise(
         }
     }
     drop(admin);
+    Ok(paused)
+}
 
-    if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
-        step("running anonymisation script");
-        run_script(spec, bin, script, password, progress).await?;
-    }
-
-    step("reassigning ownership to draupnir");
+/// Reassign ownership to `draupnir`, the function hygiene, the paused
+/// event triggers back and the vacuum, database by database; returns a
+/// connection still open for the cluster-wide work.
+async fn hand_over(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    paused: &mut Paused,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Option<tokio_postgres::Client>, FinaliseError> {
     // Listed after the script, which may create or drop databases. Every
     // database `draupnir` could connect to gets the function hygiene,
     // templates included; the others also the reassignment.
@@ -146,12 +208,20 @@ pub(super) async fn prepare_and_anonymise(
         }
         last = Some(c);
     }
+    Ok(last.or(template1))
+}
 
-    step("containing role draupnir; dropping temporary admin role");
+/// Contain `draupnir` cluster-wide and drop the temporary admin role.
+async fn contain_and_drop_admin(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    last: Option<tokio_postgres::Client>,
+    boot: &str,
+) -> Result<(), FinaliseError> {
     // Roles are cluster-wide: the last database's connection will do once
     // the admin role owns nothing in any database. The admin role cannot
     // drop itself; as the bootstrap superuser, its session can.
-    let c = match last.or(template1) {
+    let c = match last {
         Some(c) => c,
         None => admin_connect(spec, password, "template1")
             .await
@@ -162,13 +232,12 @@ pub(super) async fn prepare_and_anonymise(
         .map_err(db_err("containing role draupnir"))?;
     c.batch_execute(&format!(
         "SET SESSION AUTHORIZATION {}; DROP ROLE {ADMIN_ROLE}",
-        quote_ident(&boot)
+        quote_ident(boot)
     ))
     .await
     .map_err(db_err("dropping the admin role"))?;
     drop(c);
-    step("stopping postgres");
-    Ok(boot)
+    Ok(())
 }
 
 /// Disable the enabled event triggers of the connected database; returns

@@ -2,7 +2,14 @@
 //! loopback port and show that only certificate-authenticated `draupnir`
 //! gets in, and that it reaches nothing more than its own rights.
 
-use super::*;
+use std::time::Duration;
+
+use super::{start, start_failure, FinaliseError, FinaliseSpec, CONNECT_TIMEOUT};
+use crate::certs;
+use crate::core::postgres::cluster::{self, PgBin, CLIENT_ROLE};
+use crate::core::postgres::pgconn::{self, PgConnError};
+use crate::core::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::core::postgres::roles;
 
 /// Start once more with the final rules on a loopback port and prove them.
 pub(super) async fn prove(

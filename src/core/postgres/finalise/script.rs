@@ -2,7 +2,15 @@
 //! psql as the instance user, the vacuum autovacuum would do, and the
 //! statements that hand every object to `draupnir`.
 
-use super::*;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::{
+    db_err, quote_ident, FinaliseError, FinaliseSpec, Progress, SESSION_OPTIONS, SOCKET_PORT,
+};
+use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE, CLIENT_ROLE};
 
 /// Run the script with psql as the instance user, streaming its output.
 /// psql gets the admin role's password in `PGPASSWORD`: only root and the
