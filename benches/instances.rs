@@ -110,7 +110,7 @@ async fn floor_once(snapshot: &Path, scratch: &Path, user: &InstanceUser, port: 
     btrfs::snapshot(snapshot, &dir, false).expect("snapshot");
     for (name, pem) in [
         (cluster::SERVER_CERT, &certs.server_cert_pem),
-        (cluster::SERVER_KEY, &certs.server_key_pem),
+        (cluster::SERVER_KEY, certs.server_key_pem.expose()),
         (cluster::CA_CERT, &certs.ca_cert_pem),
     ] {
         cluster::write_owned(&dir, name, pem.as_bytes(), user).expect("write certificate");
@@ -131,7 +131,7 @@ async fn floor_once(snapshot: &Path, scratch: &Path, user: &InstanceUser, port: 
         .spawn()
         .expect("postgres");
     tokio::select! {
-        _ = first_query(port, &certs.ca_cert_pem, &certs.client_cert_pem, &certs.client_key_pem) => {}
+        _ = first_query(port, &certs.ca_cert_pem, &certs.client_cert_pem, certs.client_key_pem.expose()) => {}
         _ = exited(&mut pg) => panic!(
             "floor postgres exited: {}",
             std::fs::read_to_string(scratch.join("floor.log")).unwrap_or_default()

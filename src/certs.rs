@@ -15,6 +15,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use crate::secret::Secret;
+
 /// How far in the past `not_before` is set, to tolerate clock skew.
 const BACKDATE: time::Duration = time::Duration::hours(1);
 
@@ -28,9 +30,9 @@ const BACKDATE: time::Duration = time::Duration::hours(1);
 pub struct InstanceCerts {
     pub ca_cert_pem: String,
     pub server_cert_pem: String,
-    pub server_key_pem: String,
+    pub server_key_pem: Secret<String>,
     pub client_cert_pem: String,
-    pub client_key_pem: String,
+    pub client_key_pem: Secret<String>,
     /// Expiry shared by all three certificates (whole seconds, UTC).
     pub not_after: OffsetDateTime,
 }
@@ -109,9 +111,9 @@ pub fn issue_instance_certs(
     Ok(InstanceCerts {
         ca_cert_pem: ca_cert.pem(),
         server_cert_pem: server_cert.pem(),
-        server_key_pem: server_key.serialize_pem(),
+        server_key_pem: Secret::new(server_key.serialize_pem()),
         client_cert_pem: client_cert.pem(),
-        client_key_pem: client_key.serialize_pem(),
+        client_key_pem: Secret::new(client_key.serialize_pem()),
         not_after,
     })
 }
@@ -254,9 +256,9 @@ mod tests {
         let dir = TempDir::new("verify");
         let ca = dir.write("ca.pem", &certs.ca_cert_pem);
         let server = dir.write("server.pem", &certs.server_cert_pem);
-        let server_key = dir.write("server.key", &certs.server_key_pem);
+        let server_key = dir.write("server.key", certs.server_key_pem.expose());
         let client = dir.write("client.pem", &certs.client_cert_pem);
-        let client_key = dir.write("client.key", &certs.client_key_pem);
+        let client_key = dir.write("client.key", certs.client_key_pem.expose());
 
         let out = openssl(&["verify", "-CAfile", s(&ca), s(&client)]);
         assert!(out.contains(": OK"), "{out}");

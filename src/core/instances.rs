@@ -30,7 +30,7 @@ pub struct NewInstance {
     pub ttl: Option<Duration>,
     /// The OAuth refresh token the request came with: the cleaner destroys
     /// the instance once the provider revokes it.
-    pub oauth_refresh_token: Option<String>,
+    pub oauth_refresh_token: Option<crate::secret::Secret<String>>,
 }
 
 /// Everything a client needs to connect to an instance, its key material
@@ -168,7 +168,10 @@ impl Service {
             CoreError::Internal(format!("image {} has no major version", image.id))
         })?;
         self.check_user_quota(actor)?;
-        let token = opts.oauth_refresh_token.as_deref();
+        let token = opts
+            .oauth_refresh_token
+            .as_ref()
+            .map(|t| t.expose().as_str());
         if let Some(info) = self.hand_over(actor, image.id, ttl, token)? {
             tracing::info!(instance = %info.instance.id, image = %image.id, port = info.port, user = %actor.name,
                 warm = true, ms = started.elapsed().as_millis() as u64, "instance created");
@@ -310,7 +313,7 @@ impl Service {
                 .map_err(|e| CoreError::InstanceStart(e.to_string()))
         };
         write(cluster::SERVER_CERT, &c.server_cert_pem)?;
-        write(cluster::SERVER_KEY, &c.server_key_pem)?;
+        write(cluster::SERVER_KEY, c.server_key_pem.expose())?;
         write(cluster::CA_CERT, &c.ca_cert_pem)?;
         // Images sealed before the instance user lost its mapping still
         // carry it: only root (the daemon) may use an instance's socket.
@@ -318,7 +321,7 @@ impl Service {
         let creds = Credentials {
             ca_certificate: c.ca_cert_pem.clone(),
             client_certificate: c.client_cert_pem.clone(),
-            client_key: c.client_key_pem.clone().into(),
+            client_key: c.client_key_pem.clone(),
         };
         self.inner.store.set_instance_credentials(id, &creds)?;
         self.start_and_wait(id, port, major, &creds).await

@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     pub service: Service,
     pub api_version: String,
     pub version: (u64, u64, u64),
-    shared_secret: Option<String>,
+    shared_secret: Option<crate::secret::Secret<String>>,
     integration: bool,
     pub oauth: Option<oauth::Oauth>,
     pub metrics: metrics::Metrics,
@@ -113,7 +113,7 @@ impl AppState {
             tracing::error!(error = %e, "authentication lookup failed");
         };
         if let Some(secret) = &self.shared_secret {
-            if same(token, secret) {
+            if same(token, secret.expose()) {
                 return svc.upload_actor().map_err(log).ok();
             }
         }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, OnceCell};
 
 use crate::config::Config;
+use crate::secret::Secret;
 
 const GOOGLE_AUTH: &str = "https://accounts.google.com/o/oauth2/v2/auth";
 const GOOGLE_TOKEN: &str = "https://oauth2.googleapis.com/token";
@@ -44,9 +45,9 @@ type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointN
 /// Go's `oauth2.Token`, which 5.x clients parse).
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenJson {
-    pub access_token: String,
+    pub access_token: Secret<String>,
     pub token_type: String,
-    pub refresh_token: String,
+    pub refresh_token: Secret<String>,
     pub expiry: String,
 }
 
@@ -205,7 +206,7 @@ impl Oauth {
             .set_token_uri(token)
             .set_redirect_uri(redirect);
         if let Some(secret) = &o.client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.clone()));
+            client = client.set_client_secret(ClientSecret::new(secret.expose().clone()));
         }
         // No redirects: the token endpoint must answer itself (oauth2's advice).
         let http = reqwest::Client::builder()
@@ -324,15 +325,17 @@ impl Oauth {
             None => time::macros::datetime!(0001-01-01 00:00:00 UTC),
         };
         Ok(TokenJson {
-            access_token: token.access_token().secret().clone(),
+            access_token: Secret::new(token.access_token().secret().clone()),
             token_type: match token.token_type() {
                 BasicTokenType::Bearer => "Bearer".into(),
                 other => other.as_ref().to_string(),
             },
-            refresh_token: token
-                .refresh_token()
-                .map(|r| r.secret().clone())
-                .unwrap_or_default(),
+            refresh_token: Secret::new(
+                token
+                    .refresh_token()
+                    .map(|r| r.secret().clone())
+                    .unwrap_or_default(),
+            ),
             expiry: super::routes::timestamp(expiry),
         })
     }

@@ -323,7 +323,7 @@ pub async fn create_instance(
     let who = actor.clone();
     let info = detached(async move {
         let opts = crate::core::NewInstance {
-            oauth_refresh_token: oauth.map(|t| t.0 .0),
+            oauth_refresh_token: oauth.map(|t| crate::secret::Secret::new(t.0 .0)),
             ..Default::default()
         };
         service

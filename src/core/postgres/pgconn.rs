@@ -624,7 +624,7 @@ mod tests {
             ("garbage", None),
             (
                 a.ca_cert_pem.as_str(),
-                Some(("", a.client_key_pem.as_str())),
+                Some(("", a.client_key_pem.expose().as_str())),
             ),
             (
                 a.ca_cert_pem.as_str(),
@@ -633,7 +633,10 @@ mod tests {
             // Key does not belong to the certificate.
             (
                 a.ca_cert_pem.as_str(),
-                Some((a.client_cert_pem.as_str(), a.server_key_pem.as_str())),
+                Some((
+                    a.client_cert_pem.as_str(),
+                    a.server_key_pem.expose().as_str(),
+                )),
             ),
         ] {
             match tls_connector(ca, client) {
@@ -655,7 +658,7 @@ mod tests {
         let cert = ClientCert {
             ca_pem: &a.ca_cert_pem,
             cert_pem: &a.client_cert_pem,
-            key_pem: &a.client_key_pem,
+            key_pem: a.client_key_pem.expose(),
         };
         let start = Instant::now();
         let e = wait_ready_tls(
@@ -843,7 +846,7 @@ mod tests {
         let mut pg = Cluster::init();
         let certs = certs_for("pgconn-test", &["localhost", "127.0.0.1"]);
         pg.write("server.crt", &certs.server_cert_pem, 0o644);
-        pg.write("server.key", &certs.server_key_pem, 0o600);
+        pg.write("server.key", certs.server_key_pem.expose(), 0o600);
         pg.write("root.crt", &certs.ca_cert_pem, 0o644);
         pg.write(
             "pg_hba.conf",
@@ -877,7 +880,7 @@ mod tests {
         let cert = ClientCert {
             ca_pem: &certs.ca_cert_pem,
             cert_pem: &certs.client_cert_pem,
-            key_pem: &certs.client_key_pem,
+            key_pem: certs.client_key_pem.expose(),
         };
         let spawned = Instant::now();
         pg.start();
@@ -915,7 +918,7 @@ mod tests {
             "draupnir",
             "postgres",
             &certs.ca_cert_pem,
-            Some((&certs.client_cert_pem, &certs.client_key_pem)),
+            Some((&certs.client_cert_pem, certs.client_key_pem.expose())),
             T,
         )
         .await
@@ -947,7 +950,7 @@ mod tests {
             "postgres",
             "postgres",
             &certs.ca_cert_pem,
-            Some((&certs.client_cert_pem, &certs.client_key_pem)),
+            Some((&certs.client_cert_pem, certs.client_key_pem.expose())),
             T,
         )
         .await
@@ -974,7 +977,7 @@ mod tests {
             "draupnir",
             "postgres",
             &certs.ca_cert_pem,
-            Some((&other.client_cert_pem, &other.client_key_pem)),
+            Some((&other.client_cert_pem, other.client_key_pem.expose())),
             T,
         )
         .await
@@ -989,7 +992,7 @@ mod tests {
             "draupnir",
             "postgres",
             &other.ca_cert_pem,
-            Some((&certs.client_cert_pem, &certs.client_key_pem)),
+            Some((&certs.client_cert_pem, certs.client_key_pem.expose())),
             T,
         )
         .await

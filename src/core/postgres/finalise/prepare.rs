@@ -1,0 +1,346 @@
+//! Finalise, while the first (socket-only) postmaster runs: pause event
+//! triggers, create the temporary admin role in single-user mode, roles,
+//! the anonymisation script, vacuum, ownership to `draupnir`, containment
+//! and dropping the temporary admin role.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::script::{reassign_sql, run_script, vacuum_what_autovacuum_would};
+use super::{
+    admin_connect, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError, FinaliseSpec,
+    Progress, SOCKET_PORT,
+};
+use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
+use crate::core::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::core::postgres::roles;
+
+/// Everything done while the first, socket-only postmaster runs. Returns
+/// the name of the bootstrap superuser.
+pub(super) async fn prepare_and_anonymise(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    first: &PostmasterSpec,
+    pm: &mut Postmaster,
+    password: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<String, FinaliseError> {
+    let step = |s: &str| progress(Progress::Step(s.to_string()));
+    step("creating roles");
+    let admin = superuser_session(spec, bin, first, pm, password).await?;
+    let boot = create_client_role(spec, &admin).await?;
+    let mut paused = pause_everywhere(spec, password, admin).await?;
+
+    if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
+        step("running anonymisation script");
+        run_script(spec, bin, script, password, progress).await?;
+    }
+
+    step("reassigning ownership to draupnir");
+    let last = hand_over(spec, password, &mut paused, progress).await?;
+
+    step("containing role draupnir; dropping temporary admin role");
+    contain_and_drop_admin(spec, password, last, &boot).await?;
+    step("stopping postgres");
+    Ok(boot)
+}
+
+/// Event triggers paused per database: each one's name and `evtenabled`.
+type Paused = BTreeMap<String, Vec<(String, String)>>;
+
+/// A superuser session on `template1`: the configured superuser's (root is
+/// mapped to it), which also creates the admin role the script runs as, or
+/// the admin role's.
+async fn superuser_session(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    first: &PostmasterSpec,
+    pm: &mut Postmaster,
+    password: &str,
+) -> Result<tokio_postgres::Client, FinaliseError> {
+    match wait_socket(spec, pm, spec.superuser, None).await {
+        Ok(su) => {
+            su.batch_execute(&roles::create_admin_sql(password))
+                .await
+                .map_err(db_err("creating the temporary admin role"))?;
+            Ok(su)
+        }
+        Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
+            // The upload's superuser has another name: create the admin
+            // role in single-user mode, which runs as the bootstrap
+            // superuser whatever its name.
+            pm.stop(Duration::from_secs(60)).await;
+            single_user_create_admin(spec, bin, password).await?;
+            *pm = start(first).await?;
+            wait_socket(spec, pm, ADMIN_ROLE, Some(password)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Create Draupnir's own `draupnir` role, check the database is there;
+/// returns the name of the bootstrap superuser.
+async fn create_client_role(
+    spec: &FinaliseSpec<'_>,
+    admin: &tokio_postgres::Client,
+) -> Result<String, FinaliseError> {
+    // Whatever the upload had under the name `draupnir` is renamed away
+    // first: the clients' role is Draupnir's own, fresh.
+    admin
+        .batch_execute(&roles::create_client_sql())
+        .await
+        .map_err(db_err("creating role draupnir"))?;
+    let boot: String = admin
+        .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+        .await
+        .map_err(db_err("finding the bootstrap superuser"))?
+        .get(0);
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&spec.database],
+        )
+        .await
+        .map_err(db_err("checking the database"))?;
+    if exists.is_none() {
+        return Err(FinaliseError::Other(format!(
+            "database `{}` does not exist in the upload (set [postgres] database)",
+            spec.database
+        )));
+    }
+    Ok(boot)
+}
+
+/// Pause the event triggers of every database that allows connections.
+async fn pause_everywhere(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    admin: tokio_postgres::Client,
+) -> Result<Paused, FinaliseError> {
+    // The upload's event triggers would run its code as a superuser on the
+    // script's DDL and on ours: paused in every database until that
+    // database's hygiene is done, then enabled as they were.
+    let databases: Vec<String> = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut admin = Some(admin);
+    let mut paused = BTreeMap::new();
+    for db in databases {
+        // `admin` is connected to template1.
+        let c = match admin.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                admin = other;
+                admin_connect(spec, password, &db)
+                    .await
+                    .map_err(sql_err("connecting to pause event triggers"))?
+            }
+        };
+        let triggers = pause_event_triggers(&c).await?;
+        if !triggers.is_empty() {
+            paused.insert(db, triggers);
+        }
+    }
+    drop(admin);
+    Ok(paused)
+}
+
+/// Reassign ownership to `draupnir`, the function hygiene, the paused
+/// event triggers back and the vacuum, database by database; returns a
+/// connection still open for the cluster-wide work.
+async fn hand_over(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    paused: &mut Paused,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Option<tokio_postgres::Client>, FinaliseError> {
+    // Listed after the script, which may create or drop databases. Every
+    // database `draupnir` could connect to gets the function hygiene,
+    // templates included; the others also the reassignment.
+    let c = admin_connect(spec, password, "template1")
+        .await
+        .map_err(sql_err("connecting to list databases"))?;
+    let databases: Vec<(String, bool)> = c
+        .query(
+            "SELECT datname::text, datistemplate FROM pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing databases"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut template1 = Some(c);
+    let mut last = None;
+    for (db, template) in &databases {
+        let c = match template1.take() {
+            Some(c) if db == "template1" => c,
+            other => {
+                template1 = other;
+                admin_connect(spec, password, db)
+                    .await
+                    .map_err(sql_err("connecting to reassign ownership"))?
+            }
+        };
+        if !template {
+            c.batch_execute(&reassign_sql(db))
+                .await
+                .map_err(db_err("reassigning ownership"))?;
+        }
+        c.batch_execute(&roles::database_hygiene_sql())
+            .await
+            .map_err(db_err("giving SECURITY DEFINER functions to draupnir"))?;
+        if let Some(triggers) = paused.remove(db) {
+            restore_event_triggers(&c, &triggers).await?;
+        }
+        if !template {
+            vacuum_what_autovacuum_would(&c, db, progress).await?;
+        }
+        last = Some(c);
+    }
+    Ok(last.or(template1))
+}
+
+/// Contain `draupnir` cluster-wide and drop the temporary admin role.
+async fn contain_and_drop_admin(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    last: Option<tokio_postgres::Client>,
+    boot: &str,
+) -> Result<(), FinaliseError> {
+    // Roles are cluster-wide: the last database's connection will do once
+    // the admin role owns nothing in any database. The admin role cannot
+    // drop itself; as the bootstrap superuser, its session can.
+    let c = match last {
+        Some(c) => c,
+        None => admin_connect(spec, password, "template1")
+            .await
+            .map_err(sql_err("connecting to drop the admin role"))?,
+    };
+    c.batch_execute(&roles::cluster_hygiene_sql())
+        .await
+        .map_err(db_err("containing role draupnir"))?;
+    c.batch_execute(&format!(
+        "SET SESSION AUTHORIZATION {}; DROP ROLE {ADMIN_ROLE}",
+        quote_ident(boot)
+    ))
+    .await
+    .map_err(db_err("dropping the admin role"))?;
+    drop(c);
+    Ok(())
+}
+
+/// Disable the enabled event triggers of the connected database; returns
+/// each one's name and `evtenabled` state.
+async fn pause_event_triggers(
+    c: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, FinaliseError> {
+    let triggers: Vec<(String, String)> = c
+        .query(
+            "SELECT evtname::text, evtenabled::text FROM pg_event_trigger WHERE evtenabled <> 'D'",
+            &[],
+        )
+        .await
+        .map_err(db_err("pausing event triggers"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Commands on event triggers fire no event trigger.
+    let sql: String = triggers
+        .iter()
+        .map(|(name, _)| format!("ALTER EVENT TRIGGER {} DISABLE;", quote_ident(name)))
+        .collect();
+    if !sql.is_empty() {
+        c.batch_execute(&sql)
+            .await
+            .map_err(db_err("pausing event triggers"))?;
+    }
+    Ok(triggers)
+}
+
+/// Enable what [`pause_event_triggers`] disabled, as it was.
+async fn restore_event_triggers(
+    c: &tokio_postgres::Client,
+    triggers: &[(String, String)],
+) -> Result<(), FinaliseError> {
+    let sql: String = triggers
+        .iter()
+        .map(|(name, state)| {
+            let how = match state.as_str() {
+                "A" => " ALWAYS",
+                "R" => " REPLICA",
+                _ => "",
+            };
+            format!("ALTER EVENT TRIGGER {} ENABLE{how};", quote_ident(name))
+        })
+        .collect();
+    c.batch_execute(&sql)
+        .await
+        .map_err(db_err("enabling event triggers again"))
+}
+
+async fn single_user_create_admin(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    password: &str,
+) -> Result<(), FinaliseError> {
+    let mut cmd = tokio::process::Command::new(bin.postgres());
+    cmd.arg("--single").arg("-D").arg(spec.datadir).args([
+        "-c",
+        "fsync=off",
+        "-c",
+        "listen_addresses=",
+    ]);
+    if let Some(dsm) = crate::core::postgres::sandbox::dsm_setting(spec.confinement) {
+        cmd.args(["-c", dsm]);
+    }
+    cmd.arg("template1")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(spec.datadir)
+        .uid(spec.user.uid)
+        .gid(spec.user.gid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Single-user mode runs the upload's catalog too: boxed like any
+    // postmaster of it.
+    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
+        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin
+            .write_all(roles::create_admin_sql(password).as_bytes())
+            .await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;
+    // A failing statement is echoed on stderr: never with the password.
+    let err = String::from_utf8_lossy(&out.stderr).replace(password, "***");
+    if !out.status.success() || err.contains("ERROR") {
+        let line = err
+            .lines()
+            .find(|l| l.contains("ERROR") || l.contains("FATAL"))
+            .or(err.lines().last())
+            .unwrap_or("");
+        return Err(FinaliseError::Start(format!(
+            "single-user mode could not create the admin role: {}",
+            line.trim()
+        )));
+    }
+    Ok(())
+}
