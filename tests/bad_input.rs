@@ -446,6 +446,9 @@ async fn wrong_ids_and_roles() {
         Err(CoreError::Conflict(_))
     ));
     let token = svc.mint_token(&bob).unwrap();
-    assert_eq!(svc.authenticate_token(&token).unwrap().unwrap().name, "bob");
+    assert_eq!(
+        svc.authenticate_token(&token).unwrap().unwrap().name(),
+        "bob"
+    );
     assert!(svc.authenticate_token("drp_wrong").unwrap().is_none());
 }

@@ -620,7 +620,7 @@ async fn help_usage_errors_and_users() {
     let r = run(&env, &dave, "token", b"").await;
     let token = r.out.lines().next().unwrap();
     assert_eq!(
-        env.svc().authenticate_token(token).unwrap().unwrap().name,
+        env.svc().authenticate_token(token).unwrap().unwrap().name(),
         "dave"
     );
     let r = run(&env, &admin, &format!("remove-key {fp}"), b"").await;

@@ -84,7 +84,7 @@ async fn guard_child() {
         .unwrap();
     let id = info.instance.id;
     let port = info.port;
-    svc.record_address(&admin, id, "192.0.2.7".parse().unwrap())
+    svc.allow_address(&admin, id, "192.0.2.7".parse().unwrap())
         .unwrap();
     svc.allow_address(&admin, id, "2001:db8::5".parse().unwrap())
         .unwrap();

@@ -975,6 +975,76 @@ async fn metrics_when_configured_are_prometheus_text_without_auth() {
     .await
 }
 
+/// The counters are the core's: an instance made and destroyed over SSH
+/// (the SSH command path, in process) and a finalise are counted in
+/// `/metrics` like work asked for over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_work_done_over_ssh() {
+    use draupnir::ssh::commands::{self, Io, Session};
+    let api = Api::start(
+        BASE,
+        "listen_address = \"127.0.0.1:0\"\ninsecure_listen_address = \"127.0.0.1:0\"\nmetrics = true",
+        "",
+    )
+    .await;
+    let image = api.env.ready_image(None).await;
+    let session = Session {
+        service: api.env.svc().clone(),
+        actor: api.env.admin(),
+        peer: Some("192.0.2.7".parse().unwrap()),
+        ssh_port: 2222,
+    };
+    let ssh = |line: String| {
+        let session = session.clone();
+        async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = commands::run(
+                &session,
+                shell_words::split(&line).unwrap(),
+                Io {
+                    stdin: &mut &b""[..],
+                    stdout: &mut out,
+                    stderr: &mut err,
+                },
+            )
+            .await;
+            assert_eq!(code, 0, "{line}: {}", String::from_utf8_lossy(&err));
+            serde_json::from_slice::<Value>(&out).unwrap_or(Value::Null)
+        }
+    };
+    let made = ssh(format!("new-instance {image} --json")).await;
+    let id = made["id"].as_i64().expect("an instance id");
+    let metrics = || async {
+        let r = send(api.client.get(api.url("/metrics"))).await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    };
+    let text = metrics().await;
+    for needle in [
+        "draupnir_instance_creates_total 1",
+        "draupnir_instance_destroys_total 0",
+        "draupnir_finalise_seconds_count 1",
+        "draupnir_instances{state=\"running\"} 1",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+    // The address the SSH client came from is on the allow-list: the core
+    // recorded it, not the front door.
+    assert_eq!(
+        api.env
+            .svc()
+            .allowed_addresses(&api.env.admin(), InstanceId::new(id))
+            .unwrap(),
+        vec!["192.0.2.7".to_string()]
+    );
+    ssh(format!("destroy-instance {id}")).await;
+    let text = metrics().await;
+    assert!(
+        text.contains("draupnir_instance_destroys_total 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_a_500_json_answer() {
     on_guarded(|g| async move {
@@ -1239,7 +1309,7 @@ async fn oauth_flow_against_a_fake_provider() {
         .actor_for("dev@example.com")
         .unwrap()
         .expect("OAuth user created");
-    assert!(!dev.admin);
+    assert!(!dev.is_admin());
 
     // A user added over SSH with that e-mail is the same user.
     svc.add_user(&admin, "dave", Some("dave@example.com"), false)

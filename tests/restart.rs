@@ -106,11 +106,7 @@ fn assert_consistent(env: &TestEnv) {
     for r in &rows {
         assert_eq!(r.state, InstanceState::Running);
         // Credentials go to the owner only.
-        let owner = draupnir::core::Actor {
-            user_id: r.owner_id,
-            name: r.owner_name.clone(),
-            admin: false,
-        };
+        let owner = env.svc().actor_for(&r.owner_name).unwrap().expect("owner");
         let info = env.svc().instance_credentials(&owner, r.id).unwrap();
         assert_eq!(psql_cert(&info, "SELECT 1").unwrap(), "1");
     }

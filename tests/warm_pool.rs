@@ -90,7 +90,7 @@ async fn handovers_are_atomic_and_never_repeat() {
     for (info, user) in infos.iter().zip(&users) {
         let inst = &info.instance;
         assert!(!inst.pooled);
-        assert_eq!(inst.owner_name, user.name);
+        assert_eq!(inst.owner_name, user.name());
         if first_pool.contains(&inst.id) {
             // Handed over now: as if created now.
             assert!(inst.last_active_at.is_some());
@@ -401,11 +401,7 @@ async fn ssh_new_instance_gets_a_warm_one() {
     let o = s.ssh(&bob, &["env", &id.to_string(), "--json"]).await;
     assert!(o.status.success(), "{}", text(&o));
     let row = s.svc().instance(&s.admin(), id).unwrap();
-    let owner = draupnir::core::Actor {
-        user_id: row.owner_id,
-        name: row.owner_name,
-        admin: false,
-    };
+    let owner = s.svc().actor_for(&row.owner_name).unwrap().expect("owner");
     let info = s.svc().instance_credentials(&owner, id).unwrap();
     let creds: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(

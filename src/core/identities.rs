@@ -8,7 +8,7 @@
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
 
-use super::{Actor, CoreError, Result, Service};
+use super::{Actor, CoreError, Principal, Result, Service};
 use crate::config::Environment;
 use crate::core::model::UserId;
 
@@ -38,11 +38,7 @@ impl Service {
                 u
             }
         };
-        Ok(Actor {
-            user_id: user.id,
-            name: user.name,
-            admin: true,
-        })
+        Ok(Actor::new(user.id, user.name, true, Principal::Upload))
     }
 
     /// The warm pool's user, created on first use: not an admin, no key,
@@ -71,7 +67,7 @@ impl Service {
     /// (the legacy upload user's privilege; everyone else is refused while
     /// instances exist).
     pub fn destroys_image_instances(&self, actor: &Actor) -> bool {
-        actor.admin && actor.name == UPLOAD_USER
+        actor.principal() == Principal::Upload
     }
 
     /// The integration-test user, only with `environment = "test"`.
@@ -83,6 +79,15 @@ impl Service {
         let domain = cfg.trusted_user_email_domain.as_deref().unwrap_or("");
         let email = format!("{INTEGRATION_USER}{domain}");
         self.actor_for_email(&email, false).map(Some)
+    }
+
+    /// Whether `user` is the integration-test user (only ever with
+    /// `environment = "test"`).
+    pub(crate) fn is_integration_user(&self, user: &crate::core::User) -> bool {
+        let cfg = self.config();
+        let domain = cfg.trusted_user_email_domain.as_deref().unwrap_or("");
+        cfg.environment == Environment::Test
+            && user.email.as_deref() == Some(format!("{INTEGRATION_USER}{domain}").as_str())
     }
 
     /// The user behind an e-mail a trusted OAuth provider vouched for: the
@@ -114,11 +119,7 @@ impl Service {
     /// The daemon itself: an admin that is no stored user, for read-only
     /// views (metrics). Never handed to a client.
     pub(crate) fn system_actor(&self) -> Actor {
-        Actor {
-            user_id: UserId::new(0),
-            name: "draupnir".into(),
-            admin: true,
-        }
+        Actor::new(UserId::new(0), "draupnir".into(), true, Principal::System)
     }
 
     /// Counts for metrics: images and instances by state, and the bytes of
@@ -136,6 +137,7 @@ impl Service {
         let status = self.status()?;
         census.newest_ready_image_age_seconds = status.newest_ready_image_age_seconds;
         census.warm_instances = status.warm_instances as u64;
+        census.counted = self.inner.counters.snapshot();
         Ok(census)
     }
 }
@@ -150,4 +152,6 @@ pub struct Census {
     pub warm_instances: u64,
     /// Seconds since the newest ready image became ready.
     pub newest_ready_image_age_seconds: Option<i64>,
+    /// What the core counted: creates, destroys, finalises, SSH sessions.
+    pub counted: super::Counted,
 }

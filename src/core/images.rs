@@ -234,13 +234,13 @@ impl Service {
         let image = self
             .inner
             .store
-            .insert_image(backed_up_at, script, Some(actor.user_id))?;
+            .insert_image(backed_up_at, script, Some(actor.id()))?;
         let dir = self.inner.layout.upload(image.id);
         if let Err(e) = self.make_upload_dir(&dir) {
             let _ = self.inner.store.delete_image(image.id);
             return Err(e);
         }
-        tracing::info!(image = %image.id, user = %actor.name, "image created");
+        tracing::info!(image = %image.id, user = %actor.name(), "image created");
         Ok(image)
     }
 
@@ -349,7 +349,7 @@ impl Service {
         btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;
         self.make_upload_dir(&dir)?;
         self.inner.store.reset_upload(id)?;
-        tracing::info!(image = %id, user = %actor.name, "upload reset");
+        tracing::info!(image = %id, user = %actor.name(), "upload reset");
         self.image_or_404(id)
     }
 
@@ -448,7 +448,13 @@ impl Service {
     /// [`Service::finalise_image`] for clients that retry: when the image
     /// is already being finalised (an earlier request went away), wait for
     /// that finalise to end and answer with its outcome.
+    /// Runs to the end even if the caller goes away.
     pub async fn finalise_or_wait(&self, actor: &Actor, id: ImageId) -> Result<Image> {
+        let (svc, actor) = (self.clone(), actor.clone());
+        super::detached(async move { svc.finalise_or_wait_here(&actor, id).await }).await
+    }
+
+    async fn finalise_or_wait_here(&self, actor: &Actor, id: ImageId) -> Result<Image> {
         match self.finalise_image(actor, id, None).await {
             Err(CoreError::InvalidState(msg)) => loop {
                 let image = self.image_or_404(id)?;
@@ -542,7 +548,7 @@ impl Service {
                 "image {id} changed state; try again"
             )));
         }
-        tracing::info!(image = %id, user = %actor.name, "finalise started");
+        tracing::info!(image = %id, user = %actor.name(), "finalise started");
         let svc = self.clone();
         Ok(Finalising::Started(tokio::spawn(async move {
             svc.run_finalise(id, image, progress).await
@@ -592,6 +598,7 @@ impl Service {
                     ms = started.elapsed().as_millis() as u64,
                     "image ready"
                 );
+                self.inner.counters.finalised(started.elapsed());
                 report(Progress::Done);
                 if let Err(e) = self.rotate_images().await {
                     tracing::warn!(error = %e, "image rotation failed");
@@ -630,11 +637,17 @@ impl Service {
     /// Destroy an image. With `cascade` its instances are destroyed first;
     /// without, an image with instances is refused (its warm pool does not
     /// count: it always goes with the image).
+    /// Runs to the end even if the caller goes away.
     pub async fn destroy_image(&self, actor: &Actor, id: ImageId, cascade: bool) -> Result<()> {
+        let (svc, actor) = (self.clone(), actor.clone());
+        super::detached(async move { svc.destroy_image_here(&actor, id, cascade).await }).await
+    }
+
+    async fn destroy_image_here(&self, actor: &Actor, id: ImageId, cascade: bool) -> Result<()> {
         actor.require_admin("destroying images")?;
         self.image_or_404(id)?;
         self.destroy_image_unchecked(id, cascade).await?;
-        tracing::info!(image = %id, user = %actor.name, "image destroyed");
+        tracing::info!(image = %id, user = %actor.name(), "image destroyed");
         Ok(())
     }
 

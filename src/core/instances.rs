@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::image_guard::ImageHold;
-use super::{Actor, CoreError, Result, Service};
+use super::{Actor, Caller, CoreError, Result, Service};
 use crate::certs;
 use crate::core::postgres::cluster::{self, CLIENT_ROLE};
 use crate::core::postgres::pgconn;
@@ -143,17 +143,36 @@ impl Service {
     /// connection succeeds.
     pub async fn create_instance(
         &self,
-        actor: &Actor,
+        caller: impl Into<Caller>,
         image: InstanceRef,
     ) -> Result<ConnectionInfo> {
-        self.create_instance_with(actor, image, NewInstance::default())
+        self.create_instance_with(caller, image, NewInstance::default())
             .await
     }
 
     /// [`Service::create_instance`] with options. A warm instance of the
     /// image is handed over when the pool has one; otherwise one is started
-    /// now (the cold path).
+    /// now (the cold path). Runs to the end even if the caller goes away
+    /// (it holds disk and processes); the caller's address goes on the new
+    /// instance's allow-list.
     pub async fn create_instance_with(
+        &self,
+        caller: impl Into<Caller>,
+        image: InstanceRef,
+        opts: NewInstance,
+    ) -> Result<ConnectionInfo> {
+        let caller = caller.into();
+        let svc = self.clone();
+        super::detached(async move {
+            let info = svc.make_instance(&caller.actor, image, opts).await?;
+            svc.inner.counters.instance_created();
+            svc.note_address(&caller, info.instance.id);
+            Ok(info)
+        })
+        .await
+    }
+
+    async fn make_instance(
         &self,
         actor: &Actor,
         image: InstanceRef,
@@ -173,7 +192,7 @@ impl Service {
             .as_ref()
             .map(|t| t.expose().as_str());
         if let Some(info) = self.hand_over(actor, image.id, ttl, token)? {
-            tracing::info!(instance = %info.instance.id, image = %image.id, port = info.port, user = %actor.name,
+            tracing::info!(instance = %info.instance.id, image = %image.id, port = info.port, user = %actor.name(),
                 warm = true, ms = started.elapsed().as_millis() as u64, "instance created");
             return Ok(info);
         }
@@ -181,9 +200,9 @@ impl Service {
         let _room = self.make_room(image.id).await?;
         self.check_free_space("new instance")?;
         let (id, port) = self
-            .start_instance(image.id, major, actor.user_id, false, ttl, token)
+            .start_instance(image.id, major, actor.id(), false, ttl, token)
             .await?;
-        tracing::info!(instance = %id, image = %image.id, port, user = %actor.name,
+        tracing::info!(instance = %id, image = %image.id, port, user = %actor.name(),
             warm = false, ms = started.elapsed().as_millis() as u64, "instance created");
         // The pool of this image is empty: it may want refilling.
         self.poke_pool();
@@ -426,7 +445,7 @@ impl Service {
                 .set_instance_state(id, InstanceState::Failed, Some(&e.to_string()))?;
             return Err(e);
         }
-        tracing::info!(instance = %id, user = %actor.name, ms = started.elapsed().as_millis() as u64, "instance reset");
+        tracing::info!(instance = %id, user = %actor.name(), ms = started.elapsed().as_millis() as u64, "instance reset");
         self.instance_for(actor, id)
     }
 
@@ -451,7 +470,7 @@ impl Service {
         };
         let inst = self.inner.store.instance(id)?.ok_or_else(not_found)?;
         // Someone else's instance does not exist, as far as a user can tell.
-        if inst.owner_id != actor.user_id && !actor.admin {
+        if inst.owner_id != actor.id() && !actor.is_admin() {
             return Err(not_found());
         }
         Ok(inst)
@@ -470,7 +489,7 @@ impl Service {
             actor.require_admin("listing every user's instances")?;
             return Ok(self.inner.store.instances(None, None)?);
         }
-        Ok(self.inner.store.instances(Some(actor.user_id), None)?)
+        Ok(self.inner.store.instances(Some(actor.id()), None)?)
     }
 
     /// One instance of the caller's (admins: anyone's).
@@ -486,7 +505,7 @@ impl Service {
     /// yet).
     pub(crate) fn owner_connection(&self, actor: &Actor, id: InstanceId) -> Result<ConnectionInfo> {
         let instance = self.instance_for(actor, id)?;
-        if instance.owner_id != actor.user_id {
+        if instance.owner_id != actor.id() {
             return Err(CoreError::NotOwner {
                 id,
                 owner: if instance.pooled {
@@ -511,9 +530,21 @@ impl Service {
 
     /// Flow 5: how to connect, with the certificates — to the instance's
     /// owner only ([`Service::owner_connection`]).
-    pub fn instance_credentials(&self, actor: &Actor, id: InstanceId) -> Result<ConnectionInfo> {
+    /// The caller's address goes on the allow-list.
+    pub fn instance_credentials(
+        &self,
+        caller: impl Into<Caller>,
+        id: InstanceId,
+    ) -> Result<ConnectionInfo> {
+        let caller = caller.into();
+        let info = self.connection_for(&caller.actor, id)?;
+        self.note_address(&caller, id);
+        Ok(info)
+    }
+
+    fn connection_for(&self, actor: &Actor, id: InstanceId) -> Result<ConnectionInfo> {
         let inst = self.instance_for(actor, id)?;
-        if inst.owner_id == actor.user_id
+        if inst.owner_id == actor.id()
             && (inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying)
         {
             return Err(CoreError::InvalidState(format!(
@@ -524,14 +555,14 @@ impl Service {
         self.owner_connection(actor, id)
     }
 
-    /// Remember an address the owner used, for the allow-list.
-    pub fn record_address(
-        &self,
-        actor: &Actor,
-        id: InstanceId,
-        addr: std::net::IpAddr,
-    ) -> Result<()> {
-        self.allow_address(actor, id, addr).map(|_| ())
+    /// Remember the address the owner came from, for the allow-list; a
+    /// failure to record is logged, never shown.
+    fn note_address(&self, caller: &Caller, id: InstanceId) {
+        if let Some(ip) = caller.from {
+            if let Err(e) = self.allow_address(&caller.actor, id, ip) {
+                tracing::debug!(instance = %id, %ip, error = %e, "address not recorded");
+            }
+        }
     }
 
     /// The addresses allowed to reach an instance.
@@ -542,7 +573,18 @@ impl Service {
 
     /// Flow 6, for the owner or an admin (who may also destroy a warm
     /// instance; the pool starts another).
+    /// Runs to the end even if the caller goes away.
     pub async fn destroy_instance(&self, actor: &Actor, id: InstanceId) -> Result<()> {
+        let (svc, actor) = (self.clone(), actor.clone());
+        super::detached(async move {
+            svc.destroy_own_instance(&actor, id).await?;
+            svc.inner.counters.instance_destroyed();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn destroy_own_instance(&self, actor: &Actor, id: InstanceId) -> Result<()> {
         let inst = self.instance_for(actor, id)?;
         if inst.pooled && !self.inner.store.retire_pooled_instance(id)? {
             return Err(CoreError::Conflict(format!(
@@ -550,7 +592,7 @@ impl Service {
             )));
         }
         self.destroy_instance_unchecked(id).await?;
-        tracing::info!(instance = %id, user = %actor.name, "instance destroyed");
+        tracing::info!(instance = %id, user = %actor.name(), "instance destroyed");
         // Room under max_instances_total, or a warm instance to replace.
         self.poke_pool();
         Ok(())

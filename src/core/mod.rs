@@ -7,6 +7,8 @@
 //! and `postgres` act without knowing about users.
 
 mod allowlist;
+mod caller;
+mod counters;
 mod disk;
 pub mod doctor;
 mod error;
@@ -37,6 +39,8 @@ use crate::core::storage::loopback;
 use crate::core::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
+pub use caller::{Actor, Caller, Principal};
+pub use counters::{Counted, Histogram, SshSessionGauge, FINALISE_BUCKETS};
 pub use disk::DiskUse;
 pub use error::{CoreError, Result};
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
@@ -60,22 +64,15 @@ pub fn backup_database(
     Store::backup(db, dest)
 }
 
-/// Who is asking. Front doors build one from an authenticated identity.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub user_id: UserId,
-    pub name: String,
-    pub admin: bool,
-}
-
-impl Actor {
-    fn require_admin(&self, what: &'static str) -> Result<()> {
-        if self.admin {
-            Ok(())
-        } else {
-            Err(CoreError::AdminOnly(what))
-        }
-    }
+/// Run work that must finish even if the client that asked goes away (it
+/// holds disk and processes): on a task of its own; the caller waits for
+/// its outcome.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| CoreError::Internal(format!("request task: {e}")))?
 }
 
 /// Refuse to start when the instance user cannot reach a directory
@@ -133,6 +130,8 @@ pub(crate) struct Inner {
     pub instance_locks: std::sync::Mutex<std::collections::HashSet<InstanceId>>,
     /// Serialises destroying an image with making instances from it.
     pub image_locks: image_guard::ImageLocks,
+    /// What the core counts (creates, destroys, finalises, SSH sessions).
+    pub counters: counters::Counters,
     /// The warm pool's refill task state.
     pub pool: Arc<pool::PoolState>,
     /// Images receiving an upload stream, and since when (one at a time).
@@ -206,6 +205,7 @@ impl Service {
                 instance_locks: Default::default(),
                 image_locks: Default::default(),
                 pool: Default::default(),
+                counters: Default::default(),
                 uploads: Default::default(),
             }),
         };
@@ -271,6 +271,11 @@ impl Service {
     pub fn shutdown(&self) {
         self.inner.pool.stop();
         self.inner.supervisor.detach_all();
+    }
+
+    /// Count one open SSH session channel until the gauge is dropped.
+    pub fn ssh_session(&self) -> SshSessionGauge {
+        self.inner.counters.ssh_session()
     }
 
     /// The supervisor's current PID for an instance (tests, `instance ID`).

@@ -166,7 +166,7 @@ impl Service {
     /// instances are nobody's: they never count here).
     pub(crate) fn check_user_quota(&self, actor: &Actor) -> Result<()> {
         if let Some(max) = self.config().max_instances_per_user {
-            let n = self.inner.store.instances(Some(actor.user_id), None)?.len();
+            let n = self.inner.store.instances(Some(actor.id()), None)?.len();
             if n >= max as usize {
                 return Err(CoreError::Quota(format!(
                     "you already have {n} instances (max_instances_per_user = {max}); destroy one first (ssh draupnir instances)"
@@ -202,7 +202,7 @@ impl Service {
             until = until.min(cap);
         }
         self.inner.store.set_instance_expiry(id, Some(until))?;
-        tracing::info!(instance = %id, user = %actor.name, until = %crate::core::store::format_ts(until), "instance extended");
+        tracing::info!(instance = %id, user = %actor.name(), until = %crate::core::store::format_ts(until), "instance extended");
         Ok(until)
     }
 
@@ -346,7 +346,15 @@ impl Service {
         let revoked = self.revoked_instances().await?;
         let now = OffsetDateTime::now_utc();
         let with_access = self.inner.store.users_with_access()?;
-        let upload_user = self.config().shared_secret.is_some();
+        // The upload user has a way in while a shared secret is set.
+        let upload_user = match self.config().shared_secret.is_some() {
+            true => self
+                .inner
+                .store
+                .user_by_name(super::UPLOAD_USER)?
+                .map(|u| u.id),
+            false => None,
+        };
         for inst in self.inner.store.instances(None, None)? {
             // Warm instances have no owner, lifetime or clients yet: the
             // pool looks after them.
@@ -364,8 +372,7 @@ impl Service {
             } else if inst.expires_at.is_some_and(|e| e <= now) {
                 report.expired.push(inst.id);
                 "its lifetime ended"
-            } else if !(with_access.contains(&inst.owner_id)
-                || upload_user && inst.owner_name == "upload")
+            } else if !(with_access.contains(&inst.owner_id) || upload_user == Some(inst.owner_id))
             {
                 report.access_gone.push(inst.id);
                 "its owner has no way in any more"

@@ -112,7 +112,7 @@ impl Service {
         let expires_at = ttl.map(super::policy::expiry_after).transpose()?;
         let Some(id) = self.inner.store.claim_pooled_instance(
             image_id,
-            actor.user_id,
+            actor.id(),
             expires_at,
             oauth_refresh_token,
         )?

@@ -4,7 +4,7 @@ use crate::core::model::Fingerprint;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::{Actor, CoreError, Result, Service};
+use super::{Actor, CoreError, Principal, Result, Service};
 use crate::core::store::{SshKey, User};
 
 /// An OpenSSH public key line, checked for shape.
@@ -107,12 +107,19 @@ pub fn token_hash(token: &str) -> String {
 }
 
 impl Service {
-    fn actor_of(user: &User) -> Actor {
-        Actor {
-            user_id: user.id,
-            name: user.name.clone(),
-            admin: user.is_admin,
-        }
+    /// The actor a stored user is, and which kind of principal: the
+    /// reserved names are the core's own users; everyone else is a person.
+    pub(crate) fn actor_of(&self, user: &User) -> Actor {
+        let principal = if user.name == super::UPLOAD_USER && user.is_admin {
+            Principal::Upload
+        } else if user.name == super::POOL_USER {
+            Principal::WarmPool
+        } else if self.is_integration_user(user) {
+            Principal::Integration
+        } else {
+            Principal::Person
+        };
+        Actor::new(user.id, user.name.clone(), user.is_admin, principal)
     }
 
     /// Create admin users for the configured `[ssh] admin_keys` and
@@ -196,7 +203,7 @@ impl Service {
             .inner
             .store
             .user_by_id(key.user_id)?
-            .map(|u| Self::actor_of(&u)))
+            .map(|u| self.actor_of(&u)))
     }
 
     /// Who minted this API token?
@@ -205,7 +212,7 @@ impl Service {
             .inner
             .store
             .user_by_token_hash(&token_hash(token))?
-            .map(|u| Self::actor_of(&u)))
+            .map(|u| self.actor_of(&u)))
     }
 
     /// The actor for a user by name (front doors with their own identity
@@ -215,13 +222,13 @@ impl Service {
             .inner
             .store
             .user_by_name(name)?
-            .map(|u| Self::actor_of(&u)))
+            .map(|u| self.actor_of(&u)))
     }
 
     /// Find or create the user behind an e-mail address.
     pub fn actor_for_email(&self, email: &str, admin: bool) -> Result<Actor> {
         if let Some(u) = self.inner.store.user_by_email(email)? {
-            return Ok(Self::actor_of(&u));
+            return Ok(self.actor_of(&u));
         }
         let name = email.to_string();
         valid_name(&name)?;
@@ -229,7 +236,7 @@ impl Service {
             Some(u) => u,
             None => self.inner.store.insert_user(&name, Some(email), admin)?,
         };
-        Ok(Self::actor_of(&u))
+        Ok(self.actor_of(&u))
     }
 
     fn user_or_404(&self, name: &str) -> Result<User> {
@@ -245,10 +252,10 @@ impl Service {
     pub fn whoami(&self, actor: &Actor) -> Result<User> {
         self.inner
             .store
-            .user_by_id(actor.user_id)?
+            .user_by_id(actor.id())?
             .ok_or_else(|| CoreError::NotFound {
                 what: "user",
-                id: actor.name.clone(),
+                id: actor.name().to_string(),
             })
     }
 
@@ -282,7 +289,7 @@ impl Service {
             }
         }
         let u = self.inner.store.insert_user(name, email, admin)?;
-        tracing::info!(user = %name, by = %actor.name, admin, "user added");
+        tracing::info!(user = %name, by = %actor.name(), admin, "user added");
         Ok(u)
     }
 
@@ -290,7 +297,7 @@ impl Service {
     pub async fn remove_user(&self, actor: &Actor, name: &str) -> Result<()> {
         actor.require_admin("removing users")?;
         let user = self.user_or_404(name)?;
-        if user.id == actor.user_id {
+        if user.id == actor.id() {
             return Err(CoreError::BadInput("you cannot remove yourself".into()));
         }
         for inst in self.inner.store.instances(Some(user.id), None)? {
@@ -301,14 +308,14 @@ impl Service {
             self.destroy_instance_unchecked(inst.id).await?;
         }
         self.inner.store.delete_user(user.id)?;
-        tracing::info!(user = %name, by = %actor.name, "user removed");
+        tracing::info!(user = %name, by = %actor.name(), "user removed");
         Ok(())
     }
 
     /// Add a key to a user: admins for anyone, users for themselves.
     pub fn add_key(&self, actor: &Actor, user: &str, key_line: &str) -> Result<Fingerprint> {
         let target = self.user_or_404(user)?;
-        if target.id != actor.user_id {
+        if target.id != actor.id() {
             actor.require_admin("adding keys for other users")?;
         }
         if target.name == super::POOL_USER {
@@ -327,7 +334,7 @@ impl Service {
         self.inner
             .store
             .insert_key(target.id, &fp, &key.to_line())?;
-        tracing::info!(user = %user, fingerprint = %fp, by = %actor.name, "key added");
+        tracing::info!(user = %user, fingerprint = %fp, by = %actor.name(), "key added");
         Ok(fp)
     }
 
@@ -341,11 +348,11 @@ impl Service {
                 what: "key",
                 id: fingerprint.to_string(),
             })?;
-        if key.user_id != actor.user_id {
+        if key.user_id != actor.id() {
             actor.require_admin("removing other users' keys")?;
         }
         self.inner.store.delete_key(fingerprint)?;
-        tracing::info!(%fingerprint, by = %actor.name, "key removed");
+        tracing::info!(%fingerprint, by = %actor.name(), "key removed");
         Ok(())
     }
 
@@ -354,13 +361,13 @@ impl Service {
         match user {
             Some(name) => {
                 let u = self.user_or_404(name)?;
-                if u.id != actor.user_id {
+                if u.id != actor.id() {
                     actor.require_admin("listing other users' keys")?;
                 }
                 Ok(self.inner.store.keys(Some(u.id))?)
             }
-            None if actor.admin => Ok(self.inner.store.keys(None)?),
-            None => Ok(self.inner.store.keys(Some(actor.user_id))?),
+            None if actor.is_admin() => Ok(self.inner.store.keys(None)?),
+            None => Ok(self.inner.store.keys(Some(actor.id()))?),
         }
     }
 
@@ -370,8 +377,8 @@ impl Service {
         let token = format!("drp_{}", hex::encode(bytes));
         self.inner
             .store
-            .insert_token(actor.user_id, &token_hash(&token))?;
-        tracing::info!(user = %actor.name, "api token minted");
+            .insert_token(actor.id(), &token_hash(&token))?;
+        tracing::info!(user = %actor.name(), "api token minted");
         Ok(token)
     }
 }

@@ -1,38 +1,21 @@
 //! Prometheus metrics of the daemon, in the text exposition format.
 //!
-//! Owns the counters the HTTP front door keeps (requests by route, method
-//! and status; instance creates and destroys; finalise durations) and the
-//! process-wide SSH session gauge ([`SSH_SESSIONS`], for the SSH server to
-//! bump). Images and instances by state and image bytes are read from the
-//! core at scrape time, so they count work done through any front door.
+//! Owns the one counter that is the HTTP front door's own (requests by
+//! route, method and status) and the rendering. Everything else is the
+//! core's [`Census`], read at scrape time: images and instances by state,
+//! image bytes, instances created and destroyed and finalise durations
+//! (whichever front door asked), and open SSH sessions.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use crate::core::Census;
-
-/// Open SSH sessions. The SSH front door increments and decrements it.
-pub static SSH_SESSIONS: AtomicI64 = AtomicI64::new(0);
-
-const FINALISE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-
-#[derive(Default)]
-struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-    sum: f64,
-}
+use crate::core::{Census, FINALISE_BUCKETS};
 
 /// Counters kept by the HTTP front door.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    instance_creates: AtomicU64,
-    instance_destroys: AtomicU64,
-    finalise: Mutex<Histogram>,
 }
 
 impl Metrics {
@@ -40,29 +23,6 @@ impl Metrics {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry((route.to_string(), method.to_string(), status))
             .or_default() += 1;
-    }
-
-    pub fn instance_created(&self) {
-        self.instance_creates.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn instance_destroyed(&self) {
-        self.instance_destroys.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn finalised(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let mut h = self.finalise.lock().unwrap_or_else(|p| p.into_inner());
-        if h.buckets.is_empty() {
-            h.buckets = vec![0; FINALISE_BUCKETS.len()];
-        }
-        for (i, le) in FINALISE_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
     }
 
     /// The exposition text.
@@ -103,23 +63,23 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP draupnir_ssh_sessions Open SSH sessions.\n# TYPE draupnir_ssh_sessions gauge\ndraupnir_ssh_sessions {}",
-            SSH_SESSIONS.load(Ordering::Relaxed)
+            census.counted.ssh_sessions
         );
         let _ = writeln!(
             out,
-            "# HELP draupnir_instance_creates_total Instances created over HTTP.\n# TYPE draupnir_instance_creates_total counter\ndraupnir_instance_creates_total {}",
-            self.instance_creates.load(Ordering::Relaxed)
+            "# HELP draupnir_instance_creates_total Instances created (over SSH or HTTP).\n# TYPE draupnir_instance_creates_total counter\ndraupnir_instance_creates_total {}",
+            census.counted.instance_creates
         );
         let _ = writeln!(
             out,
-            "# HELP draupnir_instance_destroys_total Instances destroyed over HTTP.\n# TYPE draupnir_instance_destroys_total counter\ndraupnir_instance_destroys_total {}",
-            self.instance_destroys.load(Ordering::Relaxed)
+            "# HELP draupnir_instance_destroys_total Instances destroyed (over SSH or HTTP).\n# TYPE draupnir_instance_destroys_total counter\ndraupnir_instance_destroys_total {}",
+            census.counted.instance_destroys
         );
         {
-            let h = self.finalise.lock().unwrap_or_else(|p| p.into_inner());
+            let h = &census.counted.finalise;
             let _ = writeln!(
                 out,
-                "# HELP draupnir_finalise_seconds Finalise durations (HTTP requests).\n# TYPE draupnir_finalise_seconds histogram"
+                "# HELP draupnir_finalise_seconds Finalise durations (from start to a ready image).\n# TYPE draupnir_finalise_seconds histogram"
             );
             for (i, le) in FINALISE_BUCKETS.iter().enumerate() {
                 let n = h.buckets.get(i).copied().unwrap_or(0);

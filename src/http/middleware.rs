@@ -175,7 +175,7 @@ impl FromRequestParts<AppState> for Authed {
             parts.extensions.insert(OauthToken(token.to_string()));
         }
         if let Some(slot) = parts.extensions.get::<UserSlot>() {
-            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor.name.clone());
+            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor.name().to_string());
         }
         Ok(Authed(actor))
     }

@@ -1,9 +1,6 @@
 //! The routes of LEGACY_API.md: parse the request, call the core, format
 //! the JSON:API document. No business rule lives here.
 
-use std::future::Future;
-use std::time::Instant;
-
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
@@ -17,8 +14,8 @@ use time::OffsetDateTime;
 use super::error::ApiError;
 use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken, PathId};
 use super::AppState;
-use crate::core::{Actor, ConnectionInfo, InstanceRef};
-use crate::core::{Image, ImageId, ImageState, Instance, InstanceId};
+use crate::core::{Caller, ConnectionInfo, InstanceRef};
+use crate::core::{Image, ImageId, ImageState, Instance};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -100,26 +97,6 @@ fn path_id<T: std::str::FromStr>(raw: &str) -> Result<T, ApiError> {
         return Err(ApiError::not_found());
     }
     raw.parse().map_err(|_| ApiError::not_found())
-}
-
-/// Run core work that must finish even if the client goes away (it holds
-/// disk and processes); the request waits for its outcome.
-async fn detached<T: Send + 'static>(
-    work: impl Future<Output = crate::core::Result<T>> + Send + 'static,
-) -> crate::core::Result<T> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| crate::core::CoreError::Internal(format!("request task: {e}")))?
-}
-
-/// Record the caller's address for the allow-list; a failure to record is
-/// logged, not shown.
-fn record(state: &AppState, actor: &Actor, id: InstanceId, addr: ClientAddr) {
-    if let Some(ip) = addr.0 {
-        if let Err(e) = state.service.record_address(actor, id, ip) {
-            tracing::warn!(instance = %id, %ip, error = %e, "address not recorded");
-        }
-    }
 }
 
 pub async fn health_check() -> Response {
@@ -204,10 +181,7 @@ pub async fn image_done(
     PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
-    let started = Instant::now();
-    let service = state.service.clone();
-    let image = detached(async move { service.finalise_or_wait(&actor, id).await }).await?;
-    state.metrics.finalised(started.elapsed());
+    let image = state.service.finalise_or_wait(&actor, id).await?;
     ok(StatusCode::OK, json!({"data": image_doc(&image)}))
 }
 
@@ -217,9 +191,8 @@ pub async fn destroy_image(
     PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
-    let service = state.service.clone();
-    let cascade = service.destroys_image_instances(&actor);
-    detached(async move { service.destroy_image(&actor, id, cascade).await }).await?;
+    let cascade = state.service.destroys_image_instances(&actor);
+    state.service.destroy_image(&actor, id, cascade).await?;
     no_content()
 }
 
@@ -251,7 +224,7 @@ pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed
     // Taken before the rows are read: a body is never newer than the
     // version it is kept under says.
     let version = state.service.listing_version();
-    if let Some(body) = state.listings.get(actor.user_id, version, hostname) {
+    if let Some(body) = state.listings.get(actor.id(), version, hostname) {
         return Ok(json_body(body));
     }
     let instances = state.service.list_instances(&actor, false)?;
@@ -272,7 +245,7 @@ pub async fn list_instances(State(state): State<AppState>, Authed(actor): Authed
     let body = Bytes::from(serde_json::to_vec(&List { data }).map_err(|_| ApiError::internal())?);
     state
         .listings
-        .put(actor.user_id, version, hostname, body.clone());
+        .put(actor.id(), version, hostname, body.clone());
     Ok(json_body(body))
 }
 
@@ -319,21 +292,15 @@ pub async fn create_instance(
     }
     check_type(body.pointer("/data/type"), "instances")?;
     let image_id = image_id_of(&body)?;
-    let service = state.service.clone();
-    let who = actor.clone();
-    let info = detached(async move {
-        let opts = crate::core::NewInstance {
-            oauth_refresh_token: oauth.map(|t| crate::secret::Secret::new(t.0 .0)),
-            ..Default::default()
-        };
-        service
-            .create_instance_with(&who, InstanceRef::Id(image_id), opts)
-            .await
-    })
-    .await
-    .map_err(ApiError::for_image_reference)?;
-    state.metrics.instance_created();
-    record(&state, &actor, info.instance.id, addr);
+    let opts = crate::core::NewInstance {
+        oauth_refresh_token: oauth.map(|t| crate::secret::Secret::new(t.0 .0)),
+        ..Default::default()
+    };
+    let info = state
+        .service
+        .create_instance_with(Caller::new(actor, addr.0), InstanceRef::Id(image_id), opts)
+        .await
+        .map_err(ApiError::for_image_reference)?;
     ok(
         StatusCode::CREATED,
         instance_with_credentials(&state, &info),
@@ -347,8 +314,9 @@ pub async fn show_instance(
     PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
-    let info = state.service.instance_credentials(&actor, id)?;
-    record(&state, &actor, id, addr);
+    let info = state
+        .service
+        .instance_credentials(Caller::new(actor, addr.0), id)?;
     ok(StatusCode::OK, instance_with_credentials(&state, &info))
 }
 
@@ -358,9 +326,7 @@ pub async fn destroy_instance(
     PathId(id): PathId,
 ) -> ApiResult {
     let id = path_id(&id)?;
-    let service = state.service.clone();
-    detached(async move { service.destroy_instance(&actor, id).await }).await?;
-    state.metrics.instance_destroyed();
+    state.service.destroy_instance(&actor, id).await?;
     no_content()
 }
 

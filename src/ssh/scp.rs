@@ -56,7 +56,7 @@ pub async fn sink(
     let mut input = BufReader::with_capacity(CHUNK, stdin);
     let outcome = match parse_args(args) {
         Ok((flags, target)) => {
-            tracing::info!(user = %session.actor.name, target = %target, "scp upload");
+            tracing::info!(user = %session.actor.name(), target = %target, "scp upload");
             run(session, &flags, &target, &mut input, stdout).await
         }
         Err(reason) => Err(Stop::Refuse(reason)),

@@ -408,7 +408,8 @@ impl Conn {
             let line = format!(
                 "draupnir: {} has {} sessions open already (max_sessions_per_user); \
                  close one and try again\n",
-                actor.name, self.shared.cfg.max_sessions_per_user
+                actor.name(),
+                self.shared.cfg.max_sessions_per_user
             );
             tokio::spawn(async move {
                 let mut stderr = chan.make_writer_ext(Some(1));
@@ -457,7 +458,7 @@ impl russh::server::Handler for Conn {
             Some(actor) => {
                 tracing::info!(
                     peer = %self.peer,
-                    user = %actor.name,
+                    user = %actor.name(),
                     login = %user.chars().take(64).collect::<String>(),
                     fingerprint = %key.public_key.fingerprint(HashAlg::Sha256),
                     "ssh login"
@@ -494,8 +495,8 @@ impl russh::server::Handler for Conn {
                 .await;
             return Ok(());
         };
-        let Some(slot) = self.shared.sessions.take(actor.user_id) else {
-            tracing::warn!(user = %actor.name, peer = %self.peer, "too many ssh sessions");
+        let Some(slot) = self.shared.sessions.take(&self.shared.service, actor.id()) else {
+            tracing::warn!(user = %actor.name(), peer = %self.peer, "too many ssh sessions");
             if self.refused.len() >= MAX_REFUSED_CHANNELS {
                 reply.reject(ChannelOpenFailure::ResourceShortage).await;
             } else {
@@ -698,7 +699,7 @@ async fn run_exec(
     let (read_half, write_half) = chan.split();
     let stdout = write_half.make_writer();
     let stderr = write_half.make_writer_ext(Some(1));
-    let user = session.actor.name.clone();
+    let user = session.actor.name().to_string();
     let status = match tokio::spawn(exec_body(read_half, stdout, stderr, session, argv)).await {
         Ok(status) => status,
         Err(e) => {
@@ -737,7 +738,7 @@ async fn exec_body(
                 scp::sink(&session, &argv[1..], &mut stdin, &mut stdout).await
             } else {
                 let name = argv.first().cloned().unwrap_or_default();
-                tracing::info!(user = %session.actor.name, command = %name, "ssh command");
+                tracing::info!(user = %session.actor.name(), command = %name, "ssh command");
                 commands::run(
                     &session,
                     argv,

@@ -6,10 +6,9 @@
 use crate::core::UserId;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::core::{Actor, Service};
+use crate::core::{Actor, Caller, Service, SshSessionGauge};
 
 /// Who runs the command, and from where.
 #[derive(Clone)]
@@ -20,6 +19,13 @@ pub struct Session {
     pub peer: Option<IpAddr>,
     /// The port the SSH server listens on (for the hints commands print).
     pub ssh_port: u16,
+}
+
+impl Session {
+    /// The actor and the client's address, as the core takes them.
+    pub fn caller(&self) -> Caller {
+        Caller::new(self.actor.clone(), self.peer)
+    }
 }
 
 /// Open session channels per user id, with the most one user may hold.
@@ -38,17 +44,17 @@ impl Sessions {
     }
 
     /// A slot for one more channel of `user_id`, or `None` at the cap.
-    pub(crate) fn take(&self, user_id: UserId) -> Option<SessionSlot> {
+    pub(crate) fn take(&self, service: &Service, user_id: UserId) -> Option<SessionSlot> {
         let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user_id).or_insert(0);
         if *n >= self.max_per_user {
             return None;
         }
         *n += 1;
-        crate::http::metrics::SSH_SESSIONS.fetch_add(1, Ordering::Relaxed);
         Some(SessionSlot {
             open: self.open.clone(),
             user_id,
+            _gauge: service.ssh_session(),
         })
     }
 }
@@ -57,11 +63,12 @@ impl Sessions {
 pub(crate) struct SessionSlot {
     open: Arc<Mutex<HashMap<UserId, usize>>>,
     user_id: UserId,
+    /// Counts the session in `/metrics` while it is held.
+    _gauge: SshSessionGauge,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        crate::http::metrics::SSH_SESSIONS.fetch_sub(1, Ordering::Relaxed);
         // The counts stay right even if a task panicked holding the lock.
         let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.user_id) {

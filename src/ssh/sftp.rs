@@ -298,7 +298,7 @@ impl russh_sftp::server::Handler for SftpSession {
             .service
             .begin_upload(&self.session.actor, image, UploadTarget::File(rel))
             .map_err(core_err)?;
-        tracing::info!(user = %self.session.actor.name, path = %shown, "sftp upload");
+        tracing::info!(user = %self.session.actor.name(), path = %shown, "sftp upload");
         let handle = self.add_handle(OpenHandle::Upload(UploadState {
             upload: Some(upload),
             written: 0,

@@ -82,7 +82,7 @@ pub(super) async fn create(
     let info = session
         .service
         .create_instance_with(
-            &session.actor,
+            session.caller(),
             which,
             NewInstance {
                 ttl,
@@ -90,7 +90,6 @@ pub(super) async fn create(
             },
         )
         .await?;
-    record(session, info.instance.id);
     if json {
         return say_json(out, &format::instance_json(&info.instance, &info.host)).await;
     }
@@ -154,8 +153,7 @@ pub(super) async fn env(
     json: bool,
     out: Out<'_>,
 ) -> Result<(), Failure> {
-    let info = session.service.instance_credentials(&session.actor, id)?;
-    record(session, id);
+    let info = session.service.instance_credentials(session.caller(), id)?;
     if json {
         return say_json(
             out,
@@ -245,16 +243,6 @@ pub(super) async fn destroy(
 ) -> Result<(), Failure> {
     session.service.destroy_instance(&session.actor, id).await?;
     say(out, format!("instance {id} destroyed\n")).await
-}
-
-/// Remember the client's address for the allow-list; never fails the
-/// command.
-fn record(session: &Session, id: InstanceId) {
-    if let Some(peer) = session.peer {
-        if let Err(e) = session.service.record_address(&session.actor, id, peer) {
-            tracing::debug!(instance = %id, error = %e, "address not recorded");
-        }
-    }
 }
 
 /// POSIX shell that writes the three PEM files into a fresh private
