@@ -5,9 +5,10 @@
 //! makes one (from a key, a token, an e-mail vouched for by OAuth, or one
 //! of its own system users), so a front door cannot claim to be somebody.
 //! A [`Caller`] adds the address the request came from, which the core
-//! records for the instance allow-list itself.
+//! records for the instance allow-list itself. [`address_key`] says what
+//! counts as one client address for the doors' per-address caps.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::error::{CoreError, Result};
 use super::model::UserId;
@@ -100,5 +101,34 @@ impl From<&Actor> for Caller {
             actor: actor.clone(),
             from: None,
         }
+    }
+}
+
+/// What both front doors' per-address caps count `ip` as, one client:
+/// IPv4 (also IPv4-mapped IPv6) as itself, other IPv6 by its /64.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_is_an_ipv4_address_or_an_ipv6_64() {
+        let k = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
     }
 }

@@ -39,7 +39,7 @@ use crate::core::storage::loopback;
 use crate::core::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
-pub use caller::{Actor, Caller, Principal};
+pub use caller::{address_key, Actor, Caller, Principal};
 pub use counters::{Counted, Histogram, SshSessionGauge, FINALISE_BUCKETS};
 pub use disk::DiskUse;
 pub use error::{CoreError, Result};

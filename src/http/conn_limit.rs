@@ -7,11 +7,14 @@
 //! descriptors that SSH and instances need.
 //!
 //! "One address" is one IPv4 address or one IPv6 /64 (what one host
-//! usually has to itself); [`address_key`] is shared with the SSH door.
+//! usually has to itself): the core's [`address_key`], which the SSH door
+//! uses too.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+
+use crate::core::address_key;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,21 +22,6 @@ use std::task::{Context, Poll};
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// What a per-address cap counts `ip` as: IPv4 (also IPv4-mapped IPv6)
-/// as itself, other IPv6 by its /64.
-pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 #[derive(Default)]
 struct Counts {
@@ -197,14 +185,5 @@ mod tests {
         drop(a1);
         assert_eq!(l.open(), 2);
         let _a3 = l.admit(a).unwrap();
-    }
-
-    #[test]
-    fn one_address_is_an_ipv4_address_or_an_ipv6_64() {
-        let k = |s: &str| address_key(s.parse().unwrap());
-        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"));
-        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
-        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
     }
 }

@@ -257,7 +257,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(permit) = shared.admit(crate::http::conn_limit::address_key(peer.ip())) else {
+        let Some(permit) = shared.admit(crate::core::address_key(peer.ip())) else {
             tracing::warn!(%peer, "too many unauthenticated ssh connections; dropping one");
             drop(socket);
             continue;
