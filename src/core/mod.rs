@@ -38,7 +38,10 @@ use crate::core::store::Store;
 
 pub use allowlist::{allowable, rules_from_store};
 pub use disk::DiskUse;
-pub use error::{CoreError, Result};
+pub use error::{
+    BadInput, Conflict, CoreError, FinaliseFailure, InstanceStart, Internal, InvalidState, Missing,
+    Quota, Result,
+};
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};

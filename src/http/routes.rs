@@ -109,7 +109,10 @@ async fn detached<T: Send + 'static>(
 ) -> crate::core::Result<T> {
     tokio::spawn(work)
         .await
-        .map_err(|e| crate::core::CoreError::Internal(format!("request task: {e}")))?
+        .map_err(|source| crate::core::Internal::Task {
+            task: "request task",
+            source,
+        })?
 }
 
 /// Record the caller's address for the allow-list; a failure to record is

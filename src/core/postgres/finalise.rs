@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use tokio_postgres::error::SqlState;
+
 use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE, CLIENT_ROLE};
 use super::pgconn::{self, PgConnError};
 use super::process::{self, Postmaster, PostmasterSpec};
@@ -36,8 +38,13 @@ pub enum FinaliseError {
     Start(String),
     #[error("anonymisation script failed: {0}")]
     Script(String),
+    /// `code` is the server's SQLSTATE, when the server answered.
     #[error("{step}: {message}")]
-    Sql { step: &'static str, message: String },
+    Sql {
+        step: &'static str,
+        code: Option<SqlState>,
+        message: String,
+    },
     #[error("access proof failed: {0}")]
     Proof(String),
     /// The role `draupnir` reaches more than its own rights; the first
@@ -80,6 +87,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
     move |e| FinaliseError::Sql {
         step,
+        code: e.sqlstate().map(SqlState::from_code),
         message: e.to_string(),
     }
 }
@@ -87,6 +95,7 @@ fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
 fn db_err(step: &'static str) -> impl Fn(tokio_postgres::Error) -> FinaliseError {
     move |e| FinaliseError::Sql {
         step,
+        code: e.code().cloned(),
         message: pgconn::error_message(&e),
     }
 }
@@ -266,6 +275,7 @@ async fn wait_socket(
             Err(e) if e.is_auth_refused() => {
                 return Err(FinaliseError::Sql {
                     step: "connecting as the data directory's superuser",
+                    code: e.sqlstate().map(SqlState::from_code),
                     message: e.to_string(),
                 })
             }
@@ -320,7 +330,12 @@ async fn prepare_and_anonymise(
                 .map_err(db_err("creating the temporary admin role"))?;
             su
         }
-        Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
+        // Root is mapped to the configured superuser only (peer auth), so
+        // the server refusing it with 28000 means no such role can log in
+        // (`role "…" does not exist`, raised with that code).
+        Err(FinaliseError::Sql {
+            code: Some(code), ..
+        }) if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
             // The upload's superuser has another name: create the admin
             // role in single-user mode, which runs as the bootstrap
             // superuser whatever its name.
