@@ -8,7 +8,7 @@
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
 
-use super::error::InvalidState;
+use super::error::{BadInput, InvalidState};
 use super::{Actor, CoreError, Result, Service};
 use crate::config::Environment;
 use crate::core::model::UserId;
@@ -105,7 +105,8 @@ impl Service {
         }
         match self.actor_for_email(email, false) {
             Ok(a) => Ok(Some(a)),
-            Err(CoreError::BadInput(_)) => Ok(None),
+            // The address makes no valid user name.
+            Err(CoreError::BadInput(BadInput::UserName(_) | BadInput::ReservedName(_))) => Ok(None),
             Err(e) => Err(e),
         }
     }
