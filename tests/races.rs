@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::ssh::*;
 use common::*;
 use draupnir::core::{test_support::Store, ImageId, ImageState, InstanceId, InstanceState};
-use draupnir::core::{Actor, CoreError, InstanceRef, Service, UploadTarget};
+use draupnir::core::{Actor, CoreError, InstanceRef, Missing, Service, UploadTarget};
 
 const STAGGER: Duration = Duration::from_millis(8);
 
@@ -22,7 +22,9 @@ const STAGGER: Duration = Duration::from_millis(8);
 fn clean_loss(e: &CoreError, image: ImageId) -> bool {
     match e {
         CoreError::ImageDestroying { id } => *id == image,
-        CoreError::NotFound { what, .. } => *what == "image" || *what == "instance",
+        CoreError::NotFound(Missing::Image(_) | Missing::LatestImage | Missing::Instance(_)) => {
+            true
+        }
         _ => false,
     }
 }
@@ -203,7 +205,7 @@ async fn destroy_image_races_new_instance_and_one_side_wins() {
             .create_instance(&users[0], InstanceRef::Id(image))
             .await;
         assert!(
-            matches!(late, Err(CoreError::NotFound { what: "image", .. })),
+            matches!(late, Err(CoreError::NotFound(Missing::Image(id))) if id == image),
             "{late:?}"
         );
     }

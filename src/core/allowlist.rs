@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::error::{BadInput, Internal, Missing};
 use super::{Actor, CoreError, Result, Service};
 use crate::guard::iptables::{self, Changes, Rule};
 
@@ -22,15 +23,11 @@ pub fn allowable(addr: IpAddr) -> Result<IpAddr> {
         v4 => v4,
     };
     if addr.is_unspecified() || addr.is_multicast() {
-        return Err(CoreError::BadInput(format!(
-            "{addr} cannot be allow-listed"
-        )));
+        return Err(BadInput::NotAllowListable(addr).into());
     }
     if let IpAddr::V4(v4) = addr {
         if v4.is_broadcast() {
-            return Err(CoreError::BadInput(format!(
-                "{addr} cannot be allow-listed"
-            )));
+            return Err(BadInput::NotAllowListable(addr).into());
         }
     }
     Ok(addr)
@@ -67,10 +64,11 @@ impl Service {
         self.owned_instance_for(actor, id)?;
         let addr = allowable(addr)?;
         if !self.inner.store.delete_address(id, &addr.to_string())? {
-            return Err(CoreError::NotFound {
-                what: "allowed address",
-                id: format!("{addr} of instance {id}"),
-            });
+            return Err(Missing::AllowedAddress {
+                address: addr,
+                instance: id,
+            }
+            .into());
         }
         self.poke_guard();
         Ok(())
@@ -86,8 +84,8 @@ impl Service {
         let desired = self.desired_rules()?;
         tokio::task::spawn_blocking(move || iptables::reconcile(&desired, dry_run))
             .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?
-            .map_err(|e| CoreError::Internal(format!("firewall: {e}")))
+            .map_err(|e| CoreError::from(Internal::Join(e)))?
+            .map_err(|e| Internal::Firewall(e).into())
     }
 
     /// The reconcile loop; it does nothing while `enable_ip_whitelisting`

@@ -8,6 +8,7 @@
 //! The front door checks the credential (secret, token, provider answer);
 //! the core decides which user that is and what the user may do.
 
+use super::error::{BadInput, InvalidState};
 use super::{Actor, CoreError, Principal, Result, Service};
 use crate::config::Environment;
 use crate::core::model::UserId;
@@ -49,9 +50,7 @@ impl Service {
         match store.user_by_name(POOL_USER)? {
             Some(u) => {
                 if u.is_admin || u.email.is_some() || store.users_with_access()?.contains(&u.id) {
-                    return Err(CoreError::InvalidState(format!(
-                        "user `{POOL_USER}` can log in, so it cannot own warm instances; remove it (ssh draupnir remove-user {POOL_USER})"
-                    )));
+                    return Err(InvalidState::PoolUserCanLogIn { user: POOL_USER }.into());
                 }
                 Ok(u.id)
             }
@@ -111,7 +110,8 @@ impl Service {
         }
         match self.actor_for_email(email, false) {
             Ok(a) => Ok(Some(a)),
-            Err(CoreError::BadInput(_)) => Ok(None),
+            // The address makes no valid user name.
+            Err(CoreError::BadInput(BadInput::UserName(_) | BadInput::ReservedName(_))) => Ok(None),
             Err(e) => Err(e),
         }
     }

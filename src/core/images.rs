@@ -7,6 +7,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::error::{BadInput, FinaliseFailure, Internal, InvalidState, Missing};
 use super::{Actor, CoreError, Result, Service};
 use crate::core::postgres::finalise::{self, FinaliseSpec, Progress};
 use crate::core::storage::btrfs;
@@ -55,16 +56,13 @@ fn plan(target: &UploadTarget) -> Result<Plan> {
         .filter(|c| !matches!(c, Component::CurDir))
         .map(|c| match c {
             Component::Normal(n) => Ok(n),
-            _ => Err(CoreError::BadInput(format!(
-                "upload path `{}` must stay inside the image",
-                rel.display()
-            ))),
+            _ => Err(BadInput::UploadPath(rel.clone()).into()),
         })
         .collect::<Result<_>>()?;
     let name = clean
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| CoreError::BadInput("upload needs a file name".into()))?;
+        .ok_or(BadInput::NoFileName)?;
     let lower = name.to_ascii_lowercase();
     if let Some(stem) = TAR_SUFFIXES.iter().find_map(|s| lower.strip_suffix(s)) {
         if clean.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
@@ -103,7 +101,7 @@ impl Upload {
     /// image is then `failed` with the reason).
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
         let Some(sender) = &self.sender else {
-            return Err(CoreError::InvalidState("upload already finished".into()));
+            return Err(InvalidState::UploadFinished.into());
         };
         let t = std::time::Instant::now();
         let sent = sender.send(chunk).await;
@@ -123,12 +121,16 @@ impl Upload {
 
     async fn join(&mut self) -> Result<Report> {
         let Some(handle) = self.handle.take() else {
-            return Err(CoreError::InvalidState("upload already finished".into()));
+            return Err(InvalidState::UploadFinished.into());
         };
         let t = std::time::Instant::now();
         let outcome = match handle.await {
             Ok(r) => r.map_err(CoreError::Upload),
-            Err(e) => Err(CoreError::Internal(format!("upload task: {e}"))),
+            Err(e) => Err(Internal::Task {
+                task: "upload task",
+                source: e,
+            }
+            .into()),
         };
         tracing::debug!(
             image = %self.image_id,
@@ -180,7 +182,7 @@ impl Drop for Upload {
                     std::io::Error::other("the upload was interrupted"),
                 ))),
                 Ok(Err(e)) => Err(CoreError::Upload(e)),
-                Err(e) => Err(CoreError::Internal(e.to_string())),
+                Err(e) => Err(Internal::Join(e).into()),
             };
             service.end_upload(id, &outcome);
         });
@@ -192,10 +194,7 @@ impl Service {
         self.inner
             .store
             .image(id)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "image",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| Missing::Image(id).into())
     }
 
     /// All images (any authenticated user may list them).
@@ -227,9 +226,7 @@ impl Service {
     ) -> Result<Image> {
         actor.require_admin("creating images")?;
         if script.is_some_and(|s| s.contains('\0')) {
-            return Err(CoreError::BadInput(
-                "the anonymisation script contains a NUL byte".into(),
-            ));
+            return Err(BadInput::ScriptNul.into());
         }
         let image = self
             .inner
@@ -269,10 +266,11 @@ impl Service {
             }
             if !self.inner.store.begin_upload(id)? {
                 let image = self.image_or_404(id)?;
-                return Err(CoreError::InvalidState(format!(
-                    "image {id} does not accept uploads (state: {})",
-                    image.state.as_str()
-                )));
+                return Err(InvalidState::NoUploads {
+                    id,
+                    state: image.state,
+                }
+                .into());
             }
             uploads.insert(id, std::time::Instant::now());
         }
@@ -316,10 +314,11 @@ impl Service {
         actor.require_admin("uploading images")?;
         let image = self.image_or_404(id)?;
         if image.state != ImageState::Uploading {
-            return Err(CoreError::InvalidState(format!(
-                "image {id} does not accept uploads (state: {})",
-                image.state.as_str()
-            )));
+            return Err(InvalidState::NoUploads {
+                id,
+                state: image.state,
+            }
+            .into());
         }
         ingest::make_dir(&self.inner.layout.upload(id), rel, &self.upload_options(0))?;
         Ok(())
@@ -332,17 +331,10 @@ impl Service {
         let image = self.image_or_404(id)?;
         match image.state {
             ImageState::Failed | ImageState::Uploading => {}
-            other => {
-                return Err(CoreError::InvalidState(format!(
-                    "image {id} is {}; only a failed or uploading image can be reset",
-                    other.as_str()
-                )))
-            }
+            other => return Err(InvalidState::NotResettable { id, state: other }.into()),
         }
         if image.upload_active {
-            return Err(CoreError::InvalidState(format!(
-                "an upload into image {id} is still running"
-            )));
+            return Err(InvalidState::UploadRunning { id }.into());
         }
         let dir = self.inner.layout.upload(id);
         btrfs::delete_subvolume(&dir)?;
@@ -362,10 +354,11 @@ impl Service {
             });
         if let Err(source) = owned {
             let _ = btrfs::delete_subvolume(dir);
-            return Err(CoreError::Internal(format!(
-                "chown {}: {source}",
-                dir.display()
-            )));
+            return Err(Internal::Chown {
+                path: dir.to_path_buf(),
+                source,
+            }
+            .into());
         }
         Ok(())
     }
@@ -385,7 +378,7 @@ impl Service {
                 Ok(n) => n,
                 Err(e) => {
                     drop(upload);
-                    return Err(CoreError::BadInput(format!("reading the upload: {e}")));
+                    return Err(BadInput::ReadUpload(e).into());
                 }
             };
             if n == 0 {
@@ -439,9 +432,10 @@ impl Service {
     ) -> Result<Image> {
         match self.start_finalise(actor, id, progress)? {
             Finalising::AlreadyReady(image) => Ok(image),
-            Finalising::Started(task) => task
-                .await
-                .map_err(|e| CoreError::Internal(format!("finalise task: {e}")))?,
+            Finalising::Started(task) => task.await.map_err(|e| Internal::Task {
+                task: "finalise task",
+                source: e,
+            })?,
         }
     }
 
@@ -456,7 +450,12 @@ impl Service {
 
     async fn finalise_or_wait_here(&self, actor: &Actor, id: ImageId) -> Result<Image> {
         match self.finalise_image(actor, id, None).await {
-            Err(CoreError::InvalidState(msg)) => loop {
+            Err(CoreError::InvalidState(
+                refused @ (InvalidState::ImageFailed { .. }
+                | InvalidState::AlreadyFinalising { .. }
+                | InvalidState::UploadRunning { .. }
+                | InvalidState::ImageChanged { .. }),
+            )) => loop {
                 let image = self.image_or_404(id)?;
                 match image.state {
                     ImageState::Finalising => {
@@ -464,11 +463,12 @@ impl Service {
                     }
                     ImageState::Ready => return Ok(image),
                     ImageState::Failed => {
-                        return Err(CoreError::Finalise(
-                            image.failure_reason.unwrap_or_else(|| msg.clone()),
-                        ))
+                        return Err(FinaliseFailure::Recorded(
+                            image.failure_reason.unwrap_or_else(|| refused.to_string()),
+                        )
+                        .into())
                     }
-                    ImageState::Uploading => return Err(CoreError::InvalidState(msg)),
+                    ImageState::Uploading => return Err(refused.into()),
                     ImageState::Destroying => return Err(CoreError::ImageDestroying { id }),
                 }
             },
@@ -521,32 +521,25 @@ impl Service {
         match image.state {
             ImageState::Ready => return Ok(Finalising::AlreadyReady(image)),
             ImageState::Failed => {
-                return Err(CoreError::InvalidState(format!(
-                    "image {id} failed ({}); `reset-upload {id}` lets it take a new upload",
-                    image.failure_reason.as_deref().unwrap_or("no reason kept")
-                )))
+                return Err(InvalidState::ImageFailed {
+                    id,
+                    reason: image.failure_reason,
+                }
+                .into())
             }
-            ImageState::Finalising => {
-                return Err(CoreError::InvalidState(format!(
-                    "image {id} is already being finalised"
-                )))
-            }
+            ImageState::Finalising => return Err(InvalidState::AlreadyFinalising { id }.into()),
             ImageState::Destroying => return Err(CoreError::ImageDestroying { id }),
             ImageState::Uploading => {}
         }
         if image.upload_active {
-            return Err(CoreError::InvalidState(format!(
-                "an upload into image {id} is still running"
-            )));
+            return Err(InvalidState::UploadRunning { id }.into());
         }
         if !self
             .inner
             .store
             .transition_image(id, ImageState::Uploading, ImageState::Finalising)?
         {
-            return Err(CoreError::InvalidState(format!(
-                "image {id} changed state; try again"
-            )));
+            return Err(InvalidState::ImageChanged { id }.into());
         }
         tracing::info!(image = %id, user = %actor.name(), "finalise started");
         let svc = self.clone();
@@ -587,9 +580,10 @@ impl Service {
         let outcome = match finalise::finalise(&spec, &report).await {
             Ok(done) => {
                 report(Progress::Step("taking the read-only snapshot".into()));
-                self.seal_image(id, done.major).map_err(|e| e.to_string())
+                self.seal_image(id, done.major)
+                    .map_err(|e| FinaliseFailure::Seal(Box::new(e)))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(FinaliseFailure::Postgres(e)),
         };
         match outcome {
             Ok(()) => {
@@ -608,10 +602,10 @@ impl Service {
             }
             Err(reason) => {
                 tracing::warn!(image = %id, %reason, "finalise failed");
-                self.inner.store.fail_image(id, &reason)?;
+                self.inner.store.fail_image(id, &reason.to_string())?;
                 let _ = btrfs::delete_subvolume(&upload);
                 let _ = btrfs::delete_subvolume(&self.inner.layout.snapshot(id));
-                Err(CoreError::Finalise(reason))
+                Err(reason.into())
             }
         }
     }
@@ -661,9 +655,7 @@ impl Service {
         let _only_us = self.hold_image_exclusively(id).await;
         let image = self.image_or_404(id)?;
         if image.state == ImageState::Finalising {
-            return Err(CoreError::InvalidState(format!(
-                "image {id} is being finalised; wait for it to finish"
-            )));
+            return Err(InvalidState::ImageFinalising { id }.into());
         }
         let owned = self
             .inner
@@ -678,10 +670,11 @@ impl Service {
         if !self.inner.store.mark_image_destroying(id)? {
             // A finalise started meanwhile (or the row went).
             let image = self.image_or_404(id)?;
-            return Err(CoreError::InvalidState(format!(
-                "image {id} is {}; try again",
-                image.state.as_str()
-            )));
+            return Err(InvalidState::ImageMoved {
+                id,
+                state: image.state,
+            }
+            .into());
         }
         self.finish_image_destroy(id).await?;
         self.forget_image_lock(id);
@@ -705,9 +698,7 @@ impl Service {
         if left > 0 {
             // Cannot happen under the exclusive lock; never delete the
             // snapshot from under an instance.
-            return Err(CoreError::Internal(format!(
-                "image {id} still has {left} instance(s) after destroying them"
-            )));
+            return Err(Internal::InstancesLeft { id, left }.into());
         }
         btrfs::delete_subvolume(&self.inner.layout.upload(id))?;
         btrfs::delete_subvolume(&self.inner.layout.snapshot(id))?;

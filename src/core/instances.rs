@@ -4,6 +4,7 @@ use crate::core::model::{ImageId, InstanceId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::error::{Conflict, InstanceStart, Internal, InvalidState, Missing};
 use super::image_guard::ImageHold;
 use super::{Actor, Caller, CoreError, Result, Service};
 use crate::certs;
@@ -91,7 +92,7 @@ impl Service {
         major: u32,
     ) -> Result<PostmasterSpec> {
         let bin = cluster::find_bin(&self.config().postgres.bin_root, major)
-            .map_err(|e| CoreError::InstanceStart(e.to_string()))?;
+            .map_err(InstanceStart::Cluster)?;
         let datadir = self.inner.layout.instance(id);
         let mut settings = vec![
             (
@@ -127,7 +128,7 @@ impl Service {
             &creds.ca_certificate,
             Some((&creds.client_certificate, creds.client_key.expose())),
         )
-        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        .map_err(Internal::Tls)?;
         Ok(ServingCheck::new(
             tls,
             &cfg.postgres.listen_addresses,
@@ -183,9 +184,9 @@ impl Service {
         // Held until the instance is made (or handed over): the image is
         // not destroyed meanwhile, and a destroy under way is not raced.
         let (_image_hold, image) = self.hold_image_for(image).await?;
-        let major = image.pg_major.ok_or_else(|| {
-            CoreError::Internal(format!("image {} has no major version", image.id))
-        })?;
+        let major = image
+            .pg_major
+            .ok_or_else(|| CoreError::from(Internal::NoMajor(image.id)))?;
         self.check_user_quota(actor)?;
         let token = opts
             .oauth_refresh_token
@@ -219,15 +220,10 @@ impl Service {
         let mut tries = 0;
         loop {
             let Some(latest) = self.latest_ready_image()?.map(|i| i.id) else {
-                return Err(CoreError::NotFound {
-                    what: "image",
-                    id: "latest (no image is ready)".into(),
-                });
+                return Err(Missing::LatestImage.into());
             };
             match self.hold_ready_image(latest).await {
-                Err(CoreError::ImageDestroying { .. } | CoreError::NotFound { .. })
-                    if tries < 10 =>
-                {
+                Err(CoreError::ImageDestroying { .. } | CoreError::NotFound(_)) if tries < 10 => {
                     tries += 1;
                 }
                 other => return other,
@@ -274,9 +270,7 @@ impl Service {
         let _lock = self.lock_instance(id).await;
         if self.inner.store.instance(id)?.is_none() {
             // Destroyed (by id) before we got to it: nothing was made.
-            return Err(CoreError::Conflict(format!(
-                "instance {id} was destroyed while it was being created"
-            )));
+            return Err(Conflict::DestroyedWhileCreating { id }.into());
         }
         let mut outcome = Ok(());
         if let Some(ttl) = ttl {
@@ -325,11 +319,11 @@ impl Service {
             CLIENT_ROLE,
             cfg.postgres.certificate_validity,
         )
-        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        .map_err(Internal::Certs)?;
         let user = &self.inner.user;
         let write = |name: &str, pem: &str| {
             cluster::write_owned(&dir, name, pem.as_bytes(), user)
-                .map_err(|e| CoreError::InstanceStart(e.to_string()))
+                .map_err(|e| CoreError::from(InstanceStart::Cluster(e)))
         };
         write(cluster::SERVER_CERT, &c.server_cert_pem)?;
         write(cluster::SERVER_KEY, c.server_key_pem.expose())?;
@@ -357,17 +351,19 @@ impl Service {
     ) -> Result<()> {
         let spec = self.instance_spec(id, port, major)?;
         let check = Arc::new(self.serving_check(port, creds)?);
-        let mut pm = process::spawn(&spec).map_err(|e| CoreError::InstanceStart(e.to_string()))?;
+        let mut pm = process::spawn(&spec).map_err(InstanceStart::Spawn)?;
         if let Err(why) = check.wait(&mut pm).await {
             pm.stop(Duration::from_secs(10)).await;
             let tail = process::log_tail(&spec.log_file, 5);
-            return Err(CoreError::InstanceStart(
-                if why.is_deaf() || tail.is_empty() {
-                    why.to_string()
-                } else {
-                    tail
-                },
-            ));
+            return Err(if why.is_deaf() || tail.is_empty() {
+                InstanceStart::NotServing(why)
+            } else {
+                InstanceStart::Log {
+                    why,
+                    log_tail: tail,
+                }
+            }
+            .into());
         }
         self.inner.store.set_instance_pid(id, pm.pid())?;
         self.inner
@@ -394,18 +390,20 @@ impl Service {
         let _lock = self.lock_instance(id).await;
         let inst = self.owned_instance_for(actor, id)?;
         if !matches!(inst.state, InstanceState::Running | InstanceState::Failed) {
-            return Err(CoreError::InvalidState(format!(
-                "instance {id} is {}",
-                inst.state.as_str()
-            )));
+            return Err(InvalidState::Instance {
+                id,
+                state: inst.state,
+            }
+            .into());
         }
-        let major = image.pg_major.ok_or_else(|| {
-            CoreError::Internal(format!("image {} has no major version", image.id))
-        })?;
-        let creds =
-            self.inner.store.instance_credentials(id)?.ok_or_else(|| {
-                CoreError::InvalidState(format!("instance {id} has no credentials"))
-            })?;
+        let major = image
+            .pg_major
+            .ok_or_else(|| CoreError::from(Internal::NoMajor(image.id)))?;
+        let creds = self
+            .inner
+            .store
+            .instance_credentials(id)?
+            .ok_or_else(|| CoreError::from(InvalidState::NoCredentials { id }))?;
         let dir = self.inner.layout.instance(id);
         let fresh = self.inner.layout.instances().join(format!("{id}.reset"));
         btrfs::delete_subvolume(&fresh)?;
@@ -422,13 +420,13 @@ impl Service {
         );
         let certs = [cluster::SERVER_CERT, cluster::SERVER_KEY, cluster::CA_CERT].map(|name| {
             let pem = std::fs::read(dir.join(name))
-                .map_err(|e| CoreError::Internal(format!("reading {name}: {e}")));
+                .map_err(|source| CoreError::from(Internal::ReadCert { name, source }));
             (name, pem)
         });
         for (name, contents) in certs.into_iter().chain([ident]) {
             let copied = contents.and_then(|pem| {
                 cluster::write_owned(&fresh, name, &pem, &self.inner.user)
-                    .map_err(|e| CoreError::Internal(e.to_string()))
+                    .map_err(|e| CoreError::from(Internal::Cluster(e)))
             });
             if let Err(e) = copied {
                 let _ = btrfs::delete_subvolume(&fresh);
@@ -437,8 +435,7 @@ impl Service {
         }
         self.stop_instance_process(id).await;
         btrfs::delete_subvolume(&dir)?;
-        std::fs::rename(&fresh, &dir)
-            .map_err(|e| CoreError::Internal(format!("swapping in the fresh snapshot: {e}")))?;
+        std::fs::rename(&fresh, &dir).map_err(Internal::Swap)?;
         if let Err(e) = self.start_and_wait(id, inst.port, major, &creds).await {
             self.inner
                 .store
@@ -456,18 +453,13 @@ impl Service {
     pub(crate) fn owned_instance_for(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
         let inst = self.instance_for(actor, id)?;
         if inst.pooled {
-            return Err(CoreError::InvalidState(format!(
-                "instance {id} is a warm instance waiting in the pool; it has no owner yet"
-            )));
+            return Err(InvalidState::WarmInstance { id }.into());
         }
         Ok(inst)
     }
 
     fn instance_for(&self, actor: &Actor, id: InstanceId) -> Result<Instance> {
-        let not_found = || CoreError::NotFound {
-            what: "instance",
-            id: id.to_string(),
-        };
+        let not_found = || CoreError::NotFound(Missing::Instance(id));
         let inst = self.inner.store.instance(id)?.ok_or_else(not_found)?;
         // Someone else's instance does not exist, as far as a user can tell.
         if inst.owner_id != actor.id() && !actor.is_admin() {
@@ -515,9 +507,11 @@ impl Service {
                 },
             });
         }
-        let credentials = self.inner.store.instance_credentials(id)?.ok_or_else(|| {
-            CoreError::InvalidState(format!("instance {id} has no credentials yet"))
-        })?;
+        let credentials = self
+            .inner
+            .store
+            .instance_credentials(id)?
+            .ok_or_else(|| CoreError::from(InvalidState::NoCredentialsYet { id }))?;
         Ok(ConnectionInfo {
             host: self.config().public_hostname.clone(),
             port: instance.port,
@@ -547,10 +541,11 @@ impl Service {
         if inst.owner_id == actor.id()
             && (inst.state == InstanceState::Creating || inst.state == InstanceState::Destroying)
         {
-            return Err(CoreError::InvalidState(format!(
-                "instance {id} is {}",
-                inst.state.as_str()
-            )));
+            return Err(InvalidState::Instance {
+                id,
+                state: inst.state,
+            }
+            .into());
         }
         self.owner_connection(actor, id)
     }
@@ -587,9 +582,7 @@ impl Service {
     async fn destroy_own_instance(&self, actor: &Actor, id: InstanceId) -> Result<()> {
         let inst = self.instance_for(actor, id)?;
         if inst.pooled && !self.inner.store.retire_pooled_instance(id)? {
-            return Err(CoreError::Conflict(format!(
-                "instance {id} is no longer a waiting warm instance (handed over, or being started or destroyed); look again"
-            )));
+            return Err(Conflict::NoLongerWarm { id }.into());
         }
         self.destroy_instance_unchecked(id).await?;
         tracing::info!(instance = %id, user = %actor.name(), "instance destroyed");

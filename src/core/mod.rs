@@ -42,7 +42,10 @@ pub use allowlist::{allowable, rules_from_store};
 pub use caller::{address_key, Actor, Caller, Principal};
 pub use counters::{Counted, Histogram, SshSessionGauge, FINALISE_BUCKETS};
 pub use disk::DiskUse;
-pub use error::{CoreError, Result};
+pub use error::{
+    BadInput, Conflict, CoreError, FinaliseFailure, InstanceStart, Internal, InvalidState, Missing,
+    Quota, Result,
+};
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
@@ -72,7 +75,10 @@ async fn detached<T: Send + 'static>(
 ) -> Result<T> {
     tokio::spawn(work)
         .await
-        .map_err(|e| CoreError::Internal(format!("request task: {e}")))?
+        .map_err(|source| error::Internal::Task {
+            task: "request task",
+            source,
+        })?
 }
 
 /// Refuse to start when the instance user cannot reach a directory

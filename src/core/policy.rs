@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use super::error::{BadInput, Quota};
 use super::{Actor, CoreError, Result, Service};
 use crate::core::postgres::cluster::CLIENT_ROLE;
 use crate::core::postgres::pgconn;
@@ -56,7 +57,7 @@ pub struct Status {
     pub warm_instances: usize,
 }
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
     if s.is_multiple_of(86400) {
         format!("{}d", s / 86400)
@@ -73,10 +74,7 @@ fn human(d: Duration) -> String {
 /// (front doors parse with that cap; the core does not rely on it).
 fn check_span(d: Duration) -> Result<()> {
     if d > crate::config::MAX_DURATION {
-        return Err(CoreError::BadInput(format!(
-            "a duration of {} is too long (at most 36500d, 100 years)",
-            human(d)
-        )));
+        return Err(BadInput::SpanTooLong(d).into());
     }
     Ok(())
 }
@@ -87,7 +85,7 @@ pub(crate) fn checked_after(base: OffsetDateTime, d: Duration) -> Result<OffsetD
     time::Duration::try_from(d)
         .ok()
         .and_then(|d| base.checked_add(d))
-        .ok_or_else(|| CoreError::BadInput(format!("a duration of {} is too long", human(d))))
+        .ok_or_else(|| BadInput::DurationOverflow(d).into())
 }
 
 /// When something that lives `ttl` from now ends.
@@ -97,13 +95,7 @@ pub(crate) fn expiry_after(ttl: Duration) -> Result<OffsetDateTime> {
 
 /// The refusal at `max_instances_total`.
 pub(crate) fn total_quota_error(n: usize, max: u32) -> CoreError {
-    CoreError::Quota(format!(
-        "this host already runs {n} instances (max_instances_total = {max}); destroy one first"
-    ))
-}
-
-fn gib(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    Quota::HostInstances { count: n, max }.into()
 }
 
 impl Service {
@@ -117,15 +109,11 @@ impl Service {
         }
         if let (Some(t), Some(max)) = (ttl, cfg.max_instance_ttl) {
             if t > max {
-                return Err(CoreError::BadInput(format!(
-                    "a lifetime of {} is longer than max_instance_ttl ({})",
-                    human(t),
-                    human(max)
-                )));
+                return Err(BadInput::LifetimeOverMax { ttl: t, max }.into());
             }
         }
         if ttl.is_some_and(|t| t.is_zero()) {
-            return Err(CoreError::BadInput("a lifetime must be above 0".into()));
+            return Err(BadInput::ZeroLifetime.into());
         }
         Ok(ttl)
     }
@@ -140,12 +128,13 @@ impl Service {
         let free = st.blocks_available() * st.fragment_size();
         let floor = cfg.min_free_space.bytes(total);
         if free < floor {
-            return Err(CoreError::Quota(format!(
-                "{what} refused: only {} ({:.0}%) free on data_path, below min_free_space ({}); destroy instances or images to make room (ssh draupnir instances --all, images)",
-                gib(free),
-                if total > 0 { free as f64 * 100.0 / total as f64 } else { 0.0 },
-                cfg.min_free_space
-            )));
+            return Err(Quota::FreeSpace {
+                what: what.to_string(),
+                free,
+                total,
+                floor: cfg.min_free_space,
+            }
+            .into());
         }
         Ok(())
     }
@@ -168,9 +157,7 @@ impl Service {
         if let Some(max) = self.config().max_instances_per_user {
             let n = self.inner.store.instances(Some(actor.id()), None)?.len();
             if n >= max as usize {
-                return Err(CoreError::Quota(format!(
-                    "you already have {n} instances (max_instances_per_user = {max}); destroy one first (ssh draupnir instances)"
-                )));
+                return Err(Quota::UserInstances { count: n, max }.into());
             }
         }
         Ok(())
@@ -186,7 +173,7 @@ impl Service {
     ) -> Result<OffsetDateTime> {
         let inst = self.owned_instance_for(actor, id)?;
         if by.is_zero() {
-            return Err(CoreError::BadInput("extend by more than 0".into()));
+            return Err(BadInput::ZeroExtend.into());
         }
         let now = OffsetDateTime::now_utc();
         let base = inst.expires_at.filter(|e| *e > now).unwrap_or(now);
@@ -194,10 +181,7 @@ impl Service {
         if let Some(max) = self.config().max_instance_ttl {
             let cap = checked_after(now, max)?;
             if until > cap {
-                return Err(CoreError::BadInput(format!(
-                    "that would keep instance {id} past max_instance_ttl ({} from now)",
-                    human(max)
-                )));
+                return Err(BadInput::ExtendPastMax { id, max }.into());
             }
             until = until.min(cap);
         }
@@ -268,7 +252,7 @@ impl Service {
                 // Someone made an instance of it meanwhile, or beat us to it.
                 Err(
                     CoreError::ImageHasInstances { .. }
-                    | CoreError::NotFound { .. }
+                    | CoreError::NotFound(_)
                     | CoreError::InvalidState(_),
                 ) => continue,
                 Err(e) => return Err(e),

@@ -4,6 +4,7 @@ use crate::core::model::Fingerprint;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use super::error::{BadInput, Conflict, Missing};
 use super::{Actor, CoreError, Principal, Result, Service};
 use crate::core::store::{SshKey, User};
 
@@ -33,24 +34,19 @@ impl PublicKey {
         let mut parts = line.splitn(3, char::is_whitespace);
         let algorithm = parts.next().unwrap_or("");
         if !ALGORITHMS.contains(&algorithm) {
-            return Err(CoreError::BadInput(format!(
-                "not an OpenSSH public key (unknown key type `{}`)",
-                algorithm.chars().take(40).collect::<String>()
-            )));
+            return Err(BadInput::KeyType(algorithm.chars().take(40).collect()).into());
         }
         let b64 = parts.next().unwrap_or("");
         let blob = base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|_| CoreError::BadInput("the public key's base64 is invalid".into()))?;
+            .map_err(|_| BadInput::KeyBase64)?;
         // The blob starts with the algorithm name as an SSH string.
         let name_len = blob
             .get(..4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .unwrap_or(usize::MAX);
         if blob.get(4..4usize.saturating_add(name_len)) != Some(algorithm.as_bytes()) {
-            return Err(CoreError::BadInput(
-                "the public key's data does not match its type".into(),
-            ));
+            return Err(BadInput::KeyMismatch.into());
         }
         let comment = parts
             .next()
@@ -81,9 +77,7 @@ impl PublicKey {
 
 fn valid_name(name: &str) -> Result<()> {
     if name == super::POOL_USER {
-        return Err(CoreError::BadInput(format!(
-            "the user name `{name}` is reserved for the warm pool"
-        )));
+        return Err(BadInput::ReservedName(name.to_string()).into());
     }
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -94,10 +88,7 @@ fn valid_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(CoreError::BadInput(format!(
-            "invalid user name `{}`: use letters, digits, '.', '_', '-', '@' (up to 64)",
-            name.chars().take(64).collect::<String>()
-        )))
+        Err(BadInput::UserName(name.chars().take(64).collect()).into())
     }
 }
 
@@ -243,20 +234,14 @@ impl Service {
         self.inner
             .store
             .user_by_name(name)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "user",
-                id: name.into(),
-            })
+            .ok_or_else(|| CoreError::NotFound(Missing::User(name.into())))
     }
 
     pub fn whoami(&self, actor: &Actor) -> Result<User> {
         self.inner
             .store
             .user_by_id(actor.id())?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "user",
-                id: actor.name().to_string(),
-            })
+            .ok_or_else(|| CoreError::NotFound(Missing::User(actor.name().to_string())))
     }
 
     pub fn list_users(&self, actor: &Actor) -> Result<Vec<User>> {
@@ -274,18 +259,14 @@ impl Service {
         actor.require_admin("adding users")?;
         valid_name(name)?;
         if self.inner.store.user_by_name(name)?.is_some() {
-            return Err(CoreError::Conflict(format!("user `{name}` already exists")));
+            return Err(Conflict::UserExists(name.to_string()).into());
         }
         if let Some(e) = email {
             if !e.contains('@') || e.len() > 254 {
-                return Err(CoreError::BadInput(format!(
-                    "`{e}` is not an e-mail address"
-                )));
+                return Err(BadInput::Email(e.to_string()).into());
             }
             if self.inner.store.user_by_email(e)?.is_some() {
-                return Err(CoreError::Conflict(format!(
-                    "e-mail `{e}` belongs to another user"
-                )));
+                return Err(Conflict::EmailTaken(e.to_string()).into());
             }
         }
         let u = self.inner.store.insert_user(name, email, admin)?;
@@ -298,7 +279,7 @@ impl Service {
         actor.require_admin("removing users")?;
         let user = self.user_or_404(name)?;
         if user.id == actor.id() {
-            return Err(CoreError::BadInput("you cannot remove yourself".into()));
+            return Err(BadInput::RemoveSelf.into());
         }
         for inst in self.inner.store.instances(Some(user.id), None)? {
             // A warm instance handed over meanwhile is someone else's now.
@@ -319,17 +300,16 @@ impl Service {
             actor.require_admin("adding keys for other users")?;
         }
         if target.name == super::POOL_USER {
-            return Err(CoreError::BadInput(format!(
-                "`{user}` is the warm pool's system user; nobody logs in as it"
-            )));
+            return Err(BadInput::PoolUser(user.to_string()).into());
         }
         let key = PublicKey::parse(key_line)?;
         let fp = key.fingerprint();
         if let Some(existing) = self.inner.store.key_by_fingerprint(&fp)? {
-            return Err(CoreError::Conflict(format!(
-                "key {fp} already belongs to `{}`",
-                existing.user_name
-            )));
+            return Err(Conflict::KeyTaken {
+                fingerprint: fp,
+                owner: existing.user_name,
+            }
+            .into());
         }
         self.inner
             .store
@@ -344,10 +324,7 @@ impl Service {
             .inner
             .store
             .key_by_fingerprint(fingerprint)?
-            .ok_or_else(|| CoreError::NotFound {
-                what: "key",
-                id: fingerprint.to_string(),
-            })?;
+            .ok_or_else(|| Missing::Key(fingerprint.clone()))?;
         if key.user_id != actor.id() {
             actor.require_admin("removing other users' keys")?;
         }

@@ -271,7 +271,7 @@ impl ApiError {
     /// unknown image is *Image Not Found* rather than a missing resource.
     pub fn for_image_reference(e: CoreError) -> Self {
         match e {
-            CoreError::NotFound { what: "image", .. } => Self::image_not_found(),
+            CoreError::NotFound(missing) if missing.is_image() => Self::image_not_found(),
             other => other.into(),
         }
     }
@@ -282,22 +282,25 @@ impl From<CoreError> for ApiError {
         match &e {
             // LEGACY_API.md: someone else's instance is a 404, for admins
             // and the upload user too.
-            CoreError::NotFound { .. } | CoreError::NotOwner { .. } => Self::not_found(),
+            CoreError::NotFound(_) | CoreError::NotOwner { .. } => Self::not_found(),
             CoreError::AdminOnly(_) => Self::unauthorized(),
             CoreError::ImageNotReady { .. } | CoreError::ImageDestroying { .. } => {
                 Self::image_not_ready()
             }
             CoreError::ImageHasInstances { .. } => Self::image_has_instances(),
-            CoreError::BadInput(m) => Self::bad_request(m, None),
-            CoreError::InvalidState(m) | CoreError::Conflict(m) | CoreError::Finalise(m) => {
-                Self::unprocessable(m)
-            }
+            CoreError::BadInput(m) => Self::bad_request(&m.to_string(), None),
+            CoreError::InvalidState(m) => Self::unprocessable(&m.to_string()),
+            CoreError::Conflict(m) => Self::unprocessable(&m.to_string()),
+            // The reason alone, without "finalise failed: ".
+            CoreError::Finalise(m) => Self::unprocessable(&m.to_string()),
             CoreError::UploadBusy { .. } => Self::unprocessable(&e.to_string()),
             CoreError::Upload(_) => Self::unprocessable(&e.to_string()),
-            CoreError::Quota(m) => Self::quota_exceeded(m),
+            CoreError::Quota(m) => Self::quota_exceeded(&m.to_string()),
             CoreError::NoFreePort { .. }
             | CoreError::NoSpace(_)
             | CoreError::InstanceStart(_)
+            | CoreError::Store(_)
+            | CoreError::Btrfs(_)
             | CoreError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 Self::internal()

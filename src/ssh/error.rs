@@ -39,7 +39,7 @@ impl From<CoreError> for Refusal {
 impl From<&CoreError> for Refusal {
     fn from(e: &CoreError) -> Self {
         let kind = match e {
-            CoreError::NotFound { .. } => Kind::NotFound,
+            CoreError::NotFound(_) => Kind::NotFound,
             CoreError::AdminOnly(..) => Kind::Denied,
             _ => Kind::Failed,
         };
@@ -96,21 +96,24 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{BadInput, ImageId, Missing};
 
     #[test]
     fn variants_map_to_sftp_codes_and_one_line() {
-        let nf = Refusal::from(CoreError::NotFound {
-            what: "image",
-            id: "7".into(),
-        });
+        let nf = Refusal::from(CoreError::NotFound(Missing::Image(ImageId::new(7))));
         assert_eq!(nf.sftp_code(), StatusCode::NoSuchFile);
         assert_eq!(nf.command_line(), "draupnir: image 7 not found\n");
         assert_eq!(nf.exit_status(), 1);
         let admin = Refusal::from(CoreError::AdminOnly("creating images"));
         assert_eq!(admin.sftp_code(), StatusCode::PermissionDenied);
-        let other = Refusal::from(CoreError::BadInput("two\nlines".into()));
+        let other = Refusal::from(CoreError::BadInput(BadInput::ReadUpload(
+            std::io::Error::other("two\nlines"),
+        )));
         assert_eq!(other.sftp_code(), StatusCode::Failure);
-        assert_eq!(other.command_line(), "draupnir: two lines\n");
-        assert_eq!(other.into_message(), "two\nlines");
+        assert_eq!(
+            other.command_line(),
+            "draupnir: reading the upload: two lines\n"
+        );
+        assert_eq!(other.into_message(), "reading the upload: two\nlines");
     }
 }

@@ -108,11 +108,11 @@ impl PgConnError {
         }
     }
 
-    #[cfg(test)]
     /// The SQLSTATE code the server sent, if it sent one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             PgConnError::Auth { code, .. } | PgConnError::Server { code, .. } => Some(code),
+            #[cfg(test)]
             PgConnError::NotReady { last, .. } => last.sqlstate(),
             _ => None,
         }

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 
 use super::cluster::{self, ClusterError, InstanceUser, PgBin, ADMIN_ROLE};
 use super::pgconn::{self, PgConnError};
@@ -42,7 +43,11 @@ pub enum FinaliseError {
     #[error("anonymisation script failed: {0}")]
     Script(String),
     #[error("{step}: {message}")]
-    Sql { step: &'static str, message: String },
+    Sql {
+        step: &'static str,
+        code: Option<SqlState>,
+        message: String,
+    },
     #[error("access proof failed: {0}")]
     Proof(String),
     /// The role `draupnir` reaches more than its own rights; the first
@@ -85,6 +90,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
     move |e| FinaliseError::Sql {
         step,
+        code: e.sqlstate().map(SqlState::from_code),
         message: e.to_string(),
     }
 }
@@ -92,6 +98,7 @@ fn sql_err(step: &'static str) -> impl Fn(PgConnError) -> FinaliseError {
 fn db_err(step: &'static str) -> impl Fn(tokio_postgres::Error) -> FinaliseError {
     move |e| FinaliseError::Sql {
         step,
+        code: e.code().cloned(),
         message: pgconn::error_message(&e),
     }
 }
@@ -271,6 +278,7 @@ async fn wait_socket(
             Err(e) if e.is_auth_refused() => {
                 return Err(FinaliseError::Sql {
                     step: "connecting as the data directory's superuser",
+                    code: e.sqlstate().map(SqlState::from_code),
                     message: e.to_string(),
                 })
             }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio_postgres::error::SqlState;
 
 use super::script::{reassign_sql, run_script, vacuum_what_autovacuum_would};
 use super::{
@@ -68,7 +69,12 @@ async fn superuser_session(
                 .map_err(db_err("creating the temporary admin role"))?;
             Ok(su)
         }
-        Err(FinaliseError::Sql { message, .. }) if message.contains("does not exist") => {
+        // Root is mapped to the configured superuser only (peer auth), so
+        // the server refusing it with 28000 means no such role can log in
+        // (`role "…" does not exist`, raised with that code).
+        Err(FinaliseError::Sql {
+            code: Some(code), ..
+        }) if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
             // The upload's superuser has another name: create the admin
             // role in single-user mode, which runs as the bootstrap
             // superuser whatever its name.
