@@ -9,128 +9,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::planted::Planted;
 use common::*;
 use draupnir::core::test_support::pgconn;
 use draupnir::core::test_support::roles::{self, Problem};
 use draupnir::core::ImageState;
 use draupnir::core::Progress;
 use draupnir::core::{ConnectionInfo, ImageId, InstanceRef, UploadTarget};
-
-/// A data directory of our own, started as the instance user on a socket
-/// in its own directory (trust, as initdb leaves it).
-struct Planted {
-    _root: tempfile::TempDir,
-    data: PathBuf,
-    pg: Option<Child>,
-    superuser: String,
-}
-
-impl Planted {
-    fn new() -> Planted {
-        Self::with_superuser("postgres")
-    }
-
-    /// A data directory whose bootstrap superuser is `superuser`.
-    fn with_superuser(superuser: &str) -> Planted {
-        let root = tempfile::Builder::new()
-            .prefix("drp-plant-")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        std::fs::set_permissions(
-            root.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let data = root.path().join("pgdata");
-        if superuser == "postgres" {
-            initdb(&data);
-        } else {
-            std::fs::create_dir(&data).unwrap();
-            let owner = nix::unistd::User::from_name(INSTANCE_USER)
-                .unwrap()
-                .unwrap();
-            std::os::unix::fs::chown(&data, Some(owner.uid.as_raw()), Some(owner.gid.as_raw()))
-                .unwrap();
-            check(
-                as_instance_user("initdb")
-                    .args(["-U", superuser, "--auth=trust", "-E", "UTF8"])
-                    .args(["--locale=C", "-D"])
-                    .arg(&data),
-            );
-        }
-        let pg = as_instance_user("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let p = Planted {
-            _root: root,
-            data,
-            pg: Some(pg),
-            superuser: superuser.to_string(),
-        };
-        for _ in 0..400 {
-            if p.sql("postgres", "SELECT 1").is_ok() {
-                return p;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("planted postgres never started");
-    }
-
-    /// Run `sql` as `postgres` in `db` through the socket.
-    fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = as_instance_user("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.data)
-            .args(["-p", "5432", "-U", &self.superuser, "-d", db, "-c", sql])
-            .output()
-            .expect("psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-
-    fn plant(&self, db: &str, sql: &str) {
-        if let Err(e) = self.sql(db, sql) {
-            panic!("planting in {db}: {e}");
-        }
-    }
-
-    /// Stop cleanly and pack the data directory.
-    fn stop_and_pack(mut self) -> Vec<u8> {
-        self.stop();
-        pack(&self.data)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut pg) = self.pg.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pg.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = pg.wait();
-        }
-    }
-}
-
-impl Drop for Planted {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A SECURITY DEFINER function `name(cmd text)` that runs `cmd` on the host.
 fn runner(name: &str, kind: &str) -> String {

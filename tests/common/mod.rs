@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod planted;
 pub mod shared;
 pub mod ssh;
 

@@ -65,6 +65,9 @@ impl PgBin {
     pub fn psql(&self) -> PathBuf {
         self.dir.join("psql")
     }
+    pub fn pg_resetwal(&self) -> PathBuf {
+        self.dir.join("pg_resetwal")
+    }
 }
 
 /// Read the major version from `PG_VERSION` (`15`, or `9.6` → 9).

@@ -198,6 +198,8 @@ pub async fn finalise(
         }
     }
     proof?;
+    step("removing the write-ahead log (nothing from before the seal is kept)");
+    reset_wal(spec, &bin).await?;
     step("flushing the data directory to disk");
     sync_fs(spec.datadir).map_err(|e| {
         FinaliseError::Other(format!(
@@ -206,6 +208,42 @@ pub async fn finalise(
         ))
     })?;
     Ok(Finalised { major })
+}
+
+/// Replace the cleanly stopped cluster's write-ahead log with one fresh,
+/// empty segment (`pg_resetwal`). The upload's WAL, and what the script
+/// and the rewrite logged, hold every original value they touched: in
+/// records, in full-page images, and in recycled segments that are only
+/// renamed, never cleared. The data files are complete after a clean
+/// stop, so nothing is lost; instances start from the fresh segment.
+async fn reset_wal(spec: &FinaliseSpec<'_>, bin: &PgBin) -> Result<(), FinaliseError> {
+    let mut cmd = tokio::process::Command::new(bin.pg_resetwal());
+    cmd.arg("-D")
+        .arg(spec.datadir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(spec.datadir)
+        .uid(spec.user.uid)
+        .gid(spec.user.gid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // It reads the upload's pg_control: boxed like every postgres run on
+    // uploaded data.
+    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
+        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| FinaliseError::Other(format!("pg_resetwal: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(FinaliseError::Other(format!(
+            "pg_resetwal failed: {}",
+            err.lines().next().unwrap_or("no message").trim()
+        )));
+    }
+    Ok(())
 }
 
 fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::error::SqlState;
 
-use super::script::{reassign_sql, run_script, vacuum_what_autovacuum_would};
+use super::script::{reassign_sql, rewrite_database, run_script};
 use super::{
     admin_connect, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError, FinaliseSpec,
     Progress, SOCKET_PORT,
@@ -162,7 +162,7 @@ async fn pause_everywhere(
 }
 
 /// Reassign ownership to `draupnir`, the function hygiene, the paused
-/// event triggers back and the vacuum, database by database; returns a
+/// event triggers back and the rewrite, database by database; returns a
 /// connection still open for the cluster-wide work.
 async fn hand_over(
     spec: &FinaliseSpec<'_>,
@@ -210,7 +210,7 @@ async fn hand_over(
             restore_event_triggers(&c, &triggers).await?;
         }
         if !template {
-            vacuum_what_autovacuum_would(&c, db, progress).await?;
+            rewrite_database(&c, db, progress).await?;
         }
         last = Some(c);
     }

@@ -1,5 +1,5 @@
 //! Finalise's SQL work: running the operator's anonymisation script with
-//! psql as the instance user, the vacuum autovacuum would do, and the
+//! psql as the instance user, the rewrite of every table after it, and the
 //! statements that hand every object to `draupnir`.
 
 use std::path::PathBuf;
@@ -112,47 +112,29 @@ pub(super) async fn run_script(
     }))
 }
 
-/// Tables whose statistics say autovacuum would vacuum or analyse them
-/// (dead tuples or changes since the last analyse above autovacuum's
-/// thresholds), typically the ones the anonymisation script rewrote.
-const AUTOVACUUM_DUE_SQL: &str = "
-SELECT format('%I.%I', s.schemaname, s.relname)
-FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-WHERE c.relkind IN ('r', 'm')
-  AND (s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::float8
-                      + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)
-    OR s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float8
-                      + current_setting('autovacuum_analyze_scale_factor')::float8 * greatest(c.reltuples, 0))
-ORDER BY 1";
-
-/// Do once, here, what autovacuum would otherwise do in every instance
-/// within a minute of its start: each instance would rewrite the same
-/// pages and statistics into its own copy-on-write snapshot (a table the
-/// script updated would be copied whole into every instance) and spend
-/// the same CPU. The image gets pruned pages, a visibility map and fresh
-/// planner statistics instead.
-pub(super) async fn vacuum_what_autovacuum_would(
+/// Rewrite every table of the current database, so that nothing the
+/// upload held and the anonymisation script replaced survives in its
+/// files: fresh planner statistics from the data as it is now
+/// (`ANALYZE`), then every table, index, TOAST table and catalog
+/// rewritten without dead rows, old index entries, free-space remnants or
+/// the superseded `pg_statistic` rows (`VACUUM (FULL, FREEZE)`). It is
+/// also what autovacuum would otherwise do in every instance within a
+/// minute of its start, each into its own copy-on-write snapshot: the
+/// image gets frozen, compact tables and a visibility map once.
+pub(super) async fn rewrite_database(
     c: &tokio_postgres::Client,
     db: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(), FinaliseError> {
-    let due: Vec<String> = c
-        .query(AUTOVACUUM_DUE_SQL, &[])
-        .await
-        .map_err(db_err("finding tables autovacuum would process"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if due.is_empty() {
-        return Ok(());
-    }
     progress(Progress::Step(format!(
-        "vacuuming and analysing {} changed table(s) in {db}",
-        due.len()
+        "rewriting every table of {db} (no dead row, old index entry or old statistic is kept)"
     )));
-    c.batch_execute(&format!("VACUUM (ANALYZE) {}", due.join(", ")))
+    c.batch_execute("ANALYZE")
         .await
-        .map_err(db_err("vacuuming changed tables"))
+        .map_err(db_err("analysing the anonymised data"))?;
+    c.batch_execute("VACUUM (FULL, FREEZE)")
+        .await
+        .map_err(db_err("rewriting every table"))
 }
 
 /// SQL that gives every object in the current database to `draupnir`:

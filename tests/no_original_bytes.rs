@@ -1,0 +1,129 @@
+//! No original byte left behind: canary values planted in an upload (in
+//! an indexed column, a TOASTed one, a column `ANALYZE` has seen, and a row
+//! changed after a checkpoint, in another database) and replaced by the
+//! anonymisation script are found nowhere in the sealed image's files —
+//! not in dead rows, indexes, TOAST, `pg_statistic` or `pg_wal`. The same
+//! search finds every canary in the upload, so the search is shown to work.
+
+mod common;
+
+use std::path::Path;
+
+use common::planted::Planted;
+use common::*;
+use draupnir::core::{ImageState, UploadTarget};
+
+const INDEXED: &str = "canary-indexed-7f3a9c";
+const TOASTED: &str = "canary-toasted-51b2e0";
+const ANALYSED: &str = "canary-analysed-c4d817";
+const CHURNED: &str = "canary-churned-93e6aa";
+const CANARIES: [&str; 4] = [INDEXED, TOASTED, ANALYSED, CHURNED];
+
+/// The script masks every column that held a canary in `postgres`; the
+/// churned canary lives only in a dead row (and the WAL) of `app`.
+const SCRIPT: &str = "UPDATE people SET email = 'person' || id || '@example.invalid', bio = 'redacted', city = 'somewhere';";
+
+fn planted_upload() -> Vec<u8> {
+    let p = Planted::new();
+    p.plant(
+        "postgres",
+        &format!(
+            "CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE, bio text, city text);
+             ALTER TABLE people ALTER COLUMN bio SET STORAGE EXTERNAL;
+             INSERT INTO people SELECT g, 'person' || g || '@example.com', 'short', 'Oslo'
+               FROM generate_series(1, 200) g;
+             INSERT INTO people VALUES
+               (1000, '{INDEXED}@example.com', '{TOASTED}' || repeat(md5('seed'), 200), 'Oslo');
+             UPDATE people SET city = '{ANALYSED}' WHERE id <= 150;
+             ANALYZE people;"
+        ),
+    );
+    p.plant("postgres", "CREATE DATABASE app");
+    p.plant(
+        "app",
+        &format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, login text);
+             INSERT INTO accounts VALUES (1, '{CHURNED}');"
+        ),
+    );
+    p.plant("app", "CHECKPOINT");
+    p.plant(
+        "app",
+        "UPDATE accounts SET login = 'someone-else' WHERE id = 1",
+    );
+    p.stop_and_pack()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every regular file beneath `dir`, and which canaries each holds.
+fn canaries_in(dir: &Path) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                for c in CANARIES {
+                    if contains(&bytes, c.as_bytes()) {
+                        let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                        found.push((rel, c));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_canary_survives_in_any_file_of_the_sealed_image() {
+    let upload = planted_upload();
+    // The search works: every canary is in the upload as it came.
+    for c in CANARIES {
+        assert!(contains(&upload, c.as_bytes()), "{c} planted in the upload");
+    }
+    let env = TestEnv::new().await;
+    let admin = env.admin();
+    let svc = env.svc();
+    let img = svc.create_image(&admin, None, Some(SCRIPT)).unwrap();
+    svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])
+        .await
+        .expect("upload");
+    let (upload_dir, sealed) = svc.image_path(img.id);
+    let before = canaries_in(&upload_dir);
+    for c in CANARIES {
+        assert!(
+            before.iter().any(|(_, f)| *f == c),
+            "{c} is in the uploaded files: {before:?}"
+        );
+    }
+    assert!(
+        before.iter().any(|(f, _)| f.starts_with("pg_wal/")),
+        "the upload's WAL holds canaries: {before:?}"
+    );
+    let image = svc
+        .finalise_image(&admin, img.id, None)
+        .await
+        .expect("finalise");
+    assert_eq!(image.state, ImageState::Ready);
+    let left = canaries_in(&sealed);
+    assert!(
+        left.is_empty(),
+        "original bytes left in the sealed image: {left:?}"
+    );
+    // The sealed image still serves, with the masked data.
+    let info = svc
+        .create_instance(&admin, draupnir::core::InstanceRef::Id(img.id))
+        .await
+        .expect("instance of the sealed image");
+    assert_eq!(
+        psql_cert(&info, "SELECT count(*) FROM people WHERE bio = 'redacted'").unwrap(),
+        "201"
+    );
+}
