@@ -4,6 +4,9 @@
 //! anonymisation script are found nowhere in the sealed image's files —
 //! not in dead rows, indexes, TOAST, `pg_statistic` or `pg_wal`. The same
 //! search finds every canary in the upload, so the search is shown to work.
+//!
+//! The upload's data lives in its own database, `app`, its only one: the
+//! script runs there and clients are pointed there, not at `postgres`.
 
 mod common;
 
@@ -11,7 +14,7 @@ use std::path::Path;
 
 use common::planted::Planted;
 use common::*;
-use draupnir::core::{ImageState, UploadTarget};
+use draupnir::core::{ImageState, Progress, UploadTarget};
 
 const INDEXED: &str = "canary-indexed-7f3a9c";
 const TOASTED: &str = "canary-toasted-51b2e0";
@@ -19,14 +22,16 @@ const ANALYSED: &str = "canary-analysed-c4d817";
 const CHURNED: &str = "canary-churned-93e6aa";
 const CANARIES: [&str; 4] = [INDEXED, TOASTED, ANALYSED, CHURNED];
 
-/// The script masks every column that held a canary in `postgres`; the
-/// churned canary lives only in a dead row (and the WAL) of `app`.
+/// The script masks every column that held a canary in `app` (it names no
+/// database: it runs in the upload's only one); the churned canary lives
+/// only in a dead row (and the WAL) of `postgres`.
 const SCRIPT: &str = "UPDATE people SET email = 'person' || id || '@example.invalid', bio = 'redacted', city = 'somewhere';";
 
 fn planted_upload() -> Vec<u8> {
     let p = Planted::new();
+    p.plant("postgres", "CREATE DATABASE app");
     p.plant(
-        "postgres",
+        "app",
         &format!(
             "CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE, bio text, city text);
              ALTER TABLE people ALTER COLUMN bio SET STORAGE EXTERNAL;
@@ -38,17 +43,16 @@ fn planted_upload() -> Vec<u8> {
              ANALYZE people;"
         ),
     );
-    p.plant("postgres", "CREATE DATABASE app");
     p.plant(
-        "app",
+        "postgres",
         &format!(
             "CREATE TABLE accounts (id int PRIMARY KEY, login text);
              INSERT INTO accounts VALUES (1, '{CHURNED}');"
         ),
     );
-    p.plant("app", "CHECKPOINT");
+    p.plant("postgres", "CHECKPOINT");
     p.plant(
-        "app",
+        "postgres",
         "UPDATE accounts SET login = 'someone-else' WHERE id = 1",
     );
     p.stop_and_pack()
@@ -107,23 +111,86 @@ async fn no_canary_survives_in_any_file_of_the_sealed_image() {
         before.iter().any(|(f, _)| f.starts_with("pg_wal/")),
         "the upload's WAL holds canaries: {before:?}"
     );
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    let progress: draupnir::core::FinaliseProgress = std::sync::Arc::new(move |p| {
+        if let Progress::Step(s) = p {
+            seen.lock().unwrap().push(s);
+        }
+    });
     let image = svc
-        .finalise_image(&admin, img.id, None)
+        .finalise_image(&admin, img.id, Some(progress))
         .await
         .expect("finalise");
     assert_eq!(image.state, ImageState::Ready);
+    let steps = steps.lock().unwrap().clone();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s == "using database app (the upload's only database of its own)"),
+        "finalise says which database it used: {steps:?}"
+    );
     let left = canaries_in(&sealed);
     assert!(
         left.is_empty(),
         "original bytes left in the sealed image: {left:?}"
     );
-    // The sealed image still serves, with the masked data.
+    // The sealed image still serves, with the masked data, and clients
+    // are pointed at the database the data is in.
     let info = svc
         .create_instance(&admin, draupnir::core::InstanceRef::Id(img.id))
         .await
         .expect("instance of the sealed image");
+    assert_eq!(info.database, "app");
     assert_eq!(
         psql_cert(&info, "SELECT count(*) FROM people WHERE bio = 'redacted'").unwrap(),
         "201"
     );
+}
+
+/// With more than one database of its own, the upload's script runs where
+/// `[postgres] database` says (here the default, `postgres`), finalise says
+/// so, and clients are pointed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_databases_the_configured_one_is_used() {
+    let p = Planted::new();
+    p.plant("postgres", "CREATE DATABASE app");
+    p.plant("postgres", "CREATE DATABASE crm");
+    p.plant(
+        "postgres",
+        "CREATE TABLE marker (x int); INSERT INTO marker VALUES (1)",
+    );
+    let upload = p.stop_and_pack();
+    let env = TestEnv::new().await;
+    let admin = env.admin();
+    let svc = env.svc();
+    let img = svc
+        .create_image(&admin, None, Some("UPDATE marker SET x = 2;"))
+        .unwrap();
+    svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])
+        .await
+        .expect("upload");
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    let progress: draupnir::core::FinaliseProgress = std::sync::Arc::new(move |p| {
+        if let Progress::Step(s) = p {
+            seen.lock().unwrap().push(s);
+        }
+    });
+    svc.finalise_image(&admin, img.id, Some(progress))
+        .await
+        .expect("finalise");
+    let steps = steps.lock().unwrap().clone();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s == "using database postgres ([postgres] database)"),
+        "{steps:?}"
+    );
+    let info = svc
+        .create_instance(&admin, draupnir::core::InstanceRef::Id(img.id))
+        .await
+        .expect("instance");
+    assert_eq!(info.database, "postgres");
+    assert_eq!(psql_cert(&info, "SELECT x FROM marker").unwrap(), "2");
 }

@@ -580,7 +580,7 @@ impl Service {
         let outcome = match finalise::finalise(&spec, &report).await {
             Ok(done) => {
                 report(Progress::Step("taking the read-only snapshot".into()));
-                self.seal_image(id, done.major)
+                self.seal_image(id, done.major, &done.database)
                     .map_err(|e| FinaliseFailure::Seal(Box::new(e)))
             }
             Err(e) => Err(FinaliseFailure::Postgres(e)),
@@ -614,12 +614,14 @@ impl Service {
     /// deleted in the background: nothing reads it any more, deleting it
     /// costs a btrfs transaction (tens of milliseconds), and whatever a
     /// restart cuts off, reconcile deletes (a ready image keeps no upload).
-    fn seal_image(&self, id: ImageId, major: u32) -> Result<()> {
+    fn seal_image(&self, id: ImageId, major: u32, database: &str) -> Result<()> {
         let upload = self.inner.layout.upload(id);
         let snap = self.inner.layout.snapshot(id);
         let size = btrfs::apparent_size(&upload);
         btrfs::snapshot(&upload, &snap, true)?;
-        self.inner.store.set_image_ready(id, major, size)?;
+        self.inner
+            .store
+            .set_image_ready(id, major, size, database)?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = btrfs::delete_subvolume(&upload) {
                 tracing::warn!(image = %id, error = %e, "deleting the sealed upload failed");

@@ -512,11 +512,19 @@ impl Service {
             .store
             .instance_credentials(id)?
             .ok_or_else(|| CoreError::from(InvalidState::NoCredentialsYet { id }))?;
+        // The database the image's script ran in: the upload's only one
+        // of its own, or `[postgres] database`.
+        let database = self
+            .inner
+            .store
+            .image(instance.image_id)?
+            .and_then(|i| i.database)
+            .unwrap_or_else(|| self.config().postgres.database.clone());
         Ok(ConnectionInfo {
             host: self.config().public_hostname.clone(),
             port: instance.port,
             user: CLIENT_ROLE.into(),
-            database: self.config().postgres.database.clone(),
+            database,
             instance,
             credentials,
         })

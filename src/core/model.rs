@@ -214,6 +214,9 @@ pub struct Image {
     pub created_by: Option<UserId>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// The database its script ran in and clients connect to (sealed
+    /// images; `None`: `[postgres] database`).
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone)]

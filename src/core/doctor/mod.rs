@@ -157,7 +157,9 @@ mod tests {
         let ok = image_majors(&config, &store);
         assert!(ok.ok, "{ok:?}");
         let image = store.insert_image(None, None, None).expect("image");
-        store.set_image_ready(image.id, 999, 0).expect("ready");
+        store
+            .set_image_ready(image.id, 999, 0, "postgres")
+            .expect("ready");
         let bad = image_majors(&config, &store);
         assert!(!bad.ok);
         assert!(bad.detail.contains("PostgreSQL 999"), "{bad:?}");

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::{format_ts, now, opt_ts_col, ts_col, Result, Store, StoreError};
 use crate::core::model::*;
 
-const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at, destroying";
+const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at, destroying, database";
 
 fn image_row(row: &Row) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -25,6 +25,7 @@ fn image_row(row: &Row) -> rusqlite::Result<Image> {
         created_by: row.get("created_by")?,
         created_at: ts_col(row, "created_at")?,
         updated_at: ts_col(row, "updated_at")?,
+        database: row.get("database")?,
     })
 }
 
@@ -83,10 +84,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_image_ready(&self, id: ImageId, pg_major: u32, size_bytes: u64) -> Result<()> {
+    pub fn set_image_ready(
+        &self,
+        id: ImageId,
+        pg_major: u32,
+        size_bytes: u64,
+        database: &str,
+    ) -> Result<()> {
         self.conn().execute(
-            "UPDATE images SET state = 'ready', failure_reason = NULL, pg_major = ?1, size_bytes = ?2, updated_at = ?3 WHERE id = ?4",
-            params![pg_major, size_bytes as i64, format_ts(now()), id],
+            "UPDATE images SET state = 'ready', failure_reason = NULL, pg_major = ?1, size_bytes = ?2, updated_at = ?3, database = ?5 WHERE id = ?4",
+            params![pg_major, size_bytes as i64, format_ts(now()), id, database],
         )?;
         Ok(())
     }

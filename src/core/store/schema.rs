@@ -84,4 +84,9 @@ CREATE INDEX instances_pool ON instances(image_id, pooled, state);
     r#"
 ALTER TABLE images ADD COLUMN destroying INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: the database a sealed image's script ran in and its clients are
+    // pointed at (NULL: `[postgres] database`, as before).
+    r#"
+ALTER TABLE images ADD COLUMN database TEXT;
+"#,
 ];

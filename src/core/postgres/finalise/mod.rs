@@ -59,11 +59,14 @@ pub enum FinaliseError {
 }
 
 /// Inputs of one finalise.
+#[derive(Clone)]
 pub struct FinaliseSpec<'a> {
     pub datadir: &'a Path,
     pub bin_root: &'a Path,
     pub user: &'a InstanceUser,
     pub script: Option<&'a str>,
+    /// Where the script runs when the upload has more than one database
+    /// of its own, or none (`[postgres] database`).
     pub database: &'a str,
     pub superuser: &'a str,
     pub settings: &'a BTreeMap<String, String>,
@@ -77,6 +80,8 @@ pub struct FinaliseSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct Finalised {
     pub major: u32,
+    /// The database the script ran in, and clients are pointed at.
+    pub database: String,
 }
 
 const SOCKET_PORT: u16 = 5432;
@@ -147,7 +152,11 @@ pub async fn finalise(
     let mut pm = start(&first).await?;
     let result = prepare_and_anonymise(spec, &bin, &first, &mut pm, &password, progress).await;
     pm.stop(Duration::from_secs(60)).await;
-    let boot_role = result?;
+    let (boot_role, database) = result?;
+    let spec = &FinaliseSpec {
+        database: &database,
+        ..spec.clone()
+    };
 
     step("restoring durable settings");
     for name in ["postgresql.auto.conf", "postmaster.opts", "postmaster.pid"] {
@@ -207,7 +216,10 @@ pub async fn finalise(
             spec.datadir.display()
         ))
     })?;
-    Ok(Finalised { major })
+    Ok(Finalised {
+        major,
+        database: database.clone(),
+    })
 }
 
 /// Replace the cleanly stopped cluster's write-ahead log with one fresh,

@@ -20,7 +20,7 @@ use crate::core::postgres::process::{self, Postmaster, PostmasterSpec};
 use crate::core::postgres::roles;
 
 /// Everything done while the first, socket-only postmaster runs. Returns
-/// the name of the bootstrap superuser.
+/// the name of the bootstrap superuser and the database the script ran in.
 pub(super) async fn prepare_and_anonymise(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
@@ -28,11 +28,23 @@ pub(super) async fn prepare_and_anonymise(
     pm: &mut Postmaster,
     password: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<String, FinaliseError> {
+) -> Result<(String, String), FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("creating roles");
     let admin = superuser_session(spec, bin, first, pm, password).await?;
-    let boot = create_client_role(spec, &admin).await?;
+    let (boot, database) = create_client_role(spec, &admin).await?;
+    step(&match database.1 {
+        Chosen::OnlyOne => format!(
+            "using database {} (the upload's only database of its own)",
+            database.0
+        ),
+        Chosen::Configured => format!("using database {} ([postgres] database)", database.0),
+    });
+    let database = database.0;
+    let spec = &FinaliseSpec {
+        database: &database,
+        ..spec.clone()
+    };
     let mut paused = pause_everywhere(spec, password, admin).await?;
 
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
@@ -46,7 +58,16 @@ pub(super) async fn prepare_and_anonymise(
     step("containing role draupnir; dropping temporary admin role");
     contain_and_drop_admin(spec, password, last, &boot).await?;
     step("stopping postgres");
-    Ok(boot)
+    Ok((boot, database))
+}
+
+/// Why the script runs in the database it does.
+enum Chosen {
+    /// The upload has exactly one database besides `postgres` and the
+    /// templates.
+    OnlyOne,
+    /// Otherwise: `[postgres] database`.
+    Configured,
 }
 
 /// Event triggers paused per database: each one's name and `evtenabled`.
@@ -92,7 +113,7 @@ async fn superuser_session(
 async fn create_client_role(
     spec: &FinaliseSpec<'_>,
     admin: &tokio_postgres::Client,
-) -> Result<String, FinaliseError> {
+) -> Result<(String, (String, Chosen)), FinaliseError> {
     // Whatever the upload had under the name `draupnir` is renamed away
     // first: the clients' role is Draupnir's own, fresh.
     admin
@@ -104,6 +125,19 @@ async fn create_client_role(
         .await
         .map_err(db_err("finding the bootstrap superuser"))?
         .get(0);
+    let own: Vec<String> = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE NOT datistemplate AND datallowconn AND datname <> 'postgres' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing the upload's databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let [only] = &own[..] {
+        return Ok((boot, (only.clone(), Chosen::OnlyOne)));
+    }
     let exists = admin
         .query_opt(
             "SELECT 1 FROM pg_database WHERE datname = $1",
@@ -117,7 +151,7 @@ async fn create_client_role(
             spec.database
         )));
     }
-    Ok(boot)
+    Ok((boot, (spec.database.to_string(), Chosen::Configured)))
 }
 
 /// Pause the event triggers of every database that allows connections.
