@@ -112,7 +112,9 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
     let (image, r) = upload_and_finalise(
         &env,
         &tar,
-        Some("CREATE TABLE anonymised (x int); UPDATE t SET x = x;"),
+        // `second` is the upload's only database of its own, so the
+        // script would run there: this one works on `postgres`.
+        Some("\\connect postgres\nCREATE TABLE anonymised (x int); UPDATE t SET x = x;"),
     )
     .await;
     r.expect("a planted upload is finalised, contained");
@@ -121,11 +123,15 @@ async fn planted_roles_and_functions_give_a_client_nothing() {
         "the upload's event trigger fired during the finalise"
     );
     let admin = env.admin();
-    let info = env
+    let mut info = env
         .svc()
         .create_instance(&admin, InstanceRef::Id(image))
         .await
         .unwrap();
+    // Clients are pointed at the upload's only database of its own; the
+    // attacks below come from `postgres`, where the planted objects are.
+    assert_eq!(info.database, "second");
+    info.database = "postgres".into();
 
     // The data is there and the fresh draupnir owns it; the upload's own
     // role of that name was renamed away.
