@@ -23,9 +23,11 @@ const CHURNED: &str = "canary-churned-93e6aa";
 const CANARIES: [&str; 4] = [INDEXED, TOASTED, ANALYSED, CHURNED];
 
 /// The script masks every column that held a canary in `app` (it names no
-/// database: it runs in the upload's only one); the churned canary lives
-/// only in a dead row (and the WAL) of `postgres`.
-const SCRIPT: &str = "UPDATE people SET email = 'person' || id || '@example.invalid', bio = 'redacted', city = 'somewhere';";
+/// database: it runs in the upload's only one), then the churned table's
+/// in `postgres`, whose canary lives only in a dead row (and the WAL).
+const SCRIPT: &str = "UPDATE people SET email = 'person' || id || '@example.invalid', bio = 'redacted', city = 'somewhere';
+\\connect postgres
+UPDATE accounts SET login = 'user' || id;";
 
 fn planted_upload() -> Vec<u8> {
     let p = Planted::new();

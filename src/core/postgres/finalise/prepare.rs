@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::error::SqlState;
 
-use super::script::{reassign_sql, rewrite_database, run_script};
+use super::script::{changes, reassign_sql, rewrite_changed, run_script, Changes};
 use super::{
     admin_connect, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError, FinaliseSpec,
     Progress, SOCKET_PORT,
@@ -45,7 +45,7 @@ pub(super) async fn prepare_and_anonymise(
         database: &database,
         ..spec.clone()
     };
-    let mut paused = pause_everywhere(spec, password, admin).await?;
+    let (mut paused, before) = pause_everywhere(spec, password, admin).await?;
 
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
         step("running anonymisation script");
@@ -53,7 +53,7 @@ pub(super) async fn prepare_and_anonymise(
     }
 
     step("reassigning ownership to draupnir");
-    let last = hand_over(spec, password, &mut paused, progress).await?;
+    let last = hand_over(spec, password, &mut paused, &before, progress).await?;
 
     step("containing role draupnir; dropping temporary admin role");
     contain_and_drop_admin(spec, password, last, &boot).await?;
@@ -72,6 +72,10 @@ enum Chosen {
 
 /// Event triggers paused per database: each one's name and `evtenabled`.
 type Paused = BTreeMap<String, Vec<(String, String)>>;
+
+/// Per database, each table's count of changed and deleted rows before
+/// the script ran (see `script::changed_tables`).
+type Before = BTreeMap<String, Changes>;
 
 /// A superuser session on `template1`: the configured superuser's (root is
 /// mapped to it), which also creates the admin role the script runs as, or
@@ -159,7 +163,7 @@ async fn pause_everywhere(
     spec: &FinaliseSpec<'_>,
     password: &str,
     admin: tokio_postgres::Client,
-) -> Result<Paused, FinaliseError> {
+) -> Result<(Paused, Before), FinaliseError> {
     // The upload's event triggers would run its code as a superuser on the
     // script's DDL and on ours: paused in every database until that
     // database's hygiene is done, then enabled as they were.
@@ -175,6 +179,7 @@ async fn pause_everywhere(
         .collect();
     let mut admin = Some(admin);
     let mut paused = BTreeMap::new();
+    let mut before = BTreeMap::new();
     for db in databases {
         // `admin` is connected to template1.
         let c = match admin.take() {
@@ -187,12 +192,13 @@ async fn pause_everywhere(
             }
         };
         let triggers = pause_event_triggers(&c).await?;
+        before.insert(db.clone(), changes(&c).await?);
         if !triggers.is_empty() {
             paused.insert(db, triggers);
         }
     }
     drop(admin);
-    Ok(paused)
+    Ok((paused, before))
 }
 
 /// Reassign ownership to `draupnir`, the function hygiene, the paused
@@ -202,6 +208,7 @@ async fn hand_over(
     spec: &FinaliseSpec<'_>,
     password: &str,
     paused: &mut Paused,
+    before: &Before,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Option<tokio_postgres::Client>, FinaliseError> {
     // Listed after the script, which may create or drop databases. Every
@@ -244,7 +251,9 @@ async fn hand_over(
             restore_event_triggers(&c, &triggers).await?;
         }
         if !template {
-            rewrite_database(&c, db, progress).await?;
+            let empty = Changes::default();
+            let before = before.get(db).unwrap_or(&empty);
+            rewrite_changed(&c, db, before, progress).await?;
         }
         last = Some(c);
     }

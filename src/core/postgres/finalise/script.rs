@@ -41,6 +41,13 @@ pub(super) async fn run_script(
             spec.database,
             "-f",
             "-",
+            // Then, on the script's last connection, its table statistics
+            // are flushed before psql ends (what it changed is rewritten;
+            // see `rewrite_changed`), quietly.
+            "-c",
+            "\\o /dev/null",
+            "-c",
+            "SELECT pg_stat_force_next_flush()",
         ])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -112,36 +119,86 @@ pub(super) async fn run_script(
     }))
 }
 
-/// Rewrite every table of the current database, so that nothing the
-/// upload held and the anonymisation script replaced survives in its
-/// files: fresh planner statistics from the data as it is now
-/// (`ANALYZE`), then every table, index, TOAST table and catalog
-/// rewritten without dead rows, old index entries, free-space remnants or
-/// the superseded `pg_statistic` rows (`VACUUM (FULL, FREEZE)`), then a
-/// plain `VACUUM` for the visibility map. It is also what autovacuum would
-/// otherwise do in every instance within a minute of its start, each into
-/// its own copy-on-write snapshot: the image gets frozen, compact tables
-/// and a visibility map once.
-pub(super) async fn rewrite_database(
+/// Each table's count of changed and deleted rows (by oid), as the
+/// cumulative statistics have it.
+pub(super) type Changes = std::collections::HashMap<u32, i64>;
+
+/// Tables and materialized views with their counts of changed and deleted
+/// rows, dead rows, and whether a dropped column's data is still in them.
+const TABLES_SQL: &str = "
+SELECT s.relid, format('%I.%I', s.schemaname, s.relname),
+       (s.n_tup_upd + s.n_tup_del + s.n_tup_hot_upd)::int8, s.n_dead_tup::int8,
+       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.relid AND a.attisdropped)
+FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE c.relkind IN ('r', 'm') AND s.schemaname <> 'pg_toast'
+  AND s.schemaname NOT LIKE 'pg\\_temp\\_%' AND s.schemaname NOT LIKE 'pg\\_toast\\_temp\\_%'";
+
+/// The change counts of every table of the current database (taken before
+/// the script, to tell what it changed).
+pub(super) async fn changes(c: &tokio_postgres::Client) -> Result<Changes, FinaliseError> {
+    Ok(c.query(TABLES_SQL, &[])
+        .await
+        .map_err(db_err("reading table statistics"))?
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, i64>(2)))
+        .collect())
+}
+
+/// Rewrite every table of the current database that may still hold what
+/// the anonymisation script replaced: rows it changed or deleted (their
+/// old versions stay in the heap, in indexes and in TOAST until a
+/// rewrite), dead rows the upload came with, and columns it dropped
+/// (their data stays in every row). Fresh planner statistics first
+/// (`ANALYZE`, so the old most-common values become dead rows of
+/// `pg_statistic`), then `VACUUM (FULL, FREEZE)` of those tables and of
+/// `pg_statistic`, then a plain `VACUUM` for the visibility map. Tables
+/// nothing touched are left as they are (rewriting a large database whole
+/// would cost its size at every finalise). The WAL goes at the end of
+/// finalise (`reset_wal`).
+pub(super) async fn rewrite_changed(
     c: &tokio_postgres::Client,
     db: &str,
+    before: &Changes,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(), FinaliseError> {
+    let due: Vec<String> = c
+        .query(TABLES_SQL, &[])
+        .await
+        .map_err(db_err("reading table statistics"))?
+        .iter()
+        .filter(|r| {
+            let changed =
+                r.get::<_, i64>(2) > before.get(&r.get::<_, u32>(0)).copied().unwrap_or(0);
+            changed || r.get::<_, i64>(3) > 0 || r.get::<_, bool>(4)
+        })
+        .map(|r| r.get(1))
+        .collect();
     progress(Progress::Step(format!(
-        "rewriting every table of {db} (no dead row, old index entry or old statistic is kept)"
+        "rewriting {} changed table(s) of {db} (no dead row, old index entry or old statistic is kept)",
+        due.len()
     )));
-    c.batch_execute("ANALYZE")
+    if !due.is_empty() {
+        let list = due.join(", ");
+        c.batch_execute(&format!("ANALYZE {list}"))
+            .await
+            .map_err(db_err("analysing the changed tables"))?;
+        c.batch_execute(&format!("VACUUM (FULL, FREEZE) {list}"))
+            .await
+            .map_err(db_err("rewriting the changed tables"))?;
+    }
+    // The statistics of changed and dropped tables, now dead rows.
+    c.batch_execute("VACUUM (FULL) pg_catalog.pg_statistic, pg_catalog.pg_statistic_ext_data")
         .await
-        .map_err(db_err("analysing the anonymised data"))?;
-    c.batch_execute("VACUUM (FULL, FREEZE)")
-        .await
-        .map_err(db_err("rewriting every table"))?;
-    // A rewrite leaves the visibility map empty: one plain pass marks
-    // every page all-visible and all-frozen, so no instance's queries or
-    // autovacuum have to.
-    c.batch_execute("VACUUM (FREEZE)")
-        .await
-        .map_err(db_err("setting the visibility map"))
+        .map_err(db_err("rewriting pg_statistic"))?;
+    if !due.is_empty() {
+        // A rewrite leaves the visibility map empty: one plain pass marks
+        // every page all-visible and all-frozen, so no instance's queries
+        // or autovacuum have to.
+        c.batch_execute(&format!("VACUUM (FREEZE) {}", due.join(", ")))
+            .await
+            .map_err(db_err("setting the visibility map"))?;
+    }
+    Ok(())
 }
 
 /// SQL that gives every object in the current database to `draupnir`:
