@@ -229,21 +229,13 @@ pub async fn finalise(
 /// renamed, never cleared. The data files are complete after a clean
 /// stop, so nothing is lost; instances start from the fresh segment.
 async fn reset_wal(spec: &FinaliseSpec<'_>, bin: &PgBin) -> Result<(), FinaliseError> {
-    let mut cmd = tokio::process::Command::new(bin.pg_resetwal());
-    cmd.arg("-D")
-        .arg(spec.datadir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir(spec.datadir)
-        .uid(spec.user.uid)
-        .gid(spec.user.gid)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
     // It reads the upload's pg_control: boxed like every postgres run on
     // uploaded data.
-    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
-        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    let mut cmd = boxed_tool(spec, bin, bin.pg_resetwal())?;
+    cmd.arg("-D")
+        .arg(spec.datadir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
     let out = cmd
         .output()
         .await
@@ -256,6 +248,26 @@ async fn reset_wal(spec: &FinaliseSpec<'_>, bin: &PgBin) -> Result<(), FinaliseE
         )));
     }
     Ok(())
+}
+
+/// `program` (a PostgreSQL tool) to run on the upload's data directory as
+/// the instance user, with a clean environment, in the same Landlock box
+/// as a postmaster of it; stderr piped for the reason of a failure.
+fn boxed_tool(
+    spec: &FinaliseSpec<'_>,
+    bin: &PgBin,
+    program: PathBuf,
+) -> Result<tokio::process::Command, FinaliseError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(spec.datadir)
+        .uid(spec.user.uid)
+        .gid(spec.user.gid)
+        .stderr(std::process::Stdio::piped());
+    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
+        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    Ok(cmd)
 }
 
 fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {

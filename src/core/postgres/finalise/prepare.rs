@@ -12,11 +12,11 @@ use tokio_postgres::error::SqlState;
 
 use super::script::{changes, reassign_sql, rewrite_changed, run_script, Changes};
 use super::{
-    admin_connect, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError, FinaliseSpec,
-    Progress, SOCKET_PORT,
+    admin_connect, boxed_tool, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError,
+    FinaliseSpec, Progress,
 };
 use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
-use crate::core::postgres::process::{self, Postmaster, PostmasterSpec};
+use crate::core::postgres::process::{Postmaster, PostmasterSpec};
 use crate::core::postgres::roles;
 
 /// Everything done while the first, socket-only postmaster runs. Returns
@@ -343,7 +343,9 @@ async fn single_user_create_admin(
     bin: &PgBin,
     password: &str,
 ) -> Result<(), FinaliseError> {
-    let mut cmd = tokio::process::Command::new(bin.postgres());
+    // Single-user mode runs the upload's catalog too: boxed like any
+    // postmaster of it.
+    let mut cmd = boxed_tool(spec, bin, bin.postgres())?;
     cmd.arg("--single").arg("-D").arg(spec.datadir).args([
         "-c",
         "fsync=off",
@@ -354,18 +356,8 @@ async fn single_user_create_admin(
         cmd.args(["-c", dsm]);
     }
     cmd.arg("template1")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir(spec.datadir)
-        .uid(spec.user.uid)
-        .gid(spec.user.gid)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // Single-user mode runs the upload's catalog too: boxed like any
-    // postmaster of it.
-    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
-        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+        .stdout(Stdio::null());
     let mut child = cmd
         .spawn()
         .map_err(|e| FinaliseError::Start(format!("single-user mode: {e}")))?;

@@ -1,6 +1,8 @@
 //! Shared test fixtures for the ingest parts: option sets, a temporary
 //! destination with an `outside/` that must stay empty, raw tar archives
-//! built block by block, gzip/zstd encoders and the common checks.
+//! built block by block, gzip/zstd encoders and the common checks. Test
+//! code only: compiled for `cargo test`, never into the daemon.
+#![cfg(test)]
 
 use std::fs;
 use std::io::{self, Write};
