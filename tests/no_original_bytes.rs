@@ -196,3 +196,45 @@ async fn with_several_databases_the_configured_one_is_used() {
     assert_eq!(info.database, "postgres");
     assert_eq!(psql_cert(&info, "SELECT x FROM marker").unwrap(), "2");
 }
+
+/// A trigger the upload planted resets the statistics when the script
+/// changes its table (it runs as the script's superuser), to make the
+/// change counts hide what the script touched. It cannot: a transaction's
+/// own counts are added when it ends, after its triggers ran, so the
+/// table is still seen as changed, rewritten, and the canary is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_statistics_reset_does_not_hide_a_change() {
+    let p = Planted::new();
+    p.plant(
+        "postgres",
+        &format!(
+            "CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE);
+             INSERT INTO people SELECT g, 'person' || g || '@example.com' FROM generate_series(1, 50) g;
+             INSERT INTO people VALUES (1000, '{INDEXED}@example.com');
+             CREATE FUNCTION hide() RETURNS trigger LANGUAGE plpgsql AS
+               $f$ BEGIN PERFORM pg_stat_reset(); RETURN NULL; END $f$;
+             CREATE TRIGGER hide AFTER UPDATE ON people FOR EACH STATEMENT EXECUTE FUNCTION hide();"
+        ),
+    );
+    let upload = p.stop_and_pack();
+    assert!(contains(&upload, INDEXED.as_bytes()), "planted");
+    let env = TestEnv::new().await;
+    let admin = env.admin();
+    let svc = env.svc();
+    let img = svc
+        .create_image(
+            &admin,
+            None,
+            Some("UPDATE people SET email = 'person' || id || '@example.invalid';"),
+        )
+        .unwrap();
+    svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])
+        .await
+        .expect("upload");
+    let (_, sealed) = svc.image_path(img.id);
+    svc.finalise_image(&admin, img.id, None)
+        .await
+        .expect("finalise");
+    let left = canaries_in(&sealed);
+    assert!(left.is_empty(), "original bytes left: {left:?}");
+}
