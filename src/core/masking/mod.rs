@@ -13,4 +13,5 @@ pub mod coverage;
 pub mod key;
 pub mod plan;
 pub mod rules;
+pub mod run;
 pub mod transform;
