@@ -416,19 +416,33 @@ fn pick(list: &[&str], bytes: &str, byte: usize) -> String {
 
 /// Every ASCII digit of `column` replaced by a keyed digit, but the last
 /// `keep_last` digits; other characters kept, so length and format stay.
-/// Digit `i` comes from byte `i mod 32` of HMAC(value) (positions past 32
-/// from `sha256(hmac || block number)`); a byte modulo 10 is slightly
-/// biased towards 0..5, which does not matter for masking.
+///
+/// Without a per-row subquery over the characters (4.5 times slower):
+/// the tail holding the last `keep_last` digits is cut off by one regular
+/// expression; in the head, each digit becomes a `%s` of a `format()`
+/// template (through `translate` to U+0001, or `regexp_replace` when the
+/// value holds U+0001 itself), filled from the HMAC's hex digits with
+/// a..f read as 0..5 (a bias towards 0..5 that does not matter for
+/// masking; repeated past 64 digits). The `OFFSET 0` keeps PostgreSQL
+/// from pulling the subquery up and computing the HMAC and the regular
+/// expression once per use.
 fn digits(column: &str, tag: &str, keep_last: u32) -> String {
     let h = hmac(tag, &format!("{column}::text"));
+    let tail = if keep_last == 0 {
+        "''".to_string()
+    } else {
+        format!("coalesce(substring({column}::text FROM '(?:[0-9][^0-9]*){{1,{keep_last}}}$'), '')")
+    };
+    let template = "CASE WHEN strpos(x.head, chr(1)) = 0 \
+THEN replace(translate(replace(x.head, '%', '%%'), '0123456789', repeat(chr(1), 10)), chr(1), '%s') \
+ELSE regexp_replace(replace(x.head, '%', '%%'), '[0-9]', '%s', 'g') END";
+    let keystream =
+        "string_to_array(left(repeat(translate(encode(x.h, 'hex'), 'abcdef', '012345'), \
+1 + length(x.head) / 64), length(x.head)), NULL)";
     format!(
-        "CASE WHEN {column} IS NULL THEN NULL ELSE coalesce((SELECT string_agg(\
-CASE WHEN u.c ~ '^[0-9]$' AND u.d > {keep_last} \
-THEN (get_byte(CASE WHEN u.i <= 32 THEN k.h ELSE sha256(k.h || int4send(((u.i - 1) / 32)::int)) END, \
-((u.i - 1) % 32)::int) % 10)::text ELSE u.c END, '' ORDER BY u.i) \
-FROM (SELECT x.c, x.i, count(*) FILTER (WHERE x.c ~ '^[0-9]$') OVER (ORDER BY x.i DESC) AS d \
-FROM unnest(string_to_array({column}::text, NULL)) WITH ORDINALITY AS x(c, i)) AS u, \
-(SELECT {h} AS h) AS k), '') END"
+        "CASE WHEN {column} IS NULL THEN NULL ELSE (SELECT format({template}, VARIADIC {keystream}) || x.tail \
+FROM (SELECT left(y.s, length(y.s) - length(y.t)) AS head, y.t AS tail, y.h \
+FROM (SELECT {column}::text AS s, {tail} AS t, {h} AS h OFFSET 0) AS y OFFSET 0) AS x) END"
     )
 }
 
