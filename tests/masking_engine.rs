@@ -240,6 +240,22 @@ async fn masking_rules_applied_to_two_databases() {
         .find(|c| c.table == "users" && c.column == "email")
         .unwrap();
     assert!(email.ty.not_null);
+    assert!(email.ty.unique, "email has a unique index");
+    assert!(!card.ty.unique);
+    // A low-entropy transformer on a unique column is refused.
+    let name_on_email = rules::parse("[app.users]\nemail = \"name\"\n").unwrap();
+    let refused = coverage::check(&name_on_email, &databases, &catalog);
+    assert!(
+        matches!(
+            refused.problems.as_slice(),
+            [coverage::RuleProblem::Misfit {
+                misfit: transform::Misfit::NotUnique { .. },
+                ..
+            }]
+        ),
+        "{:?}",
+        refused.problems
+    );
 
     // Originals, kept to compare.
     let users_before = app

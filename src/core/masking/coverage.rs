@@ -22,7 +22,8 @@ pub const UNCOVERED_LISTED: usize = 50;
 /// columns' kind) and leaves out system schemas, temporary schemas and
 /// tables an extension owns. Columns: schema, table, column, sql type,
 /// base typname, typcategory, max length, not null, generated, relkind,
-/// root schema and root table (for a partition).
+/// root schema and root table (for a partition), whether the column alone
+/// keys a unique index.
 pub const CATALOG_SQL: &str = "\
 SELECT n.nspname::text, c.relname::text, a.attname::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
@@ -35,7 +36,10 @@ SELECT n.nspname::text, c.relname::text, a.attname::text,
        a.attgenerated <> '',
        c.relkind::text,
        rn.nspname::text,
-       rc.relname::text
+       rc.relname::text,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
+                  AND i.indkey[0] = a.attnum)
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -459,6 +463,7 @@ mod tests {
                 category,
                 max_len: None,
                 not_null: false,
+                unique: false,
             },
             generated: false,
             kind: RelKind::Table,

@@ -39,6 +39,19 @@ pub struct DatabasePlan {
     /// Run after the commit, each on its own (VACUUM cannot run in a
     /// transaction).
     pub after: Vec<Statement>,
+    /// Tables the transaction rewrites or empties: the foreign keys from
+    /// or to them are checked for orphans.
+    pub rewritten: Vec<TableName>,
+}
+
+impl DatabasePlan {
+    /// Whether `fk` references or belongs to a table this plan rewrites.
+    pub fn touches(&self, fk: &ForeignKey) -> bool {
+        self.rewritten.iter().any(|t| {
+            (t.schema == fk.schema && t.table == fk.table)
+                || (t.schema == fk.ref_schema && t.table == fk.ref_table)
+        })
+    }
 }
 
 /// Lists the foreign keys of a database: constraint, referencing schema,
@@ -115,7 +128,10 @@ pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePla
     ));
     let truncated: Vec<String> = mine()
         .filter(|(_, a)| *a == TableAction::Truncate)
-        .map(|(t, _)| qualified(t))
+        .map(|(t, _)| {
+            p.rewritten.push(t.clone());
+            qualified(t)
+        })
         .collect();
     if !truncated.is_empty() {
         p.transaction.push(Statement::plain(format!(
@@ -153,6 +169,7 @@ pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePla
             "VACUUM (FULL, ANALYZE) {}",
             qualified(t)
         )));
+        p.rewritten.push(t.clone());
     }
     p.transaction.push(Statement::plain(
         "SET LOCAL session_replication_role = origin".into(),
@@ -195,6 +212,7 @@ mod tests {
             category: 'S',
             max_len: None,
             not_null: false,
+            unique: false,
         }
     }
 
@@ -254,6 +272,23 @@ mod tests {
                 "ANALYZE \"public\".\"log\"",
             ]
         );
+        let rewritten: Vec<String> = p.rewritten.iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            rewritten,
+            vec!["app.public.log", "app.My S.U.1", "app.public.notes"]
+        );
+        let fk = |schema: &str, table: &str, ref_table: &str| ForeignKey {
+            name: "fk".into(),
+            schema: schema.into(),
+            table: table.into(),
+            columns: vec!["a".into()],
+            ref_schema: "public".into(),
+            ref_table: ref_table.into(),
+            ref_columns: vec!["b".into()],
+        };
+        assert!(p.touches(&fk("public", "orders", "notes")));
+        assert!(p.touches(&fk("My S", "U.1", "other")));
+        assert!(!p.touches(&fk("public", "kept", "other")));
     }
 
     #[test]

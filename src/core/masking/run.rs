@@ -29,6 +29,14 @@ pub enum RunError {
         table: String,
         relkind: String,
     },
+    #[error("masking database {database}: {kind} {name} on {schema}.{table} fires even with session_replication_role = replica and could copy originals; disable or drop it first")]
+    Hazard {
+        database: String,
+        schema: String,
+        table: String,
+        kind: String,
+        name: String,
+    },
     #[error("masking database {database}: foreign key {constraint} of {schema}.{table} has {count} row(s) without a referenced row after masking")]
     Orphans {
         database: String,
@@ -47,6 +55,55 @@ fn pg(database: &str, step: impl Into<String>) -> impl FnOnce(tokio_postgres::Er
         step,
         source,
     }
+}
+
+/// Triggers and UPDATE rules that fire in `replica` mode (enabled
+/// ALWAYS or REPLICA), with the root of their table's partition tree:
+/// root schema, root table, schema, table, kind, name.
+pub const HAZARDS_SQL: &str = "\
+SELECT coalesce(rn.nspname, n.nspname)::text, coalesce(rc.relname, c.relname)::text,
+       n.nspname::text, c.relname::text, h.kind, h.name
+  FROM (SELECT t.tgrelid AS rel, 'trigger'::text AS kind, t.tgname::text AS name
+          FROM pg_catalog.pg_trigger t
+         WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
+        UNION ALL
+        SELECT r.ev_class, 'rule', r.rulename::text
+          FROM pg_catalog.pg_rewrite r
+         WHERE r.ev_type = '2' AND r.ev_enabled IN ('A', 'R')) h
+  JOIN pg_catalog.pg_class c ON c.oid = h.rel
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_class rc ON c.relispartition AND rc.oid = pg_catalog.pg_partition_root(c.oid)
+  LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+ ORDER BY 1, 2, 3, 4, 6";
+
+/// Refuse `plan` when a trigger or rule that fires in replica mode is on
+/// a table it rewrites (or a partition of one).
+async fn refuse_hazards(client: &Client, plan: &DatabasePlan) -> Result<(), RunError> {
+    let db = plan.database.as_str();
+    let rows = client
+        .query(HAZARDS_SQL, &[])
+        .await
+        .map_err(pg(db, "reading triggers and rules"))?;
+    for r in rows {
+        let col = |i| -> Result<String, RunError> {
+            r.try_get(i).map_err(pg(db, "reading triggers and rules"))
+        };
+        let (root_schema, root_table) = (col(0)?, col(1)?);
+        if plan
+            .rewritten
+            .iter()
+            .any(|t| t.schema == root_schema && t.table == root_table)
+        {
+            return Err(RunError::Hazard {
+                database: db.to_string(),
+                schema: col(2)?,
+                table: col(3)?,
+                kind: col(4)?,
+                name: col(5)?,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every user column of the database `client` is connected to.
@@ -83,6 +140,7 @@ pub async fn read_catalog(client: &Client, database: &str) -> Result<Vec<Catalog
                 category: get(5)?.chars().next().unwrap_or('X'),
                 max_len: max_len.and_then(|n| u32::try_from(n).ok()),
                 not_null: r.try_get(7).map_err(pg(database, "reading the catalog"))?,
+                unique: r.try_get(12).map_err(pg(database, "reading the catalog"))?,
             },
             generated: r.try_get(8).map_err(pg(database, "reading the catalog"))?,
             kind,
@@ -124,7 +182,12 @@ pub async fn read_foreign_keys(
 /// orphans.
 pub async fn apply(client: &Client, plan: &DatabasePlan, key: &MaskingKey) -> Result<(), RunError> {
     let db = plan.database.as_str();
-    let fks = read_foreign_keys(client, db).await?;
+    refuse_hazards(client, plan).await?;
+    let fks: Vec<ForeignKey> = read_foreign_keys(client, db)
+        .await?
+        .into_iter()
+        .filter(|fk| plan.touches(fk))
+        .collect();
     let pads = key.pads();
     let (ipad, opad) = (pads.ipad.expose(), pads.opad.expose());
     let keyed: [&(dyn ToSql + Sync); 2] = [ipad, opad];

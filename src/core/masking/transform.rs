@@ -131,6 +131,9 @@ pub struct ColumnType {
     /// Maximum length of a `varchar(n)`/`char(n)`.
     pub max_len: Option<u32>,
     pub not_null: bool,
+    /// The column alone is the key of a unique index (a primary key, a
+    /// unique constraint, or a unique index, partial or not).
+    pub unique: bool,
 }
 
 /// Why a transformer does not fit a column.
@@ -150,6 +153,8 @@ pub enum Misfit {
     },
     #[error("`null` on a NOT NULL column; use `redact` for a fixed value")]
     NotNull,
+    #[error("`{transformer}` can give two rows the same value and the column has a unique index; use `hash` or `email`")]
+    NotUnique { transformer: &'static str },
     #[error("`redact` has no fixed value for {sql_type} and the column is NOT NULL; use `sql`")]
     NoRedactValue { sql_type: String },
 }
@@ -268,6 +273,21 @@ impl Transformer {
             }),
             _ => Ok(()),
         };
+        if ty.unique
+            && matches!(
+                self,
+                Transformer::Name
+                    | Transformer::FirstName
+                    | Transformer::LastName
+                    | Transformer::Redact
+                    | Transformer::ShiftDate { .. }
+                    | Transformer::Noise { .. }
+            )
+        {
+            return Err(Misfit::NotUnique {
+                transformer: self.name(),
+            });
+        }
         match self {
             Transformer::Keep | Transformer::Sql { .. } => Ok(()),
             Transformer::Email | Transformer::Hash if !text_like => Err(wrong("a text column")),
@@ -619,6 +639,7 @@ mod tests {
             category,
             max_len: None,
             not_null: false,
+            unique: false,
         }
     }
 
@@ -724,6 +745,38 @@ mod tests {
             Err(Misfit::NoRedactValue { .. })
         ));
         assert!(Misfit::NotNull.to_string().contains("use `redact`"));
+        // Under a unique index: only what stays unique (or may: digits, phone).
+        let unique = ColumnType {
+            unique: true,
+            ..text.clone()
+        };
+        for t in [
+            Transformer::Name,
+            Transformer::FirstName,
+            Transformer::Redact,
+        ] {
+            assert!(
+                matches!(t.fit(&unique), Err(Misfit::NotUnique { .. })),
+                "{t}"
+            );
+        }
+        for t in [
+            Transformer::Email,
+            Transformer::Hash,
+            Transformer::Keep,
+            Transformer::Null,
+            Transformer::Digits { keep_last: 4 },
+            Transformer::Phone,
+        ] {
+            assert_eq!(t.fit(&unique), Ok(()), "{t}");
+        }
+        let unique_date = ColumnType {
+            unique: true,
+            ..date.clone()
+        };
+        assert!(Transformer::ShiftDate { max_days: 1 }
+            .fit(&unique_date)
+            .is_err());
     }
 
     #[test]
