@@ -96,8 +96,10 @@ impl MaskingKey {
         Ok(MaskingKey(Secret::new(bytes)))
     }
 
-    /// Generate a key into `path` (which must not exist): written to a
-    /// temporary file with mode 0600, synced, renamed into place.
+    /// Generate a key into `path`: written to a temporary file with mode
+    /// 0600, synced, then hard-linked into place, which fails when another
+    /// process created the key first; that key is then read instead, so
+    /// every image of a deployment uses one key.
     pub fn create(path: &Path) -> Result<MaskingKey, KeyError> {
         let io = |action| {
             move |source| KeyError::Io {
@@ -108,19 +110,29 @@ impl MaskingKey {
         };
         let mut bytes = [0u8; KEY_LEN];
         rand::fill(&mut bytes);
-        let tmp = path.with_extension("key.new");
+        let tmp = path.with_extension(format!(
+            "new.{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(io("create"))?;
+            f.write_all(&bytes).map_err(io("write"))?;
+            f.sync_all().map_err(io("sync"))?;
+            Ok::<_, KeyError>(std::fs::hard_link(&tmp, path))
+        })();
         let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("create"))?;
-        f.write_all(&bytes).map_err(io("write"))?;
-        f.sync_all().map_err(io("sync"))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io("rename"))?;
+        match written? {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Self::load(path),
+            Err(e) => return Err(io("link")(e)),
+        }
         if let Some(dir) = path.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -214,6 +226,11 @@ mod tests {
         assert_eq!(format!("{a:?}"), "MaskingKey([redacted])");
         let other = MaskingKey::load_or_create(dir().path()).unwrap();
         assert_ne!(a.0.expose(), other.0.expose(), "random per deployment");
+        // A second creator finds the key in place and uses it.
+        let c = MaskingKey::create(&path).unwrap();
+        assert_eq!(a.0.expose(), c.0.expose());
+        let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left");
     }
 
     #[test]
