@@ -112,6 +112,8 @@ INSERT INTO big SELECT g, 'big' || g || '@corp.example', 'Name ' || g, lpad(g::t
   FROM generate_series(1, 100000) g;
 CREATE TABLE big_ref (id int PRIMARY KEY, email text REFERENCES big(email));
 INSERT INTO big_ref SELECT g, 'big' || g || '@corp.example' FROM generate_series(1, 100000, 10) g;
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES;
 CREATE TABLE baseline (LIKE big INCLUDING ALL);
 INSERT INTO baseline SELECT * FROM big;
 "#;
@@ -166,6 +168,9 @@ email = "email"
 [app.baseline]
 "*" = "keep"
 
+[app.no_columns]
+"*" = "keep"
+
 [crm.contacts]
 id = "keep"
 email = "email"
@@ -211,10 +216,13 @@ async fn masking_rules_applied_to_two_databases() {
     crm.batch_execute(CRM_SQL).await.unwrap();
 
     let rules = rules::parse(RULES).unwrap();
-    let mut catalog = run::read_catalog(&app, "app").await.unwrap();
-    catalog.extend(run::read_catalog(&crm, "crm").await.unwrap());
-    let databases = vec!["app".to_string(), "crm".to_string()];
-    let cov = coverage::check(&rules, &databases, &catalog);
+    let mut cat = coverage::Catalog::default();
+    run::read_catalog(&app, "app", &mut cat).await.unwrap();
+    run::read_catalog(&crm, "crm", &mut cat).await.unwrap();
+    let cov = coverage::check(&rules, &cat);
+    let catalog = &cat.columns;
+    let names: Vec<String> = cat.columnless.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, vec!["app.public.no_columns"]);
     assert_eq!(cov.problems, vec![], "problems");
     assert_eq!(cov.uncovered, vec![], "uncovered");
     assert!(cov.complete());
@@ -244,7 +252,7 @@ async fn masking_rules_applied_to_two_databases() {
     assert!(!card.ty.unique);
     // A low-entropy transformer on a unique column is refused.
     let name_on_email = rules::parse("[app.users]\nemail = \"name\"\n").unwrap();
-    let refused = coverage::check(&name_on_email, &databases, &catalog);
+    let refused = coverage::check(&name_on_email, &cat);
     assert!(
         matches!(
             refused.problems.as_slice(),
@@ -474,8 +482,9 @@ async fn masking_rules_applied_to_two_databases() {
     .await
     .unwrap();
     let rules = rules::parse("[bad.p]\nemail = \"email\"\n[bad.c]\nemail = \"keep\"\n").unwrap();
-    let cat = run::read_catalog(&bad, "bad").await.unwrap();
-    let cov = coverage::check(&rules, &["bad".to_string()], &cat);
+    let mut cat = coverage::Catalog::default();
+    run::read_catalog(&bad, "bad", &mut cat).await.unwrap();
+    let cov = coverage::check(&rules, &cat);
     assert!(cov.complete(), "{cov:?}");
     let e = run::apply(&bad, &plan::plan("bad", &cov.actions), &key)
         .await

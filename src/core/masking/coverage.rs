@@ -23,7 +23,8 @@ pub const UNCOVERED_LISTED: usize = 50;
 /// tables an extension owns. Columns: schema, table, column, sql type,
 /// base typname, typcategory, max length, not null, generated, relkind,
 /// root schema and root table (for a partition), whether the column alone
-/// keys a unique index.
+/// keys a unique index. A table without columns has one row whose column
+/// fields are NULL.
 pub const CATALOG_SQL: &str = "\
 SELECT n.nspname::text, c.relname::text, a.attname::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
@@ -32,23 +33,22 @@ SELECT n.nspname::text, c.relname::text, a.attname::text,
        CASE WHEN coalesce(bt.typname, t.typname) IN ('varchar', 'bpchar')
              AND greatest(a.atttypmod, t.typtypmod) > 4
             THEN greatest(a.atttypmod, t.typtypmod) - 4 END,
-       a.attnotnull,
-       a.attgenerated <> '',
+       coalesce(a.attnotnull, false),
+       coalesce(a.attgenerated <> '', false),
        c.relkind::text,
        rn.nspname::text,
        rc.relname::text,
        EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
                   AND i.indkey[0] = a.attnum)
-  FROM pg_catalog.pg_attribute a
-  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+  FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
   LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
   LEFT JOIN pg_catalog.pg_class rc ON c.relispartition AND rc.oid = pg_catalog.pg_partition_root(c.oid)
   LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
- WHERE a.attnum > 0 AND NOT a.attisdropped
-   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND c.relpersistence <> 't'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
    AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
@@ -107,6 +107,22 @@ pub struct CatalogColumn {
     pub ty: ColumnType,
     pub generated: bool,
     pub kind: RelKind,
+}
+
+/// A relation with no columns (it holds rows of nothing: nothing to mask).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogTable {
+    pub name: TableName,
+    pub kind: RelKind,
+}
+
+/// The catalog of an upload: its databases (also those without user
+/// tables), every user column, and the relations without columns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Catalog {
+    pub databases: Vec<String>,
+    pub columns: Vec<CatalogColumn>,
+    pub columnless: Vec<CatalogTable>,
 }
 
 /// A column no rule covers, with a suggested rule.
@@ -201,9 +217,11 @@ impl Coverage {
     }
 }
 
-/// Check `rules` against `catalog` (every user column of every database
-/// in the upload; `databases` also names those without user tables).
-pub fn check(rules: &Rules, databases: &[String], catalog: &[CatalogColumn]) -> Coverage {
+/// Check `rules` against the catalog of every database in the upload.
+pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
+    let databases = &catalog.databases;
+    let columnless = &catalog.columnless;
+    let catalog = &catalog.columns;
     let mut out = Coverage::default();
     let name_of = |c: &CatalogColumn| TableName {
         database: c.database.clone(),
@@ -220,12 +238,18 @@ pub fn check(rules: &Rules, databases: &[String], catalog: &[CatalogColumn]) -> 
             continue;
         }
         let cols: Vec<&CatalogColumn> = catalog.iter().filter(|c| name_of(c) == t.name).collect();
-        let Some(first) = cols.first() else {
-            out.problems.push(RuleProblem::NoTable {
-                at: t.at,
-                table: t.name.clone(),
-            });
-            continue;
+        let kind = match cols.first() {
+            Some(first) => &first.kind,
+            None => match columnless.iter().find(|e| e.name == t.name) {
+                Some(e) => &e.kind,
+                None => {
+                    out.problems.push(RuleProblem::NoTable {
+                        at: t.at,
+                        table: t.name.clone(),
+                    });
+                    continue;
+                }
+            },
         };
         let not_table = |what, hint| RuleProblem::NotATable {
             at: t.at,
@@ -233,7 +257,7 @@ pub fn check(rules: &Rules, databases: &[String], catalog: &[CatalogColumn]) -> 
             what,
             hint,
         };
-        match &first.kind {
+        match kind {
             RelKind::View => {
                 out.problems
                     .push(not_table("view", "; mask the tables it reads"));
@@ -301,6 +325,18 @@ pub fn check(rules: &Rules, databases: &[String], catalog: &[CatalogColumn]) -> 
         (&a.database, &a.schema, &a.table).cmp(&(&b.database, &b.schema, &b.table))
     });
     let mut seen: BTreeSet<TableName> = BTreeSet::new();
+    for e in columnless {
+        if matches!(e.kind, RelKind::Table | RelKind::Partitioned) {
+            let whole = rules
+                .table(&e.name.database, &e.name.schema, &e.name.table)
+                .and_then(|t| t.whole.map(|(w, _)| w));
+            let action = match whole {
+                Some(Whole::Truncate) => TableAction::Truncate,
+                _ => TableAction::Mask(Vec::new()),
+            };
+            out.actions.push((e.name.clone(), action));
+        }
+    }
     for c in sorted {
         let name = name_of(c);
         match &c.kind {
@@ -362,6 +398,7 @@ pub fn check(rules: &Rules, databases: &[String], catalog: &[CatalogColumn]) -> 
             }
         }
     }
+    out.actions.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
@@ -470,8 +507,12 @@ mod tests {
         }
     }
 
-    fn dbs() -> Vec<String> {
-        vec!["app".into(), "crm".into()]
+    fn with(columns: Vec<CatalogColumn>) -> Catalog {
+        Catalog {
+            databases: vec!["app".into(), "crm".into()],
+            columns,
+            columnless: vec![],
+        }
     }
 
     fn catalog() -> Vec<CatalogColumn> {
@@ -529,7 +570,7 @@ phone = "phone"
 
     #[test]
     fn complete_rules_cover_everything() {
-        let c = check(&parse(RULES).unwrap(), &dbs(), &catalog());
+        let c = check(&parse(RULES).unwrap(), &with(catalog()));
         assert_eq!(c.problems, vec![]);
         assert_eq!(c.uncovered, vec![]);
         assert!(c.complete());
@@ -571,7 +612,7 @@ phone = "phone"
     #[test]
     fn uncovered_columns_are_listed_with_suggestions() {
         let rules = parse("[app.users]\nid = \"keep\"\n").unwrap();
-        let c = check(&rules, &dbs(), &catalog());
+        let c = check(&rules, &with(catalog()));
         assert!(!c.complete());
         let got: Vec<String> = c
             .uncovered
@@ -597,7 +638,7 @@ phone = "phone"
         let many: Vec<CatalogColumn> = (0..UNCOVERED_LISTED + 7)
             .map(|i| col("app", "public", "wide", &format!("c{i:03}"), "text"))
             .collect();
-        let c = check(&Rules::default(), &dbs(), &many);
+        let c = check(&Rules::default(), &with(many));
         assert_eq!(c.uncovered.len(), UNCOVERED_LISTED);
         assert_eq!(c.uncovered_total, UNCOVERED_LISTED + 7);
     }
@@ -608,7 +649,7 @@ phone = "phone"
             "[app.users]\nid = \"keep\"\nemail = \"email\"\nborn = \"keep\"\nphone = \"phone\"\n\n[app.gone]\nx = \"keep\"\n\n[nodb.t]\nx = \"keep\"\n",
         )
         .unwrap();
-        let c = check(&rules, &dbs(), &catalog());
+        let c = check(&rules, &with(catalog()));
         let got: Vec<String> = c.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             got,
@@ -626,7 +667,7 @@ phone = "phone"
             "[app.users]\nid = \"email\"\nemail = \"email\"\nborn = { fn = \"noise\", percent = 5 }\nemail_domain = \"hash\"\n\n[app.active_users]\nemail = \"email\"\n\n[app.events_2024]\nip = \"keep\"\n\n[app.user_counts]\nn = \"keep\"\n",
         )
         .unwrap();
-        let c = check(&rules, &dbs(), &catalog());
+        let c = check(&rules, &with(catalog()));
         let got: Vec<String> = c.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             got,
@@ -655,7 +696,7 @@ phone = "phone"
     fn a_column_that_disappeared_is_named() {
         // The rules were suggested for a schema that had `users.phone`.
         let rules = parse("[app.users]\n\"*\" = \"keep\"\nphone = \"phone\"\n").unwrap();
-        let c = check(&rules, &dbs(), &catalog());
+        let c = check(&rules, &with(catalog()));
         assert_eq!(
             c.problems,
             vec![RuleProblem::NoColumn {
@@ -668,6 +709,46 @@ phone = "phone"
                 column: "phone".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_table_with_no_columns_needs_no_rule_but_may_have_a_star() {
+        let mut cat = with(vec![col("app", "public", "users", "id", "int4")]);
+        let empty = |table: &str, kind| CatalogTable {
+            name: TableName {
+                database: "app".into(),
+                schema: "public".into(),
+                table: table.into(),
+            },
+            kind,
+        };
+        cat.columnless.push(empty("nothing", RelKind::Table));
+        cat.columnless.push(empty("hollow", RelKind::View));
+        let rules = parse("[app.users]\nid = \"keep\"\n").unwrap();
+        let c = check(&rules, &cat);
+        assert!(c.complete(), "{c:?}");
+        assert_eq!(c.actions.len(), 2);
+        let rules =
+            parse("[app.users]\nid = \"keep\"\n[app.nothing]\n\"*\" = \"truncate\"\n").unwrap();
+        let c = check(&rules, &cat);
+        assert!(c.complete(), "{c:?}");
+        assert_eq!(c.actions[0].1, TableAction::Truncate, "{:?}", c.actions);
+        let rules = parse("[app.users]\nid = \"keep\"\n[app.nothing]\nx = \"hash\"\n").unwrap();
+        let got: Vec<String> = check(&rules, &cat)
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            vec!["rules line 4, column 1: no column `x` in app.public.nothing"]
+        );
+        let rules = parse("[app.users]\nid = \"keep\"\n[app.hollow]\n\"*\" = \"keep\"\n").unwrap();
+        let c = check(&rules, &cat);
+        assert!(matches!(
+            c.problems.as_slice(),
+            [RuleProblem::NotATable { what: "view", .. }]
+        ));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::coverage::{CatalogColumn, RelKind, CATALOG_SQL};
+use super::coverage::{Catalog, CatalogColumn, CatalogTable, RelKind, CATALOG_SQL};
 use super::key::MaskingKey;
 use super::plan::{orphan_check, DatabasePlan, ForeignKey, FOREIGN_KEYS_SQL};
+use super::rules::TableName;
 use super::transform::ColumnType;
 
 /// Why masking a database failed.
@@ -106,20 +107,23 @@ async fn refuse_hazards(client: &Client, plan: &DatabasePlan) -> Result<(), RunE
     Ok(())
 }
 
-/// Every user column of the database `client` is connected to.
-pub async fn read_catalog(client: &Client, database: &str) -> Result<Vec<CatalogColumn>, RunError> {
+/// Add the database `client` is connected to, and its user columns and
+/// column-less relations, to `catalog`.
+pub async fn read_catalog(
+    client: &Client,
+    database: &str,
+    catalog: &mut Catalog,
+) -> Result<(), RunError> {
     let rows = client
         .query(CATALOG_SQL, &[])
         .await
         .map_err(pg(database, "reading the catalog"))?;
-    let mut out = Vec::with_capacity(rows.len());
+    catalog.databases.push(database.to_string());
     for r in rows {
-        let get = |i| -> Result<String, RunError> {
-            r.try_get(i).map_err(pg(database, "reading the catalog"))
-        };
         let opt = |i| -> Result<Option<String>, RunError> {
             r.try_get(i).map_err(pg(database, "reading the catalog"))
         };
+        let get = |i| -> Result<String, RunError> { Ok(opt(i)?.unwrap_or_default()) };
         let (schema, table, relkind) = (get(0)?, get(1)?, get(9)?);
         let root = opt(10)?.zip(opt(11)?);
         let Some(kind) = RelKind::from_catalog(&relkind, root) else {
@@ -130,10 +134,21 @@ pub async fn read_catalog(client: &Client, database: &str) -> Result<Vec<Catalog
                 relkind,
             });
         };
+        let Some(column) = opt(2)? else {
+            catalog.columnless.push(CatalogTable {
+                name: TableName {
+                    database: database.to_string(),
+                    schema,
+                    table,
+                },
+                kind,
+            });
+            continue;
+        };
         let max_len: Option<i32> = r.try_get(6).map_err(pg(database, "reading the catalog"))?;
-        out.push(CatalogColumn {
+        catalog.columns.push(CatalogColumn {
             database: database.to_string(),
-            column: get(2)?,
+            column,
             ty: ColumnType {
                 sql_type: get(3)?,
                 base: get(4)?,
@@ -148,7 +163,7 @@ pub async fn read_catalog(client: &Client, database: &str) -> Result<Vec<Catalog
             table,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every foreign key of the database `client` is connected to.
