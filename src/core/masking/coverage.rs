@@ -219,19 +219,32 @@ impl Coverage {
 
 /// Check `rules` against the catalog of every database in the upload.
 pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
-    let databases = &catalog.databases;
-    let columnless = &catalog.columnless;
-    let catalog = &catalog.columns;
-    let mut out = Coverage::default();
-    let name_of = |c: &CatalogColumn| TableName {
+    let mut out = Coverage {
+        problems: rule_problems(rules, catalog),
+        ..Coverage::default()
+    };
+    cover_columns(rules, catalog, &mut out);
+    out.actions.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn name_of(c: &CatalogColumn) -> TableName {
+    TableName {
         database: c.database.clone(),
         schema: c.schema.clone(),
         table: c.table.clone(),
-    };
-    // Rules naming what is not there, or not a table.
+    }
+}
+
+/// Rules naming what is not there, or not a table, or whose transformer
+/// does not fit.
+fn rule_problems(rules: &Rules, catalog: &Catalog) -> Vec<RuleProblem> {
+    let mut problems = Vec::new();
+    let (databases, columnless, catalog) =
+        (&catalog.databases, &catalog.columnless, &catalog.columns);
     for t in &rules.tables {
         if !databases.contains(&t.name.database) {
-            out.problems.push(RuleProblem::NoDatabase {
+            problems.push(RuleProblem::NoDatabase {
                 at: t.at,
                 database: t.name.database.clone(),
             });
@@ -243,7 +256,7 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
             None => match columnless.iter().find(|e| e.name == t.name) {
                 Some(e) => &e.kind,
                 None => {
-                    out.problems.push(RuleProblem::NoTable {
+                    problems.push(RuleProblem::NoTable {
                         at: t.at,
                         table: t.name.clone(),
                     });
@@ -259,17 +272,15 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
         };
         match kind {
             RelKind::View => {
-                out.problems
-                    .push(not_table("view", "; mask the tables it reads"));
+                problems.push(not_table("view", "; mask the tables it reads"));
                 continue;
             }
             RelKind::Foreign => {
-                out.problems
-                    .push(not_table("foreign table", "; it is not in the image"));
+                problems.push(not_table("foreign table", "; it is not in the image"));
                 continue;
             }
             RelKind::MaterializedView => {
-                out.problems.push(not_table(
+                problems.push(not_table(
                     "materialized view",
                     "; it is refreshed from its masked tables",
                 ));
@@ -279,7 +290,7 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
                 root_schema,
                 root_table,
             } => {
-                out.problems.push(RuleProblem::Partition {
+                problems.push(RuleProblem::Partition {
                     at: t.at,
                     table: t.name.clone(),
                     root: TableName {
@@ -294,7 +305,7 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
         }
         for rule in &t.columns {
             let Some(col) = cols.iter().find(|c| c.column == rule.column) else {
-                out.problems.push(RuleProblem::NoColumn {
+                problems.push(RuleProblem::NoColumn {
                     at: rule.at,
                     table: t.name.clone(),
                     column: rule.column.clone(),
@@ -302,13 +313,13 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
                 continue;
             };
             if col.generated && rule.transformer != Transformer::Keep {
-                out.problems.push(RuleProblem::Generated {
+                problems.push(RuleProblem::Generated {
                     at: rule.at,
                     table: t.name.clone(),
                     column: rule.column.clone(),
                 });
             } else if let Err(misfit) = rule.transformer.fit(&col.ty) {
-                out.problems.push(RuleProblem::Misfit {
+                problems.push(RuleProblem::Misfit {
                     at: rule.at,
                     table: t.name.clone(),
                     column: rule.column.clone(),
@@ -318,7 +329,14 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
             }
         }
     }
-    // Every column of every table: covered, or listed with a suggestion.
+    problems
+}
+
+/// Every column of every table: covered (its table's action), or
+/// listed with a suggestion.
+fn cover_columns(rules: &Rules, catalog: &Catalog, out: &mut Coverage) {
+    let columnless = &catalog.columnless;
+    let catalog = &catalog.columns;
     // Columns of one table together (stable: column order kept).
     let mut sorted: Vec<&CatalogColumn> = catalog.iter().collect();
     sorted.sort_by(|a, b| {
@@ -398,8 +416,6 @@ pub fn check(rules: &Rules, catalog: &Catalog) -> Coverage {
             }
         }
     }
-    out.actions.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 /// A rule guessed from a column's name and type, and why.

@@ -3,7 +3,8 @@
 //! ([`transform`]); [`coverage`] checks the rules against the catalog of
 //! the upload's databases (fail closed: every column covered); [`plan`]
 //! turns a database's rules into the statements that rewrite it, keyed by
-//! the per-deployment [`key`].
+//! the per-deployment [`key`]; [`run`] reads a live database's catalog
+//! and applies a plan to it.
 //!
 //! Not yet wired into finalise (the next step of issue 13): until then
 //! nothing in the daemon calls it, hence the `dead_code` allowance on the

@@ -173,64 +173,10 @@ pub fn parse(text: &str) -> Result<Rules, RulesError> {
         message: e.message().lines().next().unwrap_or("invalid").to_string(),
     })?;
     let p = Parser { text };
-    let mut tables: BTreeMap<TableName, TableRules> = BTreeMap::new();
-    let mut found: Vec<(TableName, Position, &DeTable<'_>)> = Vec::new();
-    for (db_key, db_value) in doc.get_ref() {
-        let db = db_key.get_ref().to_string();
-        let Some(db_table) = p.standard_table(db_value) else {
-            return Err(p.shape(
-                db_key,
-                format!("`{db}` must be a table of tables: [{db}.table] or [{db}.schema.table]"),
-            ));
-        };
-        for (key, value) in db_table {
-            let Some(inner) = p.standard_table(value) else {
-                return Err(p.shape(key, format!(
-                    "column rule `{}` outside a table: write it under [{db}.table] or [{db}.schema.table]",
-                    key.get_ref()
-                )));
-            };
-            let subtables = inner
-                .iter()
-                .filter(|(_, v)| p.standard_table(v).is_some())
-                .count();
-            if subtables == 0 {
-                let name = TableName {
-                    database: db.clone(),
-                    schema: "public".into(),
-                    table: key.get_ref().to_string(),
-                };
-                found.push((name, p.pos(value.span().start), inner));
-            } else if subtables == inner.len() {
-                for (tkey, tvalue) in inner {
-                    let Some(columns) = p.standard_table(tvalue) else {
-                        continue;
-                    };
-                    if let Some((k, _)) =
-                        columns.iter().find(|(_, v)| p.standard_table(v).is_some())
-                    {
-                        return Err(p.shape(k, format!(
-                            "[{db}.{}.{}.{}] is one level too deep: tables are [database.schema.table]",
-                            key.get_ref(), tkey.get_ref(), k.get_ref()
-                        )));
-                    }
-                    let name = TableName {
-                        database: db.clone(),
-                        schema: key.get_ref().to_string(),
-                        table: tkey.get_ref().to_string(),
-                    };
-                    found.push((name, p.pos(tvalue.span().start), columns));
-                }
-            } else {
-                return Err(p.shape(key, format!(
-                    "[{db}.{0}] holds both column rules and tables; write [{db}.public.{0}] for the table in public",
-                    key.get_ref()
-                )));
-            }
-        }
-    }
+    let mut found = p.tables(doc.get_ref())?;
     // Merge in file order so "first at line" names the earlier one.
     found.sort_by_key(|(_, at, _)| *at);
+    let mut tables: BTreeMap<TableName, TableRules> = BTreeMap::new();
     for (name, at, columns) in found {
         let entry = tables.entry(name.clone()).or_insert_with(|| TableRules {
             name: name.clone(),
@@ -238,6 +184,85 @@ pub fn parse(text: &str) -> Result<Rules, RulesError> {
             whole: None,
             columns: Vec::new(),
         });
+        p.merge(entry, columns)?;
+    }
+    Ok(Rules {
+        tables: tables.into_values().collect(),
+    })
+}
+
+/// A table found in the document, where, and its entries.
+type Found<'a, 'i> = (TableName, Position, &'a DeTable<'i>);
+
+impl Parser<'_> {
+    /// Every table of the document (databases, then tables in `public` or
+    /// schemas, then tables).
+    fn tables<'a, 'i>(&self, doc: &'a DeTable<'i>) -> Result<Vec<Found<'a, 'i>>, RulesError> {
+        let p = self;
+        let mut found = Vec::new();
+        for (db_key, db_value) in doc {
+            let db = db_key.get_ref().to_string();
+            let Some(db_table) = p.standard_table(db_value) else {
+                return Err(p.shape(
+                    db_key,
+                    format!(
+                        "`{db}` must be a table of tables: [{db}.table] or [{db}.schema.table]"
+                    ),
+                ));
+            };
+            for (key, value) in db_table {
+                let Some(inner) = p.standard_table(value) else {
+                    return Err(p.shape(key, format!(
+                        "column rule `{}` outside a table: write it under [{db}.table] or [{db}.schema.table]",
+                        key.get_ref()
+                    )));
+                };
+                let subtables = inner
+                    .iter()
+                    .filter(|(_, v)| p.standard_table(v).is_some())
+                    .count();
+                if subtables == 0 {
+                    let name = TableName {
+                        database: db.clone(),
+                        schema: "public".into(),
+                        table: key.get_ref().to_string(),
+                    };
+                    found.push((name, p.pos(value.span().start), inner));
+                } else if subtables == inner.len() {
+                    for (tkey, tvalue) in inner {
+                        let Some(columns) = p.standard_table(tvalue) else {
+                            continue;
+                        };
+                        if let Some((k, _)) =
+                            columns.iter().find(|(_, v)| p.standard_table(v).is_some())
+                        {
+                            return Err(p.shape(k, format!(
+                                "[{db}.{}.{}.{}] is one level too deep: tables are [database.schema.table]",
+                                key.get_ref(), tkey.get_ref(), k.get_ref()
+                            )));
+                        }
+                        let name = TableName {
+                            database: db.clone(),
+                            schema: key.get_ref().to_string(),
+                            table: tkey.get_ref().to_string(),
+                        };
+                        found.push((name, p.pos(tvalue.span().start), columns));
+                    }
+                } else {
+                    return Err(p.shape(key, format!(
+                        "[{db}.{0}] holds both column rules and tables; write [{db}.public.{0}] for the table in public",
+                        key.get_ref()
+                    )));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Add a table's entries (`"*"` and column rules) to its rules.
+    fn merge(&self, entry: &mut TableRules, columns: &DeTable<'_>) -> Result<(), RulesError> {
+        let p = self;
+        let name = entry.name.clone();
         let mut items: Vec<_> = columns.iter().collect();
         items.sort_by_key(|(k, _)| k.span().start);
         for (key, value) in items {
@@ -292,10 +317,8 @@ pub fn parse(text: &str) -> Result<Rules, RulesError> {
                 column: c.column.clone(),
             });
         }
+        Ok(())
     }
-    Ok(Rules {
-        tables: tables.into_values().collect(),
-    })
 }
 
 struct Parser<'t> {
