@@ -63,7 +63,8 @@ fn assert_one_line_error(r: &Ran, code: u32, needle: &str) {
 }
 
 /// The story's shared world: one image made through the commands
-/// (`new-image --script -`, `upload-image`, `finalise-image`), its id read
+/// (`new-image --script -` with `[masking] rules_file`, `upload-image`,
+/// `finalise-image`), its id read
 /// from `images --json`; the replies are kept for the tests to check. Each
 /// test that needs an instance makes its own, for a user of its own.
 struct Story {
@@ -77,7 +78,9 @@ struct Story {
 static STORY: OnceLock<Shared<Story>> = OnceLock::new();
 
 async fn build_story() -> Story {
-    let env = TestEnv::new().await;
+    // The nightly job of a 5.x deployment: its script, and the rules file
+    // its operator added.
+    let env = TestConfig::new().rules_file(FIXTURE_RULES).open().await;
     let admin = env.admin();
     let new_image = run(
         &env,
@@ -253,6 +256,27 @@ async fn status_json_names_the_newest_ready_image() {
         let v = json_of(&r);
         assert_eq!(v["status"], "ok");
         assert_eq!(v["newest_ready_image"], s.image.get());
+        assert_eq!(v["newest_ready_image_anonymisation"], "checked");
+        // How it was anonymised: the config's rules, then the script.
+        let r = run(
+            &s.env,
+            &s.env.user("pete"),
+            &format!("image {} --json", s.image),
+            b"",
+        )
+        .await;
+        let a = &json_of(&r)["anonymisation"];
+        assert_eq!(a["status"], "checked", "{a}");
+        assert_eq!(a["rules_from"], serde_json::json!(["config"]));
+        assert_eq!(a["script"], true);
+        let r = run(
+            &s.env,
+            &s.env.user("pete"),
+            &format!("image {}", s.image),
+            b"",
+        )
+        .await;
+        assert!(r.out.contains("masking   checked"), "{}", r.out);
     })
     .await
 }

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use super::manifest::{AnonymisationStatus, Manifest};
+
 use time::OffsetDateTime;
 
 use crate::secret::Secret;
@@ -217,6 +219,31 @@ pub struct Image {
     /// The database its script ran in and clients connect to (sealed
     /// images; `None`: `[postgres] database`).
     pub database: Option<String>,
+    /// Its own masking rules (TOML), if given at creation.
+    pub masking_rules: Option<String>,
+    /// Declared not personal at creation (`--no-anonymisation`).
+    pub no_anonymisation: bool,
+    /// How it was anonymised (ready images; older ones read as
+    /// [`Manifest::legacy`]).
+    pub anonymisation: Option<Manifest>,
+}
+
+impl Image {
+    /// The anonymisation status shown for it: a ready image's manifest's,
+    /// `None` before it is sealed.
+    pub fn anonymisation_status(&self) -> Option<AnonymisationStatus> {
+        self.manifest().map(|m| m.status)
+    }
+
+    /// Its manifest: the recorded one, [`Manifest::legacy`] for a ready
+    /// image sealed before manifests, `None` before it is sealed.
+    pub fn manifest(&self) -> Option<Manifest> {
+        match (&self.anonymisation, self.state) {
+            (Some(m), _) => Some(m.clone()),
+            (None, ImageState::Ready) => Some(Manifest::legacy()),
+            (None, _) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

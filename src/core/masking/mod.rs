@@ -5,14 +5,13 @@
 //! turns a database's rules into the statements that rewrite it, keyed by
 //! the per-deployment [`key`]; [`run`] reads a live database's catalog
 //! and applies a plan to it.
-//!
-//! Not yet wired into finalise (the next step of issue 13): until then
-//! nothing in the daemon calls it, hence the `dead_code` allowance on the
-//! module's declaration in `core/mod.rs`, to be removed when it is wired.
+//! Finalise (`core::postgres::finalise::mask`) wires them together.
 
 pub mod coverage;
 pub mod key;
 pub mod plan;
 pub mod rules;
 pub mod run;
+pub mod scan;
+pub mod suggest;
 pub mod transform;

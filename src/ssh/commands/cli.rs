@@ -25,7 +25,9 @@ Instances
 Images
   images                         list images
   image ID                       show one image (with its failure reason)
-  new-image [--script SQL|-]     create an image to upload into (admins)
+  new-image [--rules FILE|-]     create an image to upload into (admins)
+            [--script SQL|-] [--no-anonymisation]
+  suggest-rules ID               print masking rules for an upload's schema to review (admins)
   upload-image ID                upload a tar/tar.gz/tar.zst data directory from stdin (admins)
   finalise-image ID [--detach]   anonymise and seal an image (alias: done) (admins)
   reset-upload ID                let a failed upload start again (admins)
@@ -99,11 +101,30 @@ pub(super) enum Cmd {
         #[arg(long)]
         backed_up_at: Option<String>,
         /// The anonymisation SQL script, inline, or `-` to read it from stdin.
+        /// It runs after the masking rules, for what rules cannot say.
         #[arg(long)]
         script: Option<String>,
+        /// This image's masking rules (TOML): `-` reads them from stdin, a
+        /// path names a world-readable file on the Draupnir host. Their
+        /// tables replace the same tables of [masking] rules_file.
+        #[arg(long, value_name = "FILE|-")]
+        rules: Option<String>,
+        /// Declare the data not personal: seal it without masking, shown
+        /// with anonymisation `none` (never picked as `latest` while a
+        /// checked image exists).
+        #[arg(long, conflicts_with_all = ["script", "rules"])]
+        no_anonymisation: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a complete masking rules file for an uploaded image's schema,
+    /// each rule guessed from the column's name, type and sampled values
+    /// (admins). Review it, then give it to new-image --rules or
+    /// [masking] rules_file.
+    SuggestRules {
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
     },
     /// Upload a tar, tar.gz or tar.zst data directory from stdin (admins).
     UploadImage {

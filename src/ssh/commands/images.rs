@@ -1,6 +1,6 @@
 //! The image commands: `images`, `image`, `new-image`, `upload-image`,
-//! `finalise-image` (streaming the core's progress), `reset-upload` and
-//! `destroy-image`. Each asks the core and formats its answer.
+//! `finalise-image` (streaming the core's progress), `suggest-rules`,
+//! `reset-upload` and `destroy-image`. Each asks the core and formats its answer.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::AsyncRead;
 
 use super::{read_stdin, say, say_json, ssh_target, Failure, Out, Session};
-use crate::core::{format_ts, Finalising, ImageId, ImageState, Progress, UploadTarget};
+use crate::core::{format_ts, Finalising, ImageId, ImageState, NewImage, Progress, UploadTarget};
 use crate::ssh::error::Refusal;
 use crate::ssh::format::{self, age, size, table};
 
@@ -32,6 +32,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
                 size(i.size_bytes),
+                format::anonymisation_word(i),
                 i.backed_up_at.map(age).unwrap_or_else(|| "-".into()),
                 age(i.created_at),
                 i.failure_reason
@@ -49,6 +50,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
                 "STATE",
                 "PG",
                 "SIZE",
+                "MASKING",
                 "BACKED UP",
                 "CREATED",
                 "REASON",
@@ -81,21 +83,42 @@ pub(super) async fn show(
         format_ts(i.created_at),
         age(i.created_at),
     );
+    text.push_str(&format::manifest_lines(&i));
     if let Some(r) = &i.failure_reason {
         text.push_str(&format!("reason    {r}\n"));
     }
     say(out, text).await
 }
 
-/// `new-image [--backed-up-at TIME] [--script SQL|-] [--json]`.
+/// `new-image`'s arguments as given.
+pub(super) struct NewImageArgs {
+    pub backed_up_at: Option<String>,
+    pub script: Option<String>,
+    pub rules: Option<String>,
+    pub no_anonymisation: bool,
+}
+
+/// `new-image [--backed-up-at TIME] [--rules FILE|-] [--script SQL|-]
+/// [--no-anonymisation] [--json]`.
 pub(super) async fn create(
     session: &Session,
-    backed_up_at: Option<String>,
-    script: Option<String>,
+    args: NewImageArgs,
     json: bool,
     stdin: &mut (dyn AsyncRead + Unpin + Send),
     out: Out<'_>,
 ) -> Result<(), Failure> {
+    let NewImageArgs {
+        backed_up_at,
+        script,
+        rules,
+        no_anonymisation,
+    } = args;
+    if script.as_deref() == Some("-") && rules.as_deref() == Some("-") {
+        return Err(Failure::Usage(
+            "--script - and --rules - cannot both read stdin; give one of them inline or as a file"
+                .into(),
+        ));
+    }
     let backed_up_at = match backed_up_at {
         None => None,
         Some(s) => Some(
@@ -113,9 +136,20 @@ pub(super) async fn create(
         Some(s) => Some(s.to_string()),
         None => None,
     };
-    let image = session
-        .service
-        .create_image(&session.actor, backed_up_at, script.as_deref())?;
+    let rules = match rules.as_deref() {
+        Some("-") => Some(read_stdin(stdin, "the rules").await?),
+        Some(path) => Some(session.service.read_rules_file(&session.actor, path)?),
+        None => None,
+    };
+    let image = session.service.create_image(
+        &session.actor,
+        NewImage {
+            backed_up_at,
+            script,
+            rules,
+            no_anonymisation,
+        },
+    )?;
     if json {
         return say_json(out, &format::image_json(&image)).await;
     }
@@ -218,6 +252,19 @@ async fn show_progress(out: Out<'_>, p: Progress) -> Result<(), Failure> {
         Progress::Output(line) => say(out, format!("    {line}\n")).await,
         Progress::Done => Ok(()),
     }
+}
+
+/// `suggest-rules ID`: the rules file on stdout (`> rules.toml`).
+pub(super) async fn suggest_rules(
+    session: &Session,
+    id: ImageId,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let text = session
+        .service
+        .suggest_rules(&session.actor, id, None)
+        .await?;
+    say(out, text).await
 }
 
 /// `reset-upload ID`.

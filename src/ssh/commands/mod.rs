@@ -120,8 +120,19 @@ async fn dispatch(
         Cmd::NewImage {
             backed_up_at,
             script,
+            rules,
+            no_anonymisation,
             json,
-        } => images::create(s, backed_up_at, script, json, stdin, out).await,
+        } => {
+            let new = images::NewImageArgs {
+                backed_up_at,
+                script,
+                rules,
+                no_anonymisation,
+            };
+            images::create(s, new, json, stdin, out).await
+        }
+        Cmd::SuggestRules { id } => images::suggest_rules(s, id, out).await,
         Cmd::UploadImage { id } => images::upload(s, id, stdin, out).await,
         Cmd::FinaliseImage { id, detach, json } => images::finalise(s, id, detach, json, out).await,
         Cmd::ResetUpload { id } => images::reset_upload(s, id, out).await,
