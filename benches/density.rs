@@ -548,7 +548,9 @@ async fn run() {
     let http = Https::new(&daemon, token);
 
     // The image: scp the fixture, finalise over ssh.
-    let image = ssh.json(&["new-image", "--json"]).await["id"]
+    let image = ssh
+        .json(&["new-image", "--no-anonymisation", "--json"])
+        .await["id"]
         .as_i64()
         .expect("image id");
     ssh.scp("base.tar.gz", &format!("images/{image}")).await;

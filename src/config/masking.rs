@@ -74,9 +74,69 @@ impl MaskingConfig {
         }
         crate::core::check_masking_rules(&text).map_err(|error| ConfigError::Rules {
             path: path.clone(),
-            error,
+            error: Box::new(error),
         })?;
         self.rules = Some(text.into());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn with_rules(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, text).expect("write");
+        let config = Config::parse(&format!("[masking]\nrules_file = \"{}\"", path.display()));
+        (dir, config)
+    }
+
+    #[test]
+    fn the_rules_file_is_read_at_load() {
+        let (_d, c) = with_rules("[app.users]\nemail = \"email\"\n");
+        let c = c.expect("valid");
+        assert!(c.masking.require_coverage, "fail closed by default");
+        assert_eq!(
+            c.masking.rules.as_deref(),
+            Some("[app.users]\nemail = \"email\"\n")
+        );
+    }
+
+    #[test]
+    fn a_bad_rules_file_is_refused_with_its_line() {
+        let (_d, c) = with_rules("[app.users]\nid = \"keep\"\nemail = \"emial\"\n");
+        let e = c.expect_err("unknown transformer").to_string();
+        assert!(
+            e.contains("rules.toml") && e.contains("line 3") && e.contains("email"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let (_d, c) = with_rules("[app.users\n");
+        assert!(c.expect_err("syntax").to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn a_missing_or_relative_rules_file_is_refused() {
+        let e = Config::parse("[masking]\nrules_file = \"/nonexistent/rules.toml\"")
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("/nonexistent/rules.toml"), "{e}");
+        let e = Config::parse("[masking]\nrules_file = \"rules.toml\"")
+            .expect_err("relative")
+            .to_string();
+        assert!(e.contains("masking.rules_file"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_rules_file_is_a_live_change() {
+        use crate::config::Reloadable;
+        let (_d, old) = with_rules("[app.users]\nemail = \"email\"\n");
+        let (_e, new) = with_rules("[app.users]\nemail = \"hash\"\n");
+        let mut r = crate::config::ReloadReport::default();
+        old.expect("old").diff_into(&new.expect("new"), &mut r);
+        assert!(r.applied.contains(&"masking.rules"), "{r:?}");
+        assert!(r.needs_restart.is_empty(), "{r:?}");
     }
 }

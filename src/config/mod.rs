@@ -46,7 +46,7 @@ pub enum ConfigError {
     Rules {
         path: PathBuf,
         #[source]
-        error: crate::core::MaskingRulesError,
+        error: Box<crate::core::MaskingRulesError>,
     },
 }
 

@@ -181,7 +181,7 @@ pub enum BadInput {
     ScriptNul,
     /// The image's own masking rules do not parse (the error has the line).
     #[error("{0}")]
-    Rules(#[source] crate::core::masking::rules::RulesError),
+    Rules(#[source] Box<crate::core::masking::rules::RulesError>),
     #[error("rules file `{path}`: {reason}; send the rules on stdin instead: ssh draupnir new-image --rules - < FILE")]
     RulesFile { path: String, reason: &'static str },
     #[error(

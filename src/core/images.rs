@@ -240,7 +240,7 @@ impl Service {
             return Err(BadInput::ScriptNul.into());
         }
         if let Some(rules) = &new.rules {
-            masking::rules::parse(rules).map_err(BadInput::Rules)?;
+            masking::rules::parse(rules).map_err(|e| BadInput::Rules(Box::new(e)))?;
         }
         if new.no_anonymisation && (new.rules.is_some() || new.script.is_some()) {
             return Err(BadInput::NotPersonalButMasked.into());

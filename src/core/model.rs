@@ -225,7 +225,7 @@ pub struct Image {
     pub no_anonymisation: bool,
     /// How it was anonymised (ready images; older ones read as
     /// [`Manifest::legacy`]).
-    pub anonymisation: Option<Manifest>,
+    pub anonymisation: Option<Box<Manifest>>,
 }
 
 impl Image {
@@ -239,7 +239,7 @@ impl Image {
     /// image sealed before manifests, `None` before it is sealed.
     pub fn manifest(&self) -> Option<Manifest> {
         match (&self.anonymisation, self.state) {
-            (Some(m), _) => Some(m.clone()),
+            (Some(m), _) => Some(m.as_ref().clone()),
             (None, ImageState::Ready) => Some(Manifest::legacy()),
             (None, _) => None,
         }

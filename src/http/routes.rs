@@ -47,10 +47,16 @@ fn image_doc(image: &Image) -> Value {
             "ready": image.state == ImageState::Ready,
             "created_at": timestamp(image.created_at),
             "updated_at": timestamp(image.updated_at),
-            // Not in the 5.x contract; its clients ignore it.
-            "anonymisation": image.manifest(),
         }
     })
+}
+
+/// `GET /images/:id`'s document: the 5.x attributes and (not in the 5.x
+/// contract; its clients ignore it) how the image was anonymised.
+fn image_doc_shown(image: &Image) -> Value {
+    let mut doc = image_doc(image);
+    doc["attributes"]["anonymisation"] = json!(image.manifest());
+    doc
 }
 
 fn instance_doc(state: &AppState, inst: &Instance) -> Value {
@@ -127,7 +133,7 @@ pub async fn show_image(
     PathId(id): PathId,
 ) -> ApiResult {
     let image = state.service.image(&actor, path_id(&id)?)?;
-    ok(StatusCode::OK, json!({"data": image_doc(&image)}))
+    ok(StatusCode::OK, json!({"data": image_doc_shown(&image)}))
 }
 
 #[derive(Deserialize)]

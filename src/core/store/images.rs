@@ -32,7 +32,7 @@ fn image_row(row: &Row) -> rusqlite::Result<Image> {
         // shown as unchecked, never as checked.
         anonymisation: row
             .get::<_, Option<String>>("anonymisation")?
-            .map(|j| serde_json::from_str(&j).unwrap_or_else(|_| Manifest::legacy())),
+            .map(|j| Box::new(serde_json::from_str(&j).unwrap_or_else(|_| Manifest::legacy()))),
     })
 }
 

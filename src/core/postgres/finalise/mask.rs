@@ -47,7 +47,7 @@ impl MaskingSpec {
     /// place of the same tables'. Both were parsed when given; a parse
     /// error here means a file changed under us, and is refused.
     fn rules(&self) -> Result<Option<Rules>, FinaliseError> {
-        let parse = |t: &str| rules::parse(t).map_err(FinaliseError::Rules);
+        let parse = |t: &str| rules::parse(t).map_err(|e| FinaliseError::Rules(Box::new(e)));
         let config = self.config_rules.as_deref().map(parse).transpose()?;
         let image = self.image_rules.as_deref().map(parse).transpose()?;
         Ok(match (config, image) {
@@ -126,7 +126,7 @@ pub(super) async fn mask_everywhere(
             .map_err(sql_err("connecting to read the catalog"))?;
         run::read_catalog(&c, db, &mut catalog)
             .await
-            .map_err(FinaliseError::Masking)?;
+            .map_err(FinaliseError::from)?;
     }
     let given = rules.is_some();
     let rules = rules.unwrap_or_default();
@@ -156,7 +156,7 @@ pub(super) async fn mask_everywhere(
         ));
         AnonymisationStatus::Unchecked
     };
-    let key = MaskingKey::load_or_create(&m.key_dir).map_err(FinaliseError::Key)?;
+    let key = MaskingKey::load_or_create(&m.key_dir).map_err(|e| FinaliseError::Key(Box::new(e)))?;
     let mut masked = Masked {
         uncovered: cover.uncovered_total,
         status: Some(status),
@@ -172,7 +172,7 @@ pub(super) async fn mask_everywhere(
                 .map_err(sql_err("connecting to mask"))?;
             rows = run::apply_transaction(&c, &p, &key)
                 .await
-                .map_err(FinaliseError::Masking)?;
+                .map_err(FinaliseError::from)?;
             masked.rewritten.insert(db.clone(), p.rewritten.clone());
         }
         masked.record(db, &cover, &catalog, &rows);

@@ -67,7 +67,7 @@ pub enum FinaliseError {
     Other(String),
     /// A rules file changed under us and no longer parses.
     #[error("{0}")]
-    Rules(#[source] MaskingRulesError),
+    Rules(#[source] Box<MaskingRulesError>),
     /// Rules that name what is not there, or do not fit a column's type.
     #[error("masking rules do not fit the upload: {}", rule_problems(.0))]
     RuleProblems(Vec<RuleProblem>),
@@ -82,11 +82,11 @@ pub enum FinaliseError {
     #[error("image {image} has no masking rules and no anonymisation script; give rules (ssh draupnir suggest-rules {image}), or create the image with --no-anonymisation if its data is not personal")]
     NoAnonymisation { image: ImageId },
     #[error("{0}")]
-    Masking(#[source] RunError),
+    Masking(#[source] Box<RunError>),
     #[error("{0}")]
-    Key(#[source] KeyError),
+    Key(#[source] Box<KeyError>),
     #[error("{0}")]
-    Scan(#[source] ScanError),
+    Scan(#[source] Box<ScanError>),
     /// The leak scan found values that still look personal, or originals.
     #[error("leak scan: {} (nothing sealed; fix the rules)", .0.join("; "))]
     Leaks(Vec<String>),
@@ -490,4 +490,16 @@ pub fn sync_fs(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(path)?;
     rustix::fs::syncfs(&f)?;
     Ok(())
+}
+
+impl From<RunError> for FinaliseError {
+    fn from(e: RunError) -> Self {
+        FinaliseError::Masking(Box::new(e))
+    }
+}
+
+impl From<ScanError> for FinaliseError {
+    fn from(e: ScanError) -> Self {
+        FinaliseError::Scan(Box::new(e))
+    }
 }

@@ -48,10 +48,10 @@ pub(super) async fn suggest(
                 .map_err(sql_err("connecting to read the catalog"))?;
             run::read_catalog(&c, db, &mut catalog)
                 .await
-                .map_err(FinaliseError::Masking)?;
+                .map_err(FinaliseError::from)?;
             let found = scan::sample(&c, db, &catalog, SAMPLE)
                 .await
-                .map_err(FinaliseError::Scan)?;
+                .map_err(FinaliseError::from)?;
             samples.extend(found);
         }
         Ok::<_, FinaliseError>(suggest::suggest_rules(&catalog, &samples))
