@@ -77,14 +77,21 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (n, s) = (self.count, if self.count == 1 { "" } else { "s" });
+        let n = self.count;
+        let s = if n == 1 { "" } else { "s" };
         match self.kind {
-            FindingKind::LooksLike(d) => write!(
+            FindingKind::LooksLike(d) if n == 1 => write!(
                 f,
-                "{}.{}: {n} sampled value{s} still look{} like {}",
+                "{}.{}: 1 sampled value still looks like {}",
                 self.table,
                 self.column,
-                if n == 1 { "s" } else { "" },
+                d.singular()
+            ),
+            FindingKind::LooksLike(d) => write!(
+                f,
+                "{}.{}: {n} sampled values still look like {}",
+                self.table,
+                self.column,
                 d.plural()
             ),
             FindingKind::Original => write!(
@@ -230,7 +237,10 @@ fn digests(originals: &Samples) -> Vec<Vec<u8>> {
 
 /// The leak scan of `database` (`client` connected to it) after masking;
 /// `originals` holds values sampled before masking from the masked
-/// columns ([`masked_originals`]). Findings sorted by table and column.
+/// columns ([`masked_originals`]); it may hold every database's, so a
+/// copy in another database is found too (a column counts as masked here
+/// when `originals` has values of it under this database's name).
+/// Findings sorted by table and column.
 pub async fn scan(
     client: &Client,
     database: &str,
@@ -358,6 +368,15 @@ mod tests {
         assert_eq!(
             f.to_string(),
             "app.public.users.email: 3 sampled values still look like e-mail addresses"
+        );
+        let one = Finding {
+            count: 1,
+            kind: FindingKind::LooksLike(Detector::PersonName),
+            ..f.clone()
+        };
+        assert_eq!(
+            one.to_string(),
+            "app.public.users.email: 1 sampled value still looks like a person's name"
         );
         let f = Finding {
             kind: FindingKind::Original,
