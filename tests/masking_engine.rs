@@ -603,7 +603,8 @@ CREATE TABLE nothing ();
 CREATE TABLE kept (id int, email text);
 INSERT INTO kept SELECT g, 'staff' || g || '@corp.example' FROM generate_series(1, 5) g;
 CREATE TABLE copies (id int, stuff text);
-INSERT INTO copies VALUES (1, 'note 17'), (2, 'note 17'), (3, 'note 18'), (4, 'hello world'), (5, 'abc');
+INSERT INTO copies VALUES (1, 'note 17'), (2, 'note 17'), (3, 'note 18'), (4, 'hello world'),
+  (5, 'abc'), (6, 'Hans Müller');
 "#,
         rows.join(",\n")
     )
@@ -730,7 +731,7 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
     assert_eq!(
         got,
         vec![
-            "shop.public.copies.stuff: 3 values equal an original value of a masked column",
+            "shop.public.copies.stuff: 4 values equal an original value of a masked column",
             "shop.public.kept.email: 5 sampled values still look like e-mail addresses",
         ]
     );
@@ -748,6 +749,33 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
         assert!(!logged.contains(original), "{original} in the log");
     }
     assert!(!got.iter().any(|f| f.contains("note 1") || f.contains('@')));
+
+    // A copy in another database, one not in UTF8, is found too.
+    admin
+        .batch_execute(
+            "CREATE DATABASE latin ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+        )
+        .await
+        .unwrap();
+    let latin = pg.connect("latin").await;
+    latin
+        .batch_execute(
+            "CREATE TABLE t (x varchar(40)); INSERT INTO t VALUES ('Hans Müller'), ('note 17'), ('x'), ('y'), ('z');",
+        )
+        .await
+        .unwrap();
+    let mut latin_cat = coverage::Catalog::default();
+    run::read_catalog(&latin, "latin", &mut latin_cat)
+        .await
+        .unwrap();
+    let found = scan::scan(&latin, "latin", &latin_cat, &originals)
+        .await
+        .unwrap();
+    let got: Vec<String> = found.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        got,
+        vec!["latin.public.t.x: 2 values equal an original value of a masked column"]
+    );
 
     // A table gone since the catalog was read: one line, its name.
     shop.batch_execute("DROP TABLE copies").await.unwrap();

@@ -13,13 +13,15 @@
 //! server: only their SHA-256 digests do, bound as a `bytea[]` parameter
 //! (a statement's text can end up in the server's log), compared with
 //! `sha256(convert_to(col::text, 'UTF8')) = ANY($1)`, which PostgreSQL
-//! turns into a hash lookup. Findings and errors name a table, a column
+//! turns into a hash lookup, after a cheaper filter on the originals'
+//! byte lengths (`octet_length(col) = ANY($2)`). Findings and errors name a table, a column
 //! and a count, never a value.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::coverage::{Catalog, CatalogColumn, RelKind, TableAction};
@@ -220,8 +222,11 @@ pub fn masked_originals(samples: &Samples, actions: &[(TableName, TableAction)])
     })
 }
 
-/// The SHA-256 digests of the originals worth searching for.
-fn digests(originals: &Samples) -> Vec<Vec<u8>> {
+/// The SHA-256 digests of the originals worth searching for, and their
+/// lengths in bytes (a cheap first filter: PostgreSQL knows a value's
+/// length without reading it).
+fn digests(originals: &Samples) -> (Vec<Vec<u8>>, Vec<i32>) {
+    let mut lengths = BTreeSet::new();
     let set: BTreeSet<Vec<u8>> = originals
         .columns
         .values()
@@ -230,9 +235,12 @@ fn digests(originals: &Samples) -> Vec<Vec<u8>> {
             let t = v.trim();
             !t.is_empty() && (t.chars().count() >= MIN_ORIGINAL_CHARS || detect(t).is_some())
         })
-        .map(|v| Sha256::digest(v.as_bytes()).to_vec())
+        .filter_map(|v| {
+            lengths.insert(i32::try_from(v.len()).ok()?);
+            Some(Sha256::digest(v.as_bytes()).to_vec())
+        })
         .collect();
-    set.into_iter().collect()
+    (set.into_iter().collect(), lengths.into_iter().collect())
 }
 
 /// The leak scan of `database` (`client` connected to it) after masking;
@@ -247,8 +255,8 @@ pub async fn scan(
     catalog: &Catalog,
     originals: &Samples,
 ) -> Result<Vec<Finding>, ScanError> {
-    let unpopulated = unpopulated_matviews(client, database).await?;
-    let digests = digests(originals);
+    let (unpopulated, utf8) = database_facts(client, database).await?;
+    let (digests, lengths) = digests(originals);
     let mut findings = Vec::new();
     for mut t in targets(catalog, database, true, true) {
         if unpopulated.contains(&(t.name.schema.clone(), t.name.table.clone())) {
@@ -283,20 +291,27 @@ pub async fn scan(
             .columns
             .iter()
             .map(|c| {
+                let v = format!("x.{}::text", quote_ident(&c.column));
+                // The byte lengths are UTF-8's: only a UTF8 database's match.
+                let length = if utf8 {
+                    format!("octet_length({v}) = ANY($2::int4[]) AND ")
+                } else {
+                    String::new()
+                };
                 format!(
-                    "count(*) FILTER (WHERE sha256(convert_to(x.{}::text, 'UTF8')) = ANY($1::bytea[]))",
-                    quote_ident(&c.column)
+                    "count(*) FILTER (WHERE {length}sha256(convert_to({v}, 'UTF8')) = ANY($1::bytea[]))"
                 )
             })
             .collect();
         let sql = format!("SELECT {} FROM {} AS x", counts.join(", "), t.from);
+        let both: [&(dyn ToSql + Sync); 2] = [&digests, &lengths];
         let err = |source| ScanError::Table {
             table: t.name.clone(),
             step: "searching for original values",
             source,
         };
         let row = client
-            .query_one(sql.as_str(), &[&digests])
+            .query_one(sql.as_str(), if utf8 { &both } else { &both[..1] })
             .await
             .map_err(err)?;
         for (i, c) in t.columns.iter().enumerate() {
@@ -315,11 +330,22 @@ pub async fn scan(
     Ok(findings)
 }
 
-/// Materialized views not populated (`WITH NO DATA`): nothing to read.
-async fn unpopulated_matviews(
+/// Materialized views not populated (`WITH NO DATA`: nothing to read),
+/// and whether the database's encoding is UTF8.
+async fn database_facts(
     client: &Client,
     database: &str,
-) -> Result<BTreeSet<(String, String)>, ScanError> {
+) -> Result<(BTreeSet<(String, String)>, bool), ScanError> {
+    let err = |source| ScanError::Database {
+        database: database.to_string(),
+        step: "reading the encoding",
+        source,
+    };
+    let encoding: String = client
+        .query_one("SELECT pg_catalog.getdatabaseencoding()::text", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(err)?;
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
@@ -333,14 +359,16 @@ async fn unpopulated_matviews(
             step: "reading materialized views",
             source,
         })?;
-    rows.iter()
+    let unpopulated = rows
+        .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(|source| ScanError::Database {
             database: database.to_string(),
             step: "reading materialized views",
             source,
-        })
+        })?;
+    Ok((unpopulated, encoding == "UTF8"))
 }
 
 #[cfg(test)]
@@ -439,8 +467,9 @@ mod tests {
                 "abcdef".into(),
             ],
         );
-        let d = digests(&s);
+        let (d, lengths) = digests(&s);
         assert_eq!(d.len(), 2, "an IP (detected) and a 6-character value, once");
         assert!(d.contains(&Sha256::digest(b"abcdef").to_vec()));
+        assert_eq!(lengths, vec![6, 7]);
     }
 }

@@ -87,15 +87,27 @@ pub fn suggest_rules_for(image: Option<&str>, catalog: &Catalog, samples: &Sampl
         );
         let mut lines: Vec<(String, String)> = Vec::new();
         let mut generated = Vec::new();
+        let mut star = false;
         for c in columns {
             if c.generated {
                 generated.push(c.column.as_str());
                 continue;
             }
+            if c.column == "*" {
+                // `"*"` is the whole-table key: this column cannot have
+                // a rule of its own.
+                star = true;
+                continue;
+            }
             let (t, why) = guess(&c.column, &c.ty, samples.get(name, &c.column));
             lines.push((format!("{} = {t}", key(&c.column)), why));
         }
-        if lines.is_empty() {
+        if star {
+            lines.push((
+                "\"*\" = \"keep\"".into(),
+                "REVIEW: a column named \"*\" cannot have a rule of its own; this keeps it".into(),
+            ));
+        } else if lines.is_empty() {
             let why = if generated.is_empty() {
                 "a table without columns"
             } else {
@@ -465,6 +477,33 @@ mod tests {
             text.contains("# the name says card or account number"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn generated_only_and_a_column_named_star() {
+        let text_ty = ty("text", "text", 'S');
+        let mut g = col("public", "gen", "g", text_ty.clone());
+        g.generated = true;
+        let cat = Catalog {
+            databases: vec!["app".into()],
+            columns: vec![
+                g,
+                col("public", "odd", "*", text_ty.clone()),
+                col("public", "odd", "mail", text_ty),
+            ],
+            columnless: vec![],
+        };
+        let text = suggest_rules(&cat, &Samples::default());
+        let rules = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(check(&rules, &cat).complete(), "{text}");
+        assert!(
+            text.contains("\"*\" = \"keep\"  # only generated columns"),
+            "{text}"
+        );
+        let odd = rules.table("app", "public", "odd").unwrap();
+        assert!(odd.whole.is_some());
+        assert_eq!(odd.column("mail").unwrap().transformer, Transformer::Email);
+        assert!(text.contains("REVIEW: a column named \"*\""), "{text}");
     }
 
     #[test]
