@@ -600,6 +600,8 @@ INSERT INTO events SELECT g, 'visitor' || g || '@web.example.org' FROM generate_
 CREATE VIEW contacts AS SELECT contact FROM customers;
 CREATE MATERIALIZED VIEW people AS SELECT full_name, contact FROM customers;
 CREATE TABLE nothing ();
+CREATE TABLE gen_only (a int, b text GENERATED ALWAYS AS ('ref-' || a) STORED);
+INSERT INTO gen_only VALUES (1), (2);
 CREATE TABLE kept (id int, email text);
 INSERT INTO kept SELECT g, 'staff' || g || '@corp.example' FROM generate_series(1, 5) g;
 CREATE TABLE copies (id int, stuff text);

@@ -267,7 +267,9 @@ pub async fn scan(
         let sampled: Vec<&CatalogColumn> =
             t.columns.iter().copied().filter(|c| !c.generated).collect();
         let all = std::mem::replace(&mut t.columns, sampled);
-        sample_into(client, &t, SCAN_PER_COLUMN, &mut now).await?;
+        if !t.columns.is_empty() {
+            sample_into(client, &t, SCAN_PER_COLUMN, &mut now).await?;
+        }
         t.columns = all;
         for ((table, column), values) in &now.columns {
             let masked = !originals.get(table, column).is_empty();
