@@ -379,8 +379,8 @@ fn is_ip(v: &str) -> bool {
 
 /// A phone number: 7-15 digits (E.164's most), an optional leading `+`,
 /// groups separated by single spaces, dashes, dots or slashes, at most
-/// one parenthesised group. Without `+` it needs two groups or
-/// parentheses, and is not a date (`2024-01-15`, `15.01.2024`), a decimal
+/// one parenthesised group. Without `+` it needs parentheses, three
+/// groups, or two with a leading 0, and is not a date (`2024-01-15`, `15.01.2024`), a decimal
 /// or a dotted thousands number.
 fn is_phone(v: &str) -> bool {
     let (plus, rest) = match v.strip_prefix('+') {
@@ -433,7 +433,9 @@ fn is_phone(v: &str) -> bool {
     if plus {
         return true;
     }
-    if groups.len() < 2 && opens == 0 {
+    // Two bare groups are a national number only with its trunk 0
+    // (`030 1234567`); `12345-6789` is a ZIP+4, `2024-000123` a reference.
+    if opens == 0 && (groups.len() < 2 || (groups.len() == 2 && !groups[0].starts_with('0'))) {
         return false;
     }
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
@@ -707,6 +709,9 @@ mod tests {
             "555--1234567",
             "phone 555-123-4567",
             "(555 123-4567",
+            "12345-6789",
+            "2024-000123",
+            "1234 5678",
         ] {
             assert_ne!(d(v), Some(Detector::Phone), "{v}");
         }
