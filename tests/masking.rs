@@ -186,6 +186,8 @@ async fn complete_rules_seal_a_checked_image_with_no_original_left() {
     assert_eq!(m.status, AnonymisationStatus::Checked, "{m:?}");
     assert_eq!(m.rules_from, vec!["image"]);
     assert_eq!(m.uncovered_columns, 0);
+    assert_eq!(m.scan.result, "clean", "{m:?}");
+    assert!(m.scan.originals_from_columns >= 10, "{m:?}");
     let users = m
         .tables
         .iter()
@@ -356,6 +358,27 @@ async fn fail_closed_by_default() {
         .expect_err("a rule for a missing column is refused")
         .to_string();
     assert!(err.contains("no column `fax`"), "{err}");
+
+    // Complete rules that keep a column of e-mail addresses: the leak
+    // scan finds them (they look personal, and they equal originals of
+    // app's masked e-mails) and refuses the seal, naming the column.
+    let leaky = RULES.replace(
+        "[crm.contacts]\nid = \"keep\"\nemail = \"email\"",
+        "[crm.contacts]\nid = \"keep\"\nemail = \"keep\"",
+    );
+    assert_ne!(leaky, RULES);
+    let id = upload(&env, with_rules(&leaky)).await;
+    let err = svc
+        .finalise_image(&admin, id, None)
+        .await
+        .expect_err("the leak scan refuses")
+        .to_string();
+    assert!(
+        err.contains("leak scan: crm.public.contacts.email"),
+        "{err}"
+    );
+    assert!(!err.contains(DOMAIN), "no value in the reason: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     // Rules that do not parse are refused when given, with the line.
     let err = svc

@@ -195,6 +195,23 @@ async fn masking_rules_over_ssh() {
         .ssh_stdin(&admin, &["upload-image", &id], &FIXTURE.tar_gz)
         .await;
     assert!(o.status.success(), "{}", text(&o));
+    // A complete rules file for the upload, to review; the image stays an
+    // upload.
+    let o = s.ssh(&admin, &["suggest-rules", &id]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let suggested = stdout(&o);
+    assert!(
+        suggested.contains("[postgres.public.users]")
+            && suggested.contains("email = \"email\"")
+            && suggested.contains("id = \"keep\""),
+        "{suggested}"
+    );
+    let o = s.ssh(&admin, &["image", &id, "--json"]).await;
+    assert!(
+        stdout(&o).contains("\"state\": \"uploading\""),
+        "{}",
+        text(&o)
+    );
     let o = s.ssh(&admin, &["finalise-image", &id]).await;
     assert!(o.status.success(), "{}", text(&o));
     assert!(
@@ -263,4 +280,33 @@ async fn masking_rules_over_ssh() {
     let o = s.ssh(&admin, &["images", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(1), "nothing else created");
+    // suggest-rules reads uploads only.
+    for (target, needle) in [
+        (id.as_str(), "suggest-rules reads an upload"),
+        ("99", "not found"),
+    ] {
+        let o = s.ssh(&admin, &["suggest-rules", target]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", text(&o));
+        assert!(stderr(&o).contains(needle), "{}", text(&o));
+    }
+    // The suggestion, as it is, seals the next image checked.
+    let o = s
+        .ssh_stdin(
+            &admin,
+            &["new-image", "--rules", "-", "--json"],
+            suggested.as_bytes(),
+        )
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let next = v["id"].as_i64().unwrap().to_string();
+    let o = s
+        .ssh_stdin(&admin, &["upload-image", &next], &FIXTURE.tar_gz)
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.ssh(&admin, &["done", &next, "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["anonymisation"]["status"], "checked", "{v}");
 }

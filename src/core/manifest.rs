@@ -85,8 +85,9 @@ pub struct TableManifest {
 pub struct ScanManifest {
     /// `clean`, `findings` or `skipped`.
     pub result: String,
-    /// Values sampled per text-like column.
-    pub sampled_columns: usize,
+    /// Masked columns whose sampled original values were searched for in
+    /// every text-like column of every table.
+    pub originals_from_columns: usize,
     /// One line per finding (table, column, a count; never a value).
     pub findings: Vec<String>,
 }
@@ -123,7 +124,7 @@ impl Manifest {
             tables: Vec::new(),
             scan: ScanManifest {
                 result: "skipped".into(),
-                sampled_columns: 0,
+                originals_from_columns: 0,
                 findings: Vec::new(),
             },
             summary: "sealed before anonymisation was checked".into(),

@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use super::{admin_connect, sql_err, FinaliseError, FinaliseSpec, Progress};
 use crate::core::manifest::{AnonymisationStatus, Manifest, ScanManifest, TableManifest};
 use crate::core::masking::coverage::{self, Catalog, Coverage, TableAction};
+use crate::core::masking::detect::Samples;
 use crate::core::masking::key::MaskingKey;
 use crate::core::masking::plan;
 use crate::core::masking::rules::{self, Rules, TableName};
-use crate::core::masking::run;
 use crate::core::masking::transform::Transformer;
+use crate::core::masking::{run, scan};
 use crate::core::model::ImageId;
 
 /// Uncovered columns named in a failure's one line (the progress stream
@@ -91,7 +92,9 @@ pub(super) struct Masked {
     /// Per database: the tables it emptied (their old statistics go).
     pub truncated: BTreeMap<String, Vec<TableName>>,
     tables: Vec<TableManifest>,
-    catalog: Catalog,
+    /// Values of masked columns sampled before masking, for the leak
+    /// scan: in memory only, never logged or stored.
+    originals: Samples,
     uncovered: usize,
     status: Option<AnonymisationStatus>,
     summary: String,
@@ -156,12 +159,25 @@ pub(super) async fn mask_everywhere(
         ));
         AnonymisationStatus::Unchecked
     };
-    let key = MaskingKey::load_or_create(&m.key_dir).map_err(|e| FinaliseError::Key(Box::new(e)))?;
+    let key =
+        MaskingKey::load_or_create(&m.key_dir).map_err(|e| FinaliseError::Key(Box::new(e)))?;
     let mut masked = Masked {
         uncovered: cover.uncovered_total,
         status: Some(status),
         ..Masked::default()
     };
+    for db in databases {
+        let c = admin_connect(spec, password, db)
+            .await
+            .map_err(sql_err("connecting to sample originals"))?;
+        let found = scan::sample(&c, db, &catalog, scan::SCAN_PER_COLUMN)
+            .await
+            .map_err(FinaliseError::from)?;
+        masked
+            .originals
+            .columns
+            .extend(scan::masked_originals(&found, &cover.actions).columns);
+    }
     for db in databases {
         let p = plan::plan(db, &cover.actions);
         let mut rows = Vec::new();
@@ -186,23 +202,66 @@ pub(super) async fn mask_everywhere(
         ),
         _ => format!("{} column(s) had no rule", cover.uncovered_total),
     };
-    masked.catalog = catalog;
     Ok(masked)
 }
 
-/// The leak scan, after the rules and the script.
+/// The leak scan, after the rules and the script: in every database,
+/// values that still look personal, and any original of a masked column
+/// found anywhere. Findings refuse the seal when coverage is required (a
+/// one-line reason naming table, column and a count, never a value), and
+/// mark the image unchecked otherwise.
 pub(super) async fn scan_everywhere(
-    _spec: &FinaliseSpec<'_>,
-    _password: &str,
-    _databases: &[String],
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    databases: &[String],
     masked: &Masked,
-    _progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<ScanManifest, FinaliseError> {
-    let _ = &masked.catalog;
+    if masked.status == Some(AnonymisationStatus::None) {
+        return Ok(ScanManifest {
+            result: "skipped".into(),
+            originals_from_columns: 0,
+            findings: Vec::new(),
+        });
+    }
+    progress(Progress::Step(format!(
+        "leak scan: sampled values, and {} masked column(s)' originals searched for everywhere",
+        masked.originals.columns.len()
+    )));
+    let mut findings = Vec::new();
+    for db in databases {
+        let c = admin_connect(spec, password, db)
+            .await
+            .map_err(sql_err("connecting for the leak scan"))?;
+        // Read again: the script may have changed the schema.
+        let mut catalog = Catalog::default();
+        run::read_catalog(&c, db, &mut catalog)
+            .await
+            .map_err(FinaliseError::from)?;
+        findings.extend(
+            scan::scan(&c, db, &catalog, &masked.originals)
+                .await
+                .map_err(FinaliseError::from)?,
+        );
+    }
+    let findings: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+    if !findings.is_empty() {
+        if spec.masking.require_coverage {
+            return Err(FinaliseError::Leaks(findings));
+        }
+        for f in &findings {
+            progress(Progress::Output(format!("leak scan: {f}")));
+        }
+    }
     Ok(ScanManifest {
-        result: "skipped".into(),
-        sampled_columns: 0,
-        findings: Vec::new(),
+        result: if findings.is_empty() {
+            "clean"
+        } else {
+            "findings"
+        }
+        .into(),
+        originals_from_columns: masked.originals.columns.len(),
+        findings,
     })
 }
 

@@ -7,6 +7,7 @@
 use super::prepare::superuser_session;
 use super::{admin_connect, db_err, quote_ident, sql_err, FinaliseError, FinaliseSpec, Progress};
 use crate::core::masking::coverage::Catalog;
+use crate::core::masking::detect::Samples;
 use crate::core::masking::{run, scan, suggest};
 use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
 use crate::core::postgres::process::{Postmaster, PostmasterSpec};
@@ -40,7 +41,7 @@ pub(super) async fn suggest(
         .collect();
     let read = async {
         let mut catalog = Catalog::default();
-        let mut samples = scan::Samples::default();
+        let mut samples = Samples::default();
         for db in &databases {
             progress(Progress::Step(format!("reading the catalog of {db}")));
             let c = admin_connect(spec, password, db)
@@ -52,9 +53,10 @@ pub(super) async fn suggest(
             let found = scan::sample(&c, db, &catalog, SAMPLE)
                 .await
                 .map_err(FinaliseError::from)?;
-            samples.extend(found);
+            samples.columns.extend(found.columns);
         }
-        Ok::<_, FinaliseError>(suggest::suggest_rules(&catalog, &samples))
+        let image = spec.masking.image.to_string();
+        Ok::<_, FinaliseError>(suggest::suggest_rules_for(Some(&image), &catalog, &samples))
     }
     .await;
     // The admin role cannot drop itself; as the bootstrap superuser, its
