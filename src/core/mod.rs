@@ -29,6 +29,7 @@ mod storage;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod tokens;
 mod users;
 
 use std::path::PathBuf;
@@ -53,8 +54,8 @@ pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use model::{
-    format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
-    InstanceState, Progress, SshKey, User, UserId,
+    format_ts, ApiToken, Credentials, Fingerprint, Image, ImageId, ImageState, Instance,
+    InstanceId, InstanceState, Progress, SshKey, TokenId, User, UserId,
 };
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;

@@ -89,4 +89,12 @@ ALTER TABLE images ADD COLUMN destroying INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE images ADD COLUMN database TEXT;
 "#,
+    // 7: reserved (the lead's migration; renumber at merge if needed).
+    r#"
+"#,
+    // 8: when each API token last authenticated a request (updated at
+    // most once a minute per token), for `tokens`.
+    r#"
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+"#,
 ];
