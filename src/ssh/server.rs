@@ -2,9 +2,10 @@
 //! authentication against the core, and channel dispatch. A session channel
 //! may run one `exec` (a Draupnir command, or the `scp -t` sink), the
 //! `sftp` subsystem, or a shell (a bare `ssh draupnir`: the command list,
-//! exit status 0); a PTY request is accepted (output then goes out with
-//! CRLF line ends, see [`super::terminal`]); forwarding, agent, X11 and env
-//! requests are refused. Each connection runs in its own task, so one that panics or
+//! exit status 0); a PTY request is accepted (the shell's list then goes
+//! out with CRLF line ends, see [`super::terminal`]; a command's output
+//! stays byte for byte); forwarding, agent, X11 and env requests are
+//! refused. Each connection runs in its own task, so one that panics or
 //! misbehaves never takes the daemon down.
 //!
 //! Unauthenticated connections are bounded three ways: `auth_timeout` from
@@ -555,8 +556,10 @@ impl russh::server::Handler for Conn {
         };
         let argv = parse_command(data, self.shared.cfg.max_command_bytes);
         let cmd_session = self.command_session(actor);
-        let pty = self.ptys.remove(&channel);
-        tokio::spawn(run_exec(chan, slot, cmd_session, argv, pty));
+        // A command's output stays byte for byte with a terminal too:
+        // `eval "$(ssh -t draupnir env 12)"` from a terminal asks for one,
+        // and a CR would end up in what it writes and exports.
+        tokio::spawn(run_exec(chan, slot, cmd_session, argv, false));
         Ok(())
     }
 
@@ -591,13 +594,15 @@ impl russh::server::Handler for Conn {
             return Ok(());
         };
         let cmd_session = self.command_session(actor);
-        let pty = self.ptys.remove(&channel);
+        // Only ever shown on a terminal when it has one: CRLF, or the
+        // list staircases (the client's terminal is raw).
+        let crlf = self.ptys.remove(&channel);
         tokio::spawn(run_exec(
             chan,
             slot,
             cmd_session,
             Ok(vec!["help".into()]),
-            pty,
+            crlf,
         ));
         Ok(())
     }
@@ -615,7 +620,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // Many aliases say `ssh -t`, and a bare `ssh draupnir` from a
         // terminal asks for one: accept it; nothing here is interactive,
-        // but output then needs CRLF line ends.
+        // but the shell's list then needs CRLF line ends.
         if self.actor.is_some()
             && (self.channels.contains_key(&channel) || self.refused.contains_key(&channel))
         {
@@ -698,18 +703,18 @@ async fn finish_channel(chan: &Channel<Msg>, status: u32) {
 /// Run one exec request to its end. The command runs in a task of its
 /// own: should it panic, the client still gets one line on stderr, exit
 /// status 1 and a closed channel, and the session slot is given back
-/// (`slot` lives here, outside the command's task). With a terminal
-/// (`pty`), output goes out with CRLF line ends.
+/// (`slot` lives here, outside the command's task). With `crlf`, output
+/// goes out with CRLF line ends (for a terminal).
 async fn run_exec(
     chan: Channel<Msg>,
     slot: SessionSlot,
     session: CommandSession,
     argv: Result<Vec<String>, String>,
-    pty: bool,
+    crlf: bool,
 ) {
     let _slot = slot;
     let (read_half, write_half) = chan.split();
-    let (stdout, stderr): (Writer, Writer) = if pty {
+    let (stdout, stderr): (Writer, Writer) = if crlf {
         (
             Box::new(Crlf::new(write_half.make_writer())),
             Box::new(Crlf::new(write_half.make_writer_ext(Some(1)))),

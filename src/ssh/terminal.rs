@@ -1,7 +1,8 @@
-//! What a channel with a terminal (`ssh -t`, or a bare `ssh draupnir` from
-//! a terminal) needs from its output: the client's terminal is in raw mode,
+//! What a shell channel with a terminal (a bare `ssh draupnir` from a
+//! terminal) needs from its output: the client's terminal is in raw mode,
 //! so every `\n` goes out as `\r\n`, as a real pseudo-terminal's `ONLCR`
-//! would send it. [`Crlf`] wraps a channel writer to do that.
+//! would send it. [`Crlf`] wraps a channel writer to do that. (Commands
+//! keep their bytes: their output is often captured, `$(ssh -t …)`.)
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
