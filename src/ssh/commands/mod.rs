@@ -161,6 +161,7 @@ async fn dispatch(
         Cmd::AddKey { user } => users::add_key(s, &user, stdin, out).await,
         Cmd::RemoveKey { fingerprint } => users::remove_key(s, &fingerprint, out).await,
         Cmd::Keys { user, json } => users::keys(s, user.as_deref(), json, out).await,
+        // `run` answers `token` itself, with its hint on stderr.
         Cmd::Token { json } => users::token(s, json, out, &mut tokio::io::sink()).await,
         Cmd::Tokens { all, json } => users::tokens(s, all, json, out).await,
         Cmd::RevokeToken { id } => users::revoke_token(s, id, out).await,
