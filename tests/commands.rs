@@ -145,7 +145,7 @@ async fn new_image_reads_its_script_from_stdin_and_says_where_to_upload() {
         assert!(r.out.contains(&format!("image {id} created")), "{}", r.out);
         assert!(
             r.out
-                .contains(&format!("backup.tar.gz localhost:images/{id}")),
+                .contains(&format!("scp backup.tar.gz draupnir:images/{id}\n")),
             "{}",
             r.out
         );
@@ -222,9 +222,8 @@ async fn new_instance_latest_says_how_to_connect() {
             r.out
         );
         assert!(
-            r.out.contains(&format!(
-                "eval \"$(ssh -p 2222 localhost env {id})\" && psql"
-            )),
+            r.out
+                .contains(&format!("eval \"$(ssh draupnir env {id})\" && psql")),
             "{}",
             r.out
         );
@@ -526,6 +525,9 @@ async fn help_usage_errors_and_users() {
         "remove-key",
         "keys",
         "token",
+        "tokens",
+        "revoke-token",
+        "help",
         "version",
     ] {
         let r = run(&env, &admin, &format!("{name} --help"), b"").await;
@@ -641,8 +643,14 @@ async fn help_usage_errors_and_users() {
     assert_eq!(r.out, "dave (user) <dave@example.com>, 1 key(s)\n");
     assert_one_line_error(&run(&env, &dave, "users", b"").await, 1, "admin only");
     assert_one_line_error(&run(&env, &dave, "keys alice", b"").await, 1, "admin only");
+    // The token alone on stdout (`token=$(ssh draupnir token)`), the hint
+    // on stderr.
     let r = run(&env, &dave, "token", b"").await;
-    let token = r.out.lines().next().unwrap();
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out.lines().count(), 1, "{:?}", r.out);
+    let token = r.out.trim_end();
+    assert!(token.starts_with("drp_"), "{token}");
+    assert!(r.err.contains("revoke-token"), "{}", r.err);
     assert_eq!(
         env.svc().authenticate_token(token).unwrap().unwrap().name(),
         "dave"
@@ -674,6 +682,11 @@ async fn outputs_match_the_golden_file() {
         "new-instance abc",
         "instance 1 --bogus",
         "frobnicate",
+        "new-instanse 1",
+        "instances --jsn",
+        "help extend-instance",
+        "tokens",
+        "revoke-token 1",
         "new-instance --help",
         "images",
         "new-image --script 'select 1'",

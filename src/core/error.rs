@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::certs::CertError;
 use crate::config::FreeSpace;
-use crate::core::model::{Fingerprint, ImageId, ImageState, InstanceId, InstanceState};
+use crate::core::model::{Fingerprint, ImageId, ImageState, InstanceId, InstanceState, TokenId};
 use crate::core::policy::human;
 use crate::core::postgres::cluster::ClusterError;
 use crate::core::postgres::finalise::FinaliseError;
@@ -83,6 +83,9 @@ pub enum Missing {
     User(String),
     #[error("key {0}")]
     Key(Fingerprint),
+    /// An API token, by id (someone else's is not found, to a user).
+    #[error("token {0}")]
+    Token(TokenId),
     #[error("allowed address {address} of instance {instance}")]
     AllowedAddress {
         address: IpAddr,

@@ -29,6 +29,7 @@ mod storage;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod tokens;
 mod users;
 
 use std::path::PathBuf;
@@ -55,8 +56,8 @@ pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
 pub use manifest::{AnonymisationStatus, Manifest, NewImage, ScanManifest, TableManifest};
 pub use masking::rules::RulesError as MaskingRulesError;
 pub use model::{
-    format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
-    InstanceState, Progress, SshKey, User, UserId,
+    format_ts, ApiToken, Credentials, Fingerprint, Image, ImageId, ImageState, Instance,
+    InstanceId, InstanceState, Progress, SshKey, TokenId, User, UserId,
 };
 pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;

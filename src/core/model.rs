@@ -73,6 +73,10 @@ id_type!(
     /// A user's id.
     UserId
 );
+id_type!(
+    /// An API token's id (its secret is never kept, only a hash).
+    TokenId
+);
 
 /// An SSH public key's fingerprint, `SHA256:` and unpadded base64 of the
 /// SHA-256 of the key's wire encoding, as OpenSSH prints it. Made only by
@@ -292,6 +296,18 @@ pub struct SshKey {
     pub fingerprint: Fingerprint,
     pub public_key: String,
     pub created_at: OffsetDateTime,
+}
+
+/// An API token as listed: who holds it and when it was made and last
+/// used; never the secret.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub user_id: UserId,
+    pub user_name: String,
+    pub created_at: OffsetDateTime,
+    /// When it last authenticated a request (kept to the minute).
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 /// What a finalise reports while it runs.

@@ -11,6 +11,7 @@ mod addresses;
 mod images;
 mod instances;
 mod schema;
+mod tokens;
 mod users;
 
 use std::path::Path;

@@ -97,4 +97,9 @@ ALTER TABLE images ADD COLUMN masking_rules TEXT;
 ALTER TABLE images ADD COLUMN no_anonymisation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE images ADD COLUMN anonymisation TEXT;
 "#,
+    // 8: when each API token last authenticated a request (updated at
+    // most once a minute per token), for `tokens`.
+    r#"
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+"#,
 ];

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::io::AsyncRead;
 
-use super::{read_stdin, say, say_json, ssh_target, Failure, Out, Session};
+use super::{read_stdin, say, say_json, Failure, Out, Session};
 use crate::core::{format_ts, Finalising, ImageId, ImageState, NewImage, Progress, UploadTarget};
 use crate::ssh::error::Refusal;
 use crate::ssh::format::{self, age, size, table};
@@ -153,13 +153,11 @@ pub(super) async fn create(
     if json {
         return say_json(out, &format::image_json(&image)).await;
     }
-    let (port, host) = ssh_target(session);
     say(
         out,
         format!(
-            "image {id} created; upload a backup into it:\n  scp{port} backup.tar.gz {host}:images/{id}\nthen seal it:\n  ssh{p2} {host} finalise-image {id}\n",
+            "image {id} created; upload a backup into it:\n  scp backup.tar.gz draupnir:images/{id}\nthen seal it:\n  ssh draupnir finalise-image {id}\n",
             id = image.id,
-            p2 = port.replace("-P", "-p"),
         ),
     )
     .await
