@@ -17,8 +17,7 @@ use crate::core::masking::detect::Samples;
 use crate::core::masking::key::MaskingKey;
 use crate::core::masking::plan;
 use crate::core::masking::rules::{self, Rules, TableName};
-use crate::core::masking::transform::Transformer;
-use crate::core::masking::{run, scan};
+use crate::core::masking::{run, scan, suggest};
 use crate::core::model::ImageId;
 
 /// Uncovered columns named in a failure's one line (the progress stream
@@ -329,13 +328,19 @@ fn suggest_uncovered(cover: &Coverage, progress: &(dyn Fn(Progress) + Send + Syn
     let mut table: Option<&TableName> = None;
     for u in &cover.uncovered {
         if table != Some(&u.table) {
-            out(format!("[{}]", section(&u.table)));
+            let t = &u.table;
+            out(format!(
+                "[{}.{}.{}]",
+                suggest::key(&t.database),
+                suggest::key(&t.schema),
+                suggest::key(&t.table)
+            ));
             table = Some(&u.table);
         }
         out(format!(
             "{} = {}   # {}",
-            toml_key(&u.column),
-            transformer_toml(&u.suggestion),
+            suggest::key(&u.column),
+            u.suggestion,
             u.because
         ));
     }
@@ -359,39 +364,5 @@ fn uncovered_error(m: &MaskingSpec, cover: &Coverage) -> FinaliseError {
         total: cover.uncovered_total,
         named,
         any_rules: m.config_rules.is_some() || m.image_rules.is_some(),
-    }
-}
-
-/// A TOML key: bare when it can be, else a quoted string.
-fn toml_key(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        s.to_string()
-    } else {
-        toml::Value::String(s.to_string()).to_string()
-    }
-}
-
-/// A table's section header, `database.schema.table`.
-fn section(t: &TableName) -> String {
-    [&t.database, &t.schema, &t.table]
-        .map(|p| toml_key(p))
-        .join(".")
-}
-
-/// A transformer as a rules file writes it.
-fn transformer_toml(t: &Transformer) -> String {
-    match t {
-        Transformer::Digits { keep_last } => {
-            format!("{{ fn = \"digits\", keep_last = {keep_last} }}")
-        }
-        Transformer::ShiftDate { max_days } => {
-            format!("{{ fn = \"shift_date\", max_days = {max_days} }}")
-        }
-        Transformer::Noise { percent } => format!("{{ fn = \"noise\", percent = {percent} }}"),
-        Transformer::Sql { expr } => format!("{{ sql = {} }}", toml::Value::String(expr.clone())),
-        other => format!("\"{}\"", other.name()),
     }
 }
