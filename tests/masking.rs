@@ -52,6 +52,15 @@ note = "redact"
 id = "keep"
 who = "first_name"
 
+[app.people_base]
+id = "keep"
+email = "email"
+
+[app.people_child]
+id = "keep"
+email = "email"
+extra = "null"
+
 [app.shapeless]
 "*" = "keep"
 
@@ -94,6 +103,11 @@ static UPLOAD: LazyLock<Vec<u8>> = LazyLock::new(|| {
         CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (50) TO (1000);
         INSERT INTO events SELECT g, 'orig-who-' || g FROM generate_series(1, 99) g;
         CREATE VIEW user_emails AS SELECT email FROM users;
+        CREATE MATERIALIZED VIEW user_names AS SELECT name FROM users;
+        CREATE TABLE people_base (id int, email text);
+        CREATE TABLE people_child (extra text) INHERITS (people_base);
+        INSERT INTO people_base VALUES (1, 'orig-base@corp.example');
+        INSERT INTO people_child VALUES (5, 'orig-5@corp.example', 'orig-extra');
         CREATE TABLE shapeless ();
         CREATE TABLE totals (a int, b int, s int GENERATED ALWAYS AS (a + b) STORED);
         INSERT INTO totals (a, b) VALUES (1, 2);
@@ -247,6 +261,23 @@ async fn complete_rules_seal_a_checked_image_with_no_original_left() {
         "0"
     );
     assert_eq!(q(&info, "app", "SELECT s FROM totals"), "3");
+    // An inheritance child is masked by its own rules only (the parent's
+    // statements take ONLY): the same original as users' id 5, the same
+    // masked value.
+    assert_eq!(
+        q(&info, "app", "SELECT email FROM people_child"),
+        q(&info, "app", "SELECT email FROM users WHERE id = 5")
+    );
+    assert_eq!(q(&info, "app", "SELECT count(*) FROM people_base"), "2");
+    // The materialized view is refreshed from the masked rows.
+    assert_eq!(
+        q(
+            &info,
+            "app",
+            "SELECT count(*) FROM user_names WHERE name LIKE 'orig-%'"
+        ),
+        "0"
+    );
     // Shapes kept: digits keep the last four and the dashes.
     let card = q(&info, "app", "SELECT card FROM users WHERE id = 7");
     assert!(card.ends_with("-0007") && card.len() == 19, "{card}");
@@ -306,7 +337,7 @@ async fn fail_closed_by_default() {
         .expect_err("a script-only image is refused")
         .to_string();
     assert!(
-        err.contains("do not cover 22 column(s)") && err.contains("app.public.audit_log.payload"),
+        err.contains("do not cover 27 column(s)") && err.contains("app.public.audit_log.payload"),
         "{err}"
     );
     assert!(err.contains("suggest-rules"), "{err}");

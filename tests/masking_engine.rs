@@ -303,12 +303,12 @@ async fn masking_rules_applied_to_two_databases() {
     let is_big = |t: &rules::TableName| t.database == "app" && t.table.starts_with("big");
     let (big, rest): (Vec<_>, Vec<_>) = cov.actions.iter().cloned().partition(|(t, _)| is_big(t));
     let t = Instant::now();
-    run::apply(&app, &plan::plan("app", &big), &key)
+    run::apply(&app, &plan::plan("app", &big, &cov.partitioned), &key)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let big_time = t.elapsed();
     for (db, client) in [("app", &app), ("crm", &crm)] {
-        run::apply(client, &plan::plan(db, &rest), &key)
+        run::apply(client, &plan::plan(db, &rest, &cov.partitioned), &key)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -505,9 +505,13 @@ async fn masking_rules_applied_to_two_databases() {
     run::read_catalog(&bad, "bad", &mut cat).await.unwrap();
     let cov = coverage::check(&rules, &cat);
     assert!(cov.complete(), "{cov:?}");
-    let e = run::apply(&bad, &plan::plan("bad", &cov.actions), &key)
-        .await
-        .unwrap_err();
+    let e = run::apply(
+        &bad,
+        &plan::plan("bad", &cov.actions, &cov.partitioned),
+        &key,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&e, run::RunError::Orphans { constraint, count: 1, .. } if constraint == "c_email_fkey"),
         "{e}"
@@ -720,9 +724,13 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
     assert!(originals.get(&table("public", "kept"), "email").is_empty());
     assert_eq!(originals.get(&customers, "note").len(), 100);
     let key = key::MaskingKey::from_bytes(KEY);
-    run::apply(&shop, &plan::plan("shop", &cov.actions), &key)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    run::apply(
+        &shop,
+        &plan::plan("shop", &cov.actions, &cov.partitioned),
+        &key,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // Every statement of the scan is logged: none may carry an original.
     shop.batch_execute("SET log_statement = 'all'; SET log_parameter_max_length = -1")
@@ -835,7 +843,7 @@ async fn leak_scan_cost_on_a_million_rows() {
     let t = Instant::now();
     run::apply(
         &db,
-        &plan::plan("big", &cov.actions),
+        &plan::plan("big", &cov.actions, &cov.partitioned),
         &key::MaskingKey::from_bytes(KEY),
     )
     .await

@@ -208,6 +208,10 @@ pub struct Coverage {
     pub skipped: Vec<TableName>,
     /// What each table becomes, in name order.
     pub actions: Vec<(TableName, TableAction)>,
+    /// The partitioned tables among them (statements on them reach their
+    /// partitions; on any other table they take `ONLY`, so an inheritance
+    /// parent's rules never touch its children's rows).
+    pub partitioned: BTreeSet<TableName>,
 }
 
 impl Coverage {
@@ -345,6 +349,9 @@ fn cover_columns(rules: &Rules, catalog: &Catalog, out: &mut Coverage) {
     });
     let mut seen: BTreeSet<TableName> = BTreeSet::new();
     for e in columnless {
+        if e.kind == RelKind::Partitioned {
+            out.partitioned.insert(e.name.clone());
+        }
         if matches!(e.kind, RelKind::Table | RelKind::Partitioned) {
             let whole = rules
                 .table(&e.name.database, &e.name.schema, &e.name.table)
@@ -372,7 +379,10 @@ fn cover_columns(rules: &Rules, catalog: &Catalog, out: &mut Coverage) {
                 continue;
             }
             RelKind::Partition { .. } => continue,
-            RelKind::Table | RelKind::Partitioned => {}
+            RelKind::Partitioned => {
+                out.partitioned.insert(name.clone());
+            }
+            RelKind::Table => {}
         }
         let rules_of = rules.table(&c.database, &c.schema, &c.table);
         let whole = rules_of.and_then(|t| t.whole.map(|(w, _)| w));

@@ -13,6 +13,8 @@
 //! Keyed statements take the key's HMAC pads as `$1` and `$2` (bytea);
 //! the key is never part of a statement's text.
 
+use std::collections::BTreeSet;
+
 use super::coverage::TableAction;
 use super::rules::TableName;
 use super::transform::{quote_ident, KEY_ALIAS};
@@ -122,8 +124,23 @@ fn qualified(t: &TableName) -> String {
 }
 
 /// The masking of `database` from its tables' actions (those of
-/// [`super::coverage::Coverage::actions`] in that database).
-pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePlan {
+/// [`super::coverage::Coverage::actions`] in that database); `partitioned`
+/// names the partitioned tables among them
+/// ([`super::coverage::Coverage::partitioned`]): every other table is
+/// truncated and updated `ONLY`, so an inheritance parent's statements do
+/// not reach its children's rows (they have rules of their own).
+pub fn plan(
+    database: &str,
+    actions: &[(TableName, TableAction)],
+    partitioned: &BTreeSet<TableName>,
+) -> DatabasePlan {
+    let target = |t: &TableName| {
+        if partitioned.contains(t) {
+            qualified(t)
+        } else {
+            format!("ONLY {}", qualified(t))
+        }
+    };
     let mine = || actions.iter().filter(|(t, _)| t.database == database);
     let mut p = DatabasePlan {
         database: database.to_string(),
@@ -136,7 +153,7 @@ pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePla
         .filter(|(_, a)| *a == TableAction::Truncate)
         .map(|(t, _)| {
             p.rewritten.push(t.clone());
-            qualified(t)
+            target(t)
         })
         .collect();
     if !truncated.is_empty() {
@@ -168,7 +185,7 @@ pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePla
             String::new()
         };
         p.transaction.push(Statement {
-            sql: format!("UPDATE {} AS t SET {}{from}", qualified(t), sets.join(", ")),
+            sql: format!("UPDATE {} AS t SET {}{from}", target(t), sets.join(", ")),
             keyed,
             masks: Some(t.clone()),
         });
@@ -254,12 +271,13 @@ mod tests {
             (name("app", "public", "mv"), TableAction::Refresh),
             (name("other", "public", "x"), TableAction::Truncate),
         ];
-        let p = plan("app", &actions);
+        let partitioned = BTreeSet::from([name("app", "public", "notes")]);
+        let p = plan("app", &actions, &partitioned);
         let sql: Vec<&str> = p.transaction.iter().map(|s| s.sql.as_str()).collect();
         assert_eq!(sql[0], "SET LOCAL session_replication_role = replica");
-        assert_eq!(sql[1], "TRUNCATE TABLE \"public\".\"log\"");
+        assert_eq!(sql[1], "TRUNCATE TABLE ONLY \"public\".\"log\"");
         assert!(
-            sql[2].starts_with("UPDATE \"My S\".\"U.1\" AS t SET \"E\" = CAST('user-'"),
+            sql[2].starts_with("UPDATE ONLY \"My S\".\"U.1\" AS t SET \"E\" = CAST('user-'"),
             "{}",
             sql[2]
         );

@@ -16,7 +16,7 @@ use super::transform::ColumnType;
 /// Why masking a database failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("masking database {database}: {step}")]
+    #[error("masking database {database}: {step}: {}", crate::core::postgres::pgconn::error_message(.source))]
     Postgres {
         database: String,
         step: String,

@@ -178,7 +178,7 @@ pub(super) async fn mask_everywhere(
             .extend(scan::masked_originals(&found, &cover.actions).columns);
     }
     for db in databases {
-        let p = plan::plan(db, &cover.actions);
+        let p = plan::plan(db, &cover.actions, &cover.partitioned);
         let mut rows = Vec::new();
         if !p.rewritten.is_empty() {
             step(format!("masking {} table(s) of {db}", p.rewritten.len()));
@@ -190,6 +190,15 @@ pub(super) async fn mask_everywhere(
                 .map_err(FinaliseError::from)?;
             masked.rewritten.insert(db.clone(), p.rewritten.clone());
         }
+        // Materialized views were refreshed from the masked tables: their
+        // old statistics go with the rewrite too.
+        masked.rewritten.entry(db.clone()).or_default().extend(
+            cover
+                .actions
+                .iter()
+                .filter(|(t, a)| t.database == *db && *a == TableAction::Refresh)
+                .map(|(t, _)| t.clone()),
+        );
         masked.record(db, &cover, &catalog, &rows);
     }
     masked.summary = match status {
