@@ -24,15 +24,15 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{as_instance_user, check, psql_cert, TestConfig};
+use common::{psql_cert, TestConfig};
 use draupnir::core::test_support::btrfs;
 use draupnir::core::test_support::cluster::InstanceUser;
 use draupnir::core::test_support::sync_fs;
-use draupnir::core::{Actor, ImageId, InstanceRef, NewImage, Service, UploadTarget};
+use draupnir::core::{Actor, ImageId, InstanceRef, NewImage, Service};
 use support::chart::Chart;
+use support::pg::{psql, start, stop, wait_ready};
 use support::{Bench, Row, Stats, Target, Unit};
 
 const RULES: &str = r#"
@@ -65,59 +65,6 @@ const BASELINE: &[&str] = &[
 #[tokio::main]
 async fn main() {
     run().await;
-}
-
-fn wait_ready(dir: &Path, pg: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) {
-            if text.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = pg.try_wait() {
-            panic!("postgres in {} exited: {status}", dir.display());
-        }
-        assert!(Instant::now() < deadline, "postgres never became ready");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn psql(dir: &Path, port: u16, statements: &[&str]) {
-    let mut cmd = as_instance_user("psql");
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(dir)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"]);
-    for sql in statements {
-        cmd.args(["-c", sql]);
-    }
-    check(&mut cmd);
-}
-
-fn start(dir: &Path, port: u16, settings: &[&str]) -> std::process::Child {
-    let mut c = as_instance_user("postgres");
-    c.arg("-D")
-        .arg(dir)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", dir.display()));
-    for s in settings {
-        c.args(["-c", s]);
-    }
-    c.current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("postgres")
-}
-
-fn stop(pg: &mut std::process::Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pg.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = pg.wait();
 }
 
 /// `initdb` plus the two tables.
@@ -154,21 +101,7 @@ async fn upload(svc: &Service, admin: &Actor, dir: &Path, rules: Option<&str>) -
         },
         None => NewImage::not_personal(),
     };
-    let image = svc.create_image(admin, new).expect("create image");
-    let mut tar = tokio::process::Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .args(["-cf", "-", "."])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tar");
-    let out = tar.stdout.take().expect("tar stdout");
-    svc.ingest(admin, image.id, UploadTarget::Stream, out)
-        .await
-        .expect("upload");
-    assert!(tar.wait().await.expect("tar").success());
-    image.id
+    support::pg::upload_dir(svc, admin, dir, new).await
 }
 
 /// The baseline once, on a writable snapshot of the upload.

@@ -127,28 +127,14 @@ static UPLOAD: LazyLock<Vec<u8>> = LazyLock::new(|| {
     p.stop_and_pack()
 });
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Files beneath `dir` that hold an original value.
 fn originals_in(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let bytes = std::fs::read(e.path()).unwrap();
-                if contains(&bytes, ORIGINAL.as_bytes()) || contains(&bytes, DOMAIN.as_bytes()) {
-                    found.push(e.path().strip_prefix(dir).unwrap().display().to_string());
-                }
-            }
-        }
-    }
-    found
+    let mut files: Vec<String> = files_holding(dir, &[ORIGINAL, DOMAIN])
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    files.dedup();
+    files
 }
 
 async fn upload(env: &TestEnv, new: NewImage) -> ImageId {

@@ -60,31 +60,9 @@ fn planted_upload() -> Vec<u8> {
     p.stop_and_pack()
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every regular file beneath `dir`, and which canaries each holds.
-fn canaries_in(dir: &Path) -> Vec<(String, &'static str)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let bytes = std::fs::read(e.path()).unwrap();
-                for c in CANARIES {
-                    if contains(&bytes, c.as_bytes()) {
-                        let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-                        found.push((rel, c));
-                    }
-                }
-            }
-        }
-    }
-    found
+/// Every file beneath `dir` holding a canary, and which.
+fn canaries_in(dir: &Path) -> Vec<(String, String)> {
+    files_holding(dir, &CANARIES)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +70,7 @@ async fn no_canary_survives_in_any_file_of_the_sealed_image() {
     let upload = planted_upload();
     // The search works: every canary is in the upload as it came.
     for c in CANARIES {
-        assert!(contains(&upload, c.as_bytes()), "{c} planted in the upload");
+        assert!(holds(&upload, c.as_bytes()), "{c} planted in the upload");
     }
     let env = TestEnv::new().await;
     let admin = env.admin();
@@ -107,7 +85,7 @@ async fn no_canary_survives_in_any_file_of_the_sealed_image() {
     let before = canaries_in(&upload_dir);
     for c in CANARIES {
         assert!(
-            before.iter().any(|(_, f)| *f == c),
+            before.iter().any(|(_, f)| f == c),
             "{c} is in the uploaded files: {before:?}"
         );
     }
@@ -222,7 +200,7 @@ async fn a_planted_statistics_reset_does_not_hide_a_change() {
         ),
     );
     let upload = p.stop_and_pack();
-    assert!(contains(&upload, INDEXED.as_bytes()), "planted");
+    assert!(holds(&upload, INDEXED.as_bytes()), "planted");
     let env = TestEnv::new().await;
     let admin = env.admin();
     let svc = env.svc();

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod pg;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

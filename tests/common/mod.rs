@@ -296,6 +296,36 @@ impl Default for TestConfig {
     }
 }
 
+/// Every regular file beneath `dir` that holds one of `needles`' bytes,
+/// as (path relative to `dir`, the needle), for searching a data
+/// directory for values that must not be there.
+pub fn files_holding(dir: &Path, needles: &[&str]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                for n in needles {
+                    if holds(&bytes, n.as_bytes()) {
+                        let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                        found.push((rel, n.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether `needle`'s bytes are somewhere in `hay`.
+pub fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// An image with `script`, or with none and declared not personal (the
 /// fixtures that are not about masking).
 pub fn image_with(script: Option<&str>) -> NewImage {

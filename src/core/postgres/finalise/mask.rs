@@ -123,12 +123,7 @@ pub(super) async fn mask_everywhere(
     }
     let mut catalog = Catalog::default();
     for db in databases {
-        let c = admin_connect(spec, password, db)
-            .await
-            .map_err(sql_err("connecting to read the catalog"))?;
-        run::read_catalog(&c, db, &mut catalog)
-            .await
-            .map_err(FinaliseError::from)?;
+        read_catalog_of(spec, password, db, &mut catalog).await?;
     }
     let given = rules.is_some();
     let rules = rules.unwrap_or_default();
@@ -213,6 +208,21 @@ pub(super) async fn mask_everywhere(
     Ok(masked)
 }
 
+/// Add `db`'s tables to `catalog` over a connection of the temporary
+/// admin role, which is returned for more work there.
+pub(super) async fn read_catalog_of(
+    spec: &FinaliseSpec<'_>,
+    password: &str,
+    db: &str,
+    catalog: &mut Catalog,
+) -> Result<tokio_postgres::Client, FinaliseError> {
+    let c = admin_connect(spec, password, db)
+        .await
+        .map_err(sql_err("connecting to read the catalog"))?;
+    run::read_catalog(&c, db, catalog).await?;
+    Ok(c)
+}
+
 /// The leak scan, after the rules and the script: in every database,
 /// values that still look personal, and any original of a masked column
 /// found anywhere. Findings refuse the seal when coverage is required (a
@@ -238,14 +248,9 @@ pub(super) async fn scan_everywhere(
     )));
     let mut findings = Vec::new();
     for db in databases {
-        let c = admin_connect(spec, password, db)
-            .await
-            .map_err(sql_err("connecting for the leak scan"))?;
         // Read again: the script may have changed the schema.
         let mut catalog = Catalog::default();
-        run::read_catalog(&c, db, &mut catalog)
-            .await
-            .map_err(FinaliseError::from)?;
+        let c = read_catalog_of(spec, password, db, &mut catalog).await?;
         findings.extend(
             scan::scan(&c, db, &catalog, &masked.originals)
                 .await

@@ -130,21 +130,12 @@ async fn create_client_role(
         .batch_execute(&roles::create_client_sql())
         .await
         .map_err(db_err("creating role draupnir"))?;
-    let boot: String = admin
-        .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
-        .await
-        .map_err(db_err("finding the bootstrap superuser"))?
-        .get(0);
-    let own: Vec<String> = admin
-        .query(
-            "SELECT datname::text FROM pg_database WHERE NOT datistemplate AND datallowconn AND datname <> 'postgres' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(db_err("listing the upload's databases"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let boot = bootstrap_superuser(admin).await?;
+    let own = database_names(
+        admin,
+        "NOT datistemplate AND datallowconn AND datname <> 'postgres'",
+    )
+    .await?;
     if let [only] = &own[..] {
         return Ok((boot, (only.clone(), Chosen::OnlyOne)));
     }
@@ -162,6 +153,35 @@ async fn create_client_role(
         )));
     }
     Ok((boot, (spec.database.to_string(), Chosen::Configured)))
+}
+
+/// The name of the bootstrap superuser (oid 10).
+pub(super) async fn bootstrap_superuser(
+    c: &tokio_postgres::Client,
+) -> Result<String, FinaliseError> {
+    Ok(
+        c.query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+            .await
+            .map_err(db_err("finding the bootstrap superuser"))?
+            .get(0),
+    )
+}
+
+/// The names of the databases `filter` (a condition on `pg_database`)
+/// selects, in order.
+pub(super) async fn database_names(
+    c: &tokio_postgres::Client,
+    filter: &'static str,
+) -> Result<Vec<String>, FinaliseError> {
+    Ok(c.query(
+        &format!("SELECT datname::text FROM pg_database WHERE {filter} ORDER BY 1"),
+        &[],
+    )
+    .await
+    .map_err(db_err("listing the upload's databases"))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// Pause the event triggers of every database that allows connections.

@@ -4,11 +4,12 @@
 //! guesses a rule for each column. The temporary admin role is dropped
 //! before the postmaster stops; nothing else of the upload changes.
 
-use super::prepare::superuser_session;
-use super::{admin_connect, db_err, quote_ident, sql_err, FinaliseError, FinaliseSpec, Progress};
+use super::mask::read_catalog_of;
+use super::prepare::{bootstrap_superuser, database_names, superuser_session};
+use super::{db_err, quote_ident, FinaliseError, FinaliseSpec, Progress};
 use crate::core::masking::coverage::Catalog;
 use crate::core::masking::detect::Samples;
-use crate::core::masking::{run, scan, suggest};
+use crate::core::masking::{scan, suggest};
 use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
 use crate::core::postgres::process::{Postmaster, PostmasterSpec};
 
@@ -24,32 +25,14 @@ pub(super) async fn suggest(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<String, FinaliseError> {
     let admin = superuser_session(spec, bin, first, pm, password).await?;
-    let boot: String = admin
-        .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
-        .await
-        .map_err(db_err("finding the bootstrap superuser"))?
-        .get(0);
-    let databases: Vec<String> = admin
-        .query(
-            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(db_err("listing databases"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let boot = bootstrap_superuser(&admin).await?;
+    let databases = database_names(&admin, "datallowconn AND NOT datistemplate").await?;
     let read = async {
         let mut catalog = Catalog::default();
         let mut samples = Samples::default();
         for db in &databases {
             progress(Progress::Step(format!("reading the catalog of {db}")));
-            let c = admin_connect(spec, password, db)
-                .await
-                .map_err(sql_err("connecting to read the catalog"))?;
-            run::read_catalog(&c, db, &mut catalog)
-                .await
-                .map_err(FinaliseError::from)?;
+            let c = read_catalog_of(spec, password, db, &mut catalog).await?;
             let found = scan::sample(&c, db, &catalog, SAMPLE)
                 .await
                 .map_err(FinaliseError::from)?;
