@@ -406,7 +406,9 @@ impl Service {
         match outcome {
             Ok(report) => {
                 let _ = self.inner.store.end_upload(id, report.bytes_written);
-                tracing::info!(
+                // One stream of an upload (one file of `scp -r`): the
+                // front doors log the operation.
+                tracing::debug!(
                     image = %id,
                     bytes = report.bytes_written,
                     entries = report.entries,

@@ -56,7 +56,7 @@ pub use model::{
     format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
     InstanceState, Progress, SshKey, User, UserId,
 };
-pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
+pub use policy::{CleanReport, Extension, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
 pub use reconcile::ReconcileReport;
 pub use reload::ReloadReport;

@@ -735,7 +735,7 @@ async fn exec_body(
         Ok(argv) => {
             let mut stdin = read_half.make_reader();
             if argv.first().map(String::as_str) == Some("scp") {
-                scp::sink(&session, &argv[1..], &mut stdin, &mut stdout).await
+                scp::sink(&session, &argv[1..], &mut stdin, &mut stdout, &mut stderr).await
             } else {
                 let name = argv.first().cloned().unwrap_or_default();
                 tracing::info!(user = %session.actor.name(), command = %name, "ssh command");

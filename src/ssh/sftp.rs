@@ -56,6 +56,34 @@ pub struct SftpSession {
     next_handle: u64,
     /// Directories made in this session (so `scp -r` can stat them).
     made_dirs: HashSet<(ImageId, PathBuf)>,
+    /// What this session uploaded, logged once when it ends.
+    uploaded: Uploaded,
+}
+
+/// Files and bytes an SFTP session uploaded, and into which images.
+struct Uploaded {
+    started: std::time::Instant,
+    files: u64,
+    bytes: u64,
+    images: std::collections::BTreeSet<ImageId>,
+}
+
+impl Drop for SftpSession {
+    fn drop(&mut self) {
+        let u = &self.uploaded;
+        if u.files == 0 {
+            return;
+        }
+        let images: Vec<String> = u.images.iter().map(|i| i.to_string()).collect();
+        tracing::info!(
+            user = %self.session.actor.name(),
+            images = %images.join(","),
+            files = u.files,
+            bytes = u.bytes,
+            ms = u.started.elapsed().as_millis() as u64,
+            "sftp session ended: upload finished"
+        );
+    }
 }
 
 fn status(id: u32, code: StatusCode, msg: &str) -> Status {
@@ -88,14 +116,21 @@ fn denied(what: &str) -> StatusReply {
     StatusCode::PermissionDenied.with_message(format!("{what} is not supported by Draupnir"))
 }
 
+/// A directory's attributes, dated now (`ls -l` shows no 1970).
 fn dir_attrs(mode: u32) -> FileAttributes {
+    dated_dir(mode, time::OffsetDateTime::now_utc())
+}
+
+/// A directory's attributes, dated `at` (an image: when it last changed).
+fn dated_dir(mode: u32, at: time::OffsetDateTime) -> FileAttributes {
+    let t = u32::try_from(at.unix_timestamp()).unwrap_or(0);
     FileAttributes {
         size: Some(0),
         uid: Some(0),
         gid: Some(0),
         permissions: Some(0o040000 | mode),
-        atime: Some(0),
-        mtime: Some(0),
+        atime: Some(t),
+        mtime: Some(t),
         ..Default::default()
     }
 }
@@ -108,6 +143,12 @@ impl SftpSession {
             handles: HashMap::new(),
             next_handle: 1,
             made_dirs: HashSet::new(),
+            uploaded: Uploaded {
+                started: std::time::Instant::now(),
+                files: 0,
+                bytes: 0,
+                images: Default::default(),
+            },
         }
     }
 
@@ -131,11 +172,12 @@ impl SftpSession {
                     .service
                     .image(&self.session.actor, *id)
                     .map_err(core_err)?;
-                Ok(dir_attrs(if image.state == ImageState::Uploading {
+                let mode = if image.state == ImageState::Uploading {
                     0o755
                 } else {
                     0o555
-                }))
+                };
+                Ok(dated_dir(mode, image.updated_at))
             }
             VPath::InImage(id, rel) if self.made_dirs.contains(&(*id, rel.clone())) => {
                 Ok(dir_attrs(0o755))
@@ -166,7 +208,10 @@ impl SftpSession {
                     } else {
                         0o555
                     };
-                    files.push(File::new(image.id.to_string(), dir_attrs(mode)));
+                    files.push(File::new(
+                        image.id.to_string(),
+                        dated_dir(mode, image.updated_at),
+                    ));
                 }
             }
             other => {
@@ -298,7 +343,7 @@ impl russh_sftp::server::Handler for SftpSession {
             .service
             .begin_upload(&self.session.actor, image, UploadTarget::File(rel))
             .map_err(core_err)?;
-        tracing::info!(user = %self.session.actor.name(), path = %shown, "sftp upload");
+        tracing::debug!(user = %self.session.actor.name(), path = %shown, "sftp upload");
         let handle = self.add_handle(OpenHandle::Upload(UploadState {
             upload: Some(upload),
             written: 0,
@@ -418,9 +463,13 @@ impl russh_sftp::server::Handler for SftpSession {
                 let Some(upload) = u.upload.take() else {
                     return Err(StatusCode::Failure.with_message("upload already finished"));
                 };
+                let image = upload.image_id();
                 match upload.finish().await {
                     Ok(report) => {
-                        tracing::info!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
+                        tracing::debug!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
+                        self.uploaded.files += 1;
+                        self.uploaded.bytes += report.bytes_written;
+                        self.uploaded.images.insert(image);
                         Ok(ok(id))
                     }
                     Err(e) => Err(core_err(e)),

@@ -85,7 +85,7 @@ pub async fn run(session: &Session, argv: Vec<String>, io: Io<'_>) -> u32 {
     } = io;
     let result = match cli.command {
         None | Some(Cmd::Help) => say(&mut *stdout, OVERVIEW).await,
-        Some(cmd) => dispatch(session, cmd, stdin, &mut *stdout).await,
+        Some(cmd) => dispatch(session, cmd, stdin, &mut *stdout, &mut *stderr).await,
     };
     let _ = stdout.flush().await;
     match result {
@@ -110,6 +110,7 @@ async fn dispatch(
     cmd: Cmd,
     stdin: &mut (dyn AsyncRead + Unpin + Send),
     out: Out<'_>,
+    err: Out<'_>,
 ) -> Result<(), Failure> {
     match cmd {
         Cmd::Help => say(out, OVERVIEW).await,
@@ -122,14 +123,14 @@ async fn dispatch(
             script,
             json,
         } => images::create(s, backed_up_at, script, json, stdin, out).await,
-        Cmd::UploadImage { id } => images::upload(s, id, stdin, out).await,
+        Cmd::UploadImage { id, progress } => images::upload(s, id, progress, stdin, err).await,
         Cmd::FinaliseImage { id, detach, json } => images::finalise(s, id, detach, json, out).await,
         Cmd::ResetUpload { id } => images::reset_upload(s, id, out).await,
         Cmd::DestroyImage { id, force } => images::destroy(s, id, force, out).await,
-        Cmd::Instances { all, json } => instances::list(s, all, json, out).await,
+        Cmd::Instances { all, json } => instances::list(s, all, json, out, err).await,
         Cmd::NewInstance { image, ttl, json } => instances::create(s, image, ttl, json, out).await,
         Cmd::Instance { id, json } => instances::show(s, id, json, out).await,
-        Cmd::Env { id, json } => instances::env(s, id, json, out).await,
+        Cmd::Env { id, dir, json } => instances::env(s, id, dir, json, out).await,
         Cmd::AllowIp { id, address } => instances::allow_ip(s, id, address, out).await,
         Cmd::DisallowIp { id, address } => instances::disallow_ip(s, id, address, out).await,
         Cmd::ExtendInstance { id, by } => instances::extend(s, id, by, out).await,
