@@ -429,7 +429,7 @@ async fn absurd_durations_get_one_line_and_free_the_session_slot() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
-        .as_i64()
+        .as_str()
         .unwrap()
         .to_string();
     for by in ["99999999999999d", "9999999999h", "18446744073709551616s"] {

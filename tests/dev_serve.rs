@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,13 +52,14 @@ max_instance_port = {max}
 [ssh]
 listen_address = "127.0.0.1:{ssh_port}"
 host_key_path = "keys/ssh_host_ed25519_key"
-admin_keys = ["{ADMIN_KEY}"]
+admin_keys = ["{pub_key}"]
 [http]
 listen_address = "127.0.0.1:{http_port}"
 [postgres]
 instance_user = "{user}"
 "#,
             r = root.display(),
+            pub_key = common::ssh::public_line(&key),
             max = base + 30,
         ),
     )
@@ -116,6 +117,44 @@ instance_user = "{user}"
     // The rest of the log is drained so the daemon never blocks on it.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
+    // A client that names the server by IP address in its SNI (RFC 6066
+    // forbids it; rustls ignores the name): no warning in the log.
+    let o = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{http_port}")])
+        .args(["-servername", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("BEGIN CERTIFICATE"),
+        "{}",
+        common::ssh::text(&o)
+    );
+
+    // An instance, whose postgres keeps running when the daemon stops.
+    let ssh = |args: &[&str], stdin: &[u8]| {
+        let mut c = Command::new("ssh");
+        c.args(common::ssh::client_opts(&key, None))
+            .args(["-p", &ssh_port.to_string(), "draupnir@127.0.0.1"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", common::ssh::text(&o));
+        o
+    };
+    let o = ssh(&["new-image", "--json"], b"");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let image = v["id"].as_str().unwrap().to_string();
+    ssh(&["upload-image", &image], &FIXTURE.tar_gz);
+    ssh(&["finalise-image", &image], b"");
+    ssh(&["new-instance", "latest"], b"");
+    let postmasters = postmaster_pids(&data);
+    assert_eq!(postmasters.len(), 1, "one instance postgres");
+
     let out = run(&["--remove"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -128,8 +167,19 @@ instance_user = "{user}"
     // The foreground script ended with its daemon.
     let status = serve.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    drain.join().unwrap();
+    let log = drain.join().unwrap();
+    assert!(!log.iter().any(|l| l.contains("Illegal SNI")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM: stopping")),
+        "{log:#?}"
+    );
     assert!(!is_mounted(&data));
+    for pid in postmasters {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "postgres {pid} still runs"
+        );
+    }
     assert!(!data.exists() && !root.join("state").exists() && !root.exists());
     assert!(!user_exists(&user), "{user} is still there");
     assert!(!config.exists() && !Path::new(&format!("{}.pid", config.display())).exists());
@@ -141,4 +191,18 @@ instance_user = "{user}"
     let out = run(&["--bogus"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+/// The pids in the postmaster.pid files beneath `data` (instances).
+fn postmaster_pids(data: &Path) -> Vec<i32> {
+    let out = Command::new("find")
+        .arg(data)
+        .args(["-maxdepth", "4", "-name", "postmaster.pid"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .collect()
 }
