@@ -36,7 +36,8 @@ pub struct Fixture {
     /// The stopped data directory, packed.
     pub tar: Vec<u8>,
     pub tar_gz: Vec<u8>,
-    /// `pg_basebackup -D - -Ft -X fetch` of the running fixture server.
+    /// `pg_basebackup -D - -Ft -X fetch -c fast -P` (the README's line) of the
+    /// running fixture server.
     pub basebackup: Vec<u8>,
 }
 
@@ -137,7 +138,7 @@ fn build_fixture() -> Fixture {
             .args(["-h"])
             .arg(&data)
             .args([
-                "-p", "5432", "-U", "postgres", "-D", "-", "-Ft", "-X", "fetch", "-c", "fast",
+                "-p", "5432", "-U", "postgres", "-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "-P",
             ])
             .output()
             .expect("pg_basebackup");
