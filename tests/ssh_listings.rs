@@ -269,6 +269,29 @@ async fn uploads_end_with_a_summary_and_finalise_times_its_steps() {
         "{e}"
     );
 
+    // So does scp in its default (SFTP) mode, and sftp.
+    for (n, sftp) in [(1, true), (0, false)] {
+        let img = s.new_image();
+        let o = if sftp {
+            s.sftp_batch(&admin, &format!("put base.tar.gz images/{img}/\n"))
+                .await
+        } else {
+            s.scp(
+                &admin,
+                &["base.tar.gz", &s.remote(&format!("images/{img}"))],
+            )
+            .await
+        };
+        assert!(o.status.success(), "{n}: {}", text(&o));
+        let e = err(&o);
+        assert!(
+            e.lines().any(|l| l.starts_with("uploaded ")
+                && l.contains(&format!("in 1 file(s) to images/{img} in "))
+                && l.ends_with("/s)")),
+            "{n}: {e}"
+        );
+    }
+
     // A script step that runs long says it still runs; every step is timed.
     let slow = s
         .svc()

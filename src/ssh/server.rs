@@ -11,7 +11,7 @@
 //! [`AuthDeadline`]), `max_unauthenticated` in all and
 //! `max_unauthenticated_per_address` from one address.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -290,7 +290,7 @@ async fn run_connection(
         authed: authed.clone(),
         channels: HashMap::new(),
         refused: HashMap::new(),
-        sftp: HashSet::new(),
+        sftp: HashMap::new(),
     };
     // russh reads each packet with two exact reads (length block, rest)
     // straight from the socket: buffer them, so a stream of upload packets
@@ -362,7 +362,7 @@ struct Conn {
     /// client why on stderr when it asks them to run something.
     refused: HashMap<ChannelId, Channel<Msg>>,
     /// Channels running the SFTP subsystem.
-    sftp: HashSet<ChannelId>,
+    sftp: HashMap<ChannelId, sftp::Totals>,
 }
 
 impl Conn {
@@ -530,7 +530,12 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // CRATES.md: without an exit status at the end of an SFTP session
         // `scp` exits 1 and `ssh -s` 255.
-        if self.sftp.remove(&channel) {
+        if let Some(totals) = self.sftp.remove(&channel) {
+            // Every request was answered: the session's summary is final.
+            let line = sftp::summary(&totals);
+            if !line.is_empty() {
+                session.extended_data(channel, 1, line.into_bytes())?;
+            }
             session.exit_status_request(channel, 0)?;
             session.eof(channel)?;
             session.close(channel)?;
@@ -566,8 +571,8 @@ impl russh::server::Handler for Conn {
         let Some((chan, slot, actor)) = self.start(channel, session)? else {
             return Ok(());
         };
-        self.sftp.insert(channel);
         let handler = sftp::SftpSession::new(self.command_session(actor), slot);
+        self.sftp.insert(channel, handler.totals());
         sftp::run(chan.into_stream(), handler).await;
         Ok(())
     }

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use russh_sftp::protocol::{
@@ -22,6 +23,7 @@ use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::error::Refusal;
+use super::format;
 use super::paths::{self, PathError, VPath};
 use super::session::{Session, SessionSlot};
 use crate::core::ImageState;
@@ -56,21 +58,45 @@ pub struct SftpSession {
     next_handle: u64,
     /// Directories made in this session (so `scp -r` can stat them).
     made_dirs: HashSet<(ImageId, PathBuf)>,
-    /// What this session uploaded, logged once when it ends.
-    uploaded: Uploaded,
+    /// What this session uploaded: said to the client when it ends its
+    /// side ([`summary`]), logged once when the session ends.
+    uploaded: Totals,
 }
 
 /// Files and bytes an SFTP session uploaded, and into which images.
-struct Uploaded {
+pub struct Uploaded {
     started: std::time::Instant,
     files: u64,
     bytes: u64,
     images: std::collections::BTreeSet<ImageId>,
 }
 
+/// An SFTP session's [`Uploaded`], shared with the server.
+pub type Totals = Arc<Mutex<Uploaded>>;
+
+/// The session's one-line summary for the client's stderr (empty when
+/// nothing was uploaded): `uploaded 54.4 MiB in 1 file(s) to images/3 in
+/// 3.0s (18.1 MiB/s)`.
+pub fn summary(totals: &Totals) -> String {
+    let u = totals.lock().unwrap_or_else(|p| p.into_inner());
+    if u.files == 0 {
+        return String::new();
+    }
+    let took = u.started.elapsed();
+    let to: Vec<String> = u.images.iter().map(|i| format!("images/{i}")).collect();
+    format!(
+        "uploaded {} in {} file(s) to {} in {} ({})\n",
+        format::size(u.bytes),
+        u.files,
+        to.join(", "),
+        format::elapsed(took),
+        format::rate(u.bytes, took)
+    )
+}
+
 impl Drop for SftpSession {
     fn drop(&mut self) {
-        let u = &self.uploaded;
+        let u = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
         if u.files == 0 {
             return;
         }
@@ -143,13 +169,18 @@ impl SftpSession {
             handles: HashMap::new(),
             next_handle: 1,
             made_dirs: HashSet::new(),
-            uploaded: Uploaded {
+            uploaded: Arc::new(Mutex::new(Uploaded {
                 started: std::time::Instant::now(),
                 files: 0,
                 bytes: 0,
                 images: Default::default(),
-            },
+            })),
         }
+    }
+
+    /// What the session uploads, as it goes.
+    pub(crate) fn totals(&self) -> Totals {
+        self.uploaded.clone()
     }
 
     fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
@@ -467,9 +498,10 @@ impl russh_sftp::server::Handler for SftpSession {
                 match upload.finish().await {
                     Ok(report) => {
                         tracing::debug!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
-                        self.uploaded.files += 1;
-                        self.uploaded.bytes += report.bytes_written;
-                        self.uploaded.images.insert(image);
+                        let mut up = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+                        up.files += 1;
+                        up.bytes += report.bytes_written;
+                        up.images.insert(image);
                         Ok(ok(id))
                     }
                     Err(e) => Err(core_err(e)),
