@@ -178,7 +178,9 @@ async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
         .lines()
         .take_while(|l| !l.starts_with("Usage:"))
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
+        })
         .collect::<Vec<_>>()
         .join(" ")
         .trim_start_matches("error: ")
