@@ -15,7 +15,7 @@
 #   packaging/dev-serve.sh --remove
 # removes everything it made: stops the daemon and the instances' postgres,
 # unmounts and deletes data_path and state_path (the 20G file with them),
-# deletes the instance user and dev/config.toml. It keeps the system
+# deletes the instance user, the SSH host key and dev/config.toml. It keeps the system
 # packages and your SSH key.
 #
 # DRAUPNIR_DEV_CONFIG names another config file (default dev/config.toml);
@@ -39,7 +39,7 @@ remove() {
     echo "dev-serve: nothing to remove ($config does not exist)"
     return 0
   fi
-  local data state user parent
+  local data state user parent hostkey
   data="$(conf "" data_path)"
   state="$(conf "" state_path)"
   user="$(conf postgres instance_user)"
@@ -87,9 +87,12 @@ remove() {
     userdel "$user" 2>/dev/null || true
     getent group "$user" >/dev/null && groupdel "$user" 2>/dev/null || true
   fi
+  # The SSH host key the daemon generated (relative: to the repository).
+  hostkey="$(conf ssh host_key_path)"
+  if [ -n "$hostkey" ]; then rm -f -- "$hostkey" "$hostkey.pub"; fi
   rm -f -- "$config"
   rmdir -- "$(dirname -- "$config")" 2>/dev/null || true
-  echo "dev-serve: removed ${data:-?}, ${state:-?}, user ${user:-?} and $config (system packages and your SSH key stay)"
+  echo "dev-serve: removed ${data:-?}, ${state:-?}, user ${user:-?}, the host key and $config (system packages and your SSH key stay)"
 }
 
 if [ "${1:-}" = "--remove" ]; then

@@ -51,7 +51,7 @@ min_instance_port = {base}
 max_instance_port = {max}
 [ssh]
 listen_address = "127.0.0.1:{ssh_port}"
-host_key_path = "keys/ssh_host_ed25519_key"
+host_key_path = "{r}/keys/ssh_host_ed25519_key"
 admin_keys = ["{pub_key}"]
 [http]
 listen_address = "127.0.0.1:{http_port}"
@@ -113,6 +113,8 @@ instance_user = "{user}"
     );
     let data = root.join("data");
     assert!(is_mounted(&data));
+    let host_key = root.join("keys/ssh_host_ed25519_key");
+    assert!(host_key.exists());
     assert!(user_exists(&user));
     // The rest of the log is drained so the daemon never blocks on it.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
@@ -180,7 +182,15 @@ instance_user = "{user}"
             "postgres {pid} still runs"
         );
     }
-    assert!(!data.exists() && !root.join("state").exists() && !root.exists());
+    assert!(!host_key.exists());
+    assert!(!data.exists() && !root.join("state").exists());
+    // Only the (here test-made) directory of the host key is left; in the
+    // development config it is the repository's keys/.
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["keys"]);
     assert!(!user_exists(&user), "{user} is still there");
     assert!(!config.exists() && !Path::new(&format!("{}.pid", config.display())).exists());
 
