@@ -289,7 +289,11 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
     // finalises end, within shutdown_grace.
     let left = service.drain(service.config().shutdown_grace).await;
     if !left.is_empty() {
-        tracing::warn!(images = ?left, "shutdown_grace is over; these uploads/finalises are cut off and marked failed at the next start");
+        let list: Vec<String> = left.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "shutdown_grace is over; the uploads/finalises of images {} are cut off and marked failed at the next start",
+            list.join(", ")
+        );
     }
     service.shutdown();
     ExitCode::SUCCESS

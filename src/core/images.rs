@@ -498,12 +498,20 @@ impl Service {
         let deadline = tokio::time::Instant::now() + grace;
         // No new warm instance from now on; one being started may finish.
         self.stop_pool(deadline).await;
+        let mut said = Vec::new();
         loop {
             let busy = self.busy_images().unwrap_or_default();
             if busy.is_empty() || tokio::time::Instant::now() >= deadline {
                 return busy;
             }
-            tracing::info!(images = ?busy, "waiting for uploads and finalises to end");
+            if busy != said {
+                let list: Vec<String> = busy.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    "waiting for uploads and finalises to end (images {})",
+                    list.join(", ")
+                );
+                said = busy;
+            }
             tokio::time::sleep_until(
                 deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(500)),
             )
