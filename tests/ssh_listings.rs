@@ -241,10 +241,20 @@ async fn uploads_end_with_a_summary_and_finalise_times_its_steps() {
     );
     let o = s.ssh(&admin, &["image", &id.to_string()]).await;
     assert!(
-        out(&o).contains(&format!("next      ssh draupnir finalise-image {id}")),
+        out(&o).contains(&format!("next      ssh draupnir finalise-image {id}"))
+            && out(&o).contains(" file(s); ready to finalise\n"),
         "{}",
         out(&o)
     );
+    let holds = out(&o);
+    let files: u64 = holds
+        .lines()
+        .find_map(|l| l.strip_prefix("holds     "))
+        .and_then(|l| l.split(" in ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{holds}"));
+    assert!(files > 100, "the fixture's data directory: {holds}");
     let v = json(&s.ssh(&admin, &["image", &id.to_string(), "--json"]).await);
     assert_eq!(
         (v["state"].as_str(), v["upload_finished"].as_bool()),

@@ -206,6 +206,16 @@ impl Service {
         self.image_or_404(id)
     }
 
+    /// How many files an image whose upload finished holds (`None` for
+    /// any other image): counted on disk, for showing one image.
+    pub fn uploaded_files(&self, actor: &Actor, id: ImageId) -> Result<Option<u64>> {
+        let image = self.image(actor, id)?;
+        if !image.upload_finished() {
+            return Ok(None);
+        }
+        Ok(Some(count_files(&self.inner.layout.upload(id))))
+    }
+
     /// The newest ready image, for `latest`.
     pub fn latest_ready_image(&self) -> Result<Option<Image>> {
         Ok(self
@@ -722,6 +732,26 @@ impl Service {
     pub fn image_path(&self, id: ImageId) -> (PathBuf, PathBuf) {
         (self.inner.layout.upload(id), self.inner.layout.snapshot(id))
     }
+}
+
+/// Regular files beneath `dir` (links not followed; unreadable parts
+/// count as empty).
+fn count_files(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(t) if t.is_file() => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 #[cfg(test)]

@@ -86,8 +86,11 @@ pub(super) async fn show(
     if let Some(r) = &i.failure_reason {
         text.push_str(&format!("reason    {r}\n"));
     }
-    if i.upload_finished() {
-        text.push_str(&format!("next      ssh draupnir finalise-image {}\n", i.id));
+    if let Some(files) = session.service.uploaded_files(&session.actor, id)? {
+        text.push_str(&format!(
+            "holds     {} in {files} file(s); ready to finalise\nnext      ssh draupnir finalise-image {id}\n",
+            size(i.size_bytes),
+        ));
     }
     say(out, text).await
 }
