@@ -551,7 +551,9 @@ async fn run() {
     let http = Https::new(&daemon, token);
 
     // The image: scp the fixture, finalise over ssh.
-    let image: i64 = ssh.json(&["new-image", "--json"]).await["id"]
+    let image: i64 = ssh
+        .json(&["new-image", "--no-anonymisation", "--json"])
+        .await["id"]
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("image id");

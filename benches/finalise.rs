@@ -148,7 +148,9 @@ fn build_datadir(root: &Path, full: bool) -> PathBuf {
 
 /// Upload `dir` into a new image through the core, as a `tar` stream.
 async fn upload(svc: &Service, admin: &Actor, dir: &Path, script: Option<&str>) -> ImageId {
-    let image = svc.create_image(admin, None, script).expect("create image");
+    let image = svc
+        .create_image(admin, common::image_with(script))
+        .expect("create image");
     let mut tar = tokio::process::Command::new("tar")
         .arg("-C")
         .arg(dir)

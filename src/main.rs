@@ -62,6 +62,15 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Replace the per-deployment masking key (state_path/masking.key) with
+    /// a new random one. Images sealed afterwards get different masked
+    /// values (a test account's masked e-mail changes); sealed images keep
+    /// theirs. Safe while the daemon runs: each finalise reads the key.
+    RotateMaskingKey {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -166,6 +175,28 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("draupnir: backup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RotateMaskingKey { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("draupnir: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match draupnir::core::rotate_masking_key(&config.state_path) {
+                Ok(path) => {
+                    println!(
+                        "{}: a new masking key; images sealed from now on mask with it",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("draupnir: {e}");
                     ExitCode::FAILURE
                 }
             }

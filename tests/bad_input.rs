@@ -59,7 +59,7 @@ fn gz(data: &[u8]) -> Vec<u8> {
 async fn refused(env: &TestEnv, name: &str, bytes: Vec<u8>, expect: &str) {
     let admin = env.admin();
     let svc = env.svc();
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     let err = svc
         .ingest(&admin, img.id, UploadTarget::File(name.into()), &bytes[..])
         .await
@@ -220,7 +220,7 @@ async fn full_disk_fails_cleanly_and_keeps_serving() {
     let env = TestEnv::with("loopback_size = \"300M\"").await;
     let admin = env.admin();
     let svc = env.svc();
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     // A plain 600 MiB file cannot fit on a 300 MiB file system.
     let reader = tokio::io::repeat(7).take_exact_async(600 << 20);
     let err = svc
@@ -261,7 +261,9 @@ impl<R: tokio::io::AsyncRead> TakeAsync for R {}
 async fn finalise_fails(env: &TestEnv, bytes: &[u8], script: Option<&str>, expect: &str) {
     let admin = env.admin();
     let svc = env.svc();
-    let img = svc.create_image(&admin, None, script).unwrap();
+    let img = svc
+        .create_image(&admin, NewImage::with_script(script))
+        .unwrap();
     svc.ingest(&admin, img.id, UploadTarget::File("base.tar".into()), bytes)
         .await
         .unwrap();
@@ -338,7 +340,10 @@ async fn uploaded_config_runs_nothing() {
     let admin = env.admin();
     let svc = env.svc();
     let img = svc
-        .create_image(&admin, None, Some("SELECT pg_switch_wal();"))
+        .create_image(
+            &admin,
+            NewImage::with_script(Some("SELECT pg_switch_wal();")),
+        )
         .unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &bytes[..])
         .await
@@ -394,7 +399,7 @@ async fn wrong_ids_and_roles() {
             .await,
         Err(CoreError::NotFound { .. })
     ));
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     assert!(matches!(
         svc.ingest(&bob, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
             .await,

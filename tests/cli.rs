@@ -86,3 +86,56 @@ async fn serve_logs_json_and_notifies_systemd() {
     }
     assert!(running, "{lines:?}");
 }
+
+/// `rotate-masking-key` makes a new key (mode 0600, 32 bytes) in
+/// state_path, different each time; `check-config` refuses a rules file
+/// that does not parse with one line naming its line.
+#[test]
+fn masking_key_rotation_and_a_bad_rules_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_path = \"{0}/data\"\nstate_path = \"{0}/state\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let key = state.join("masking.key");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let out = stdout_of(&["rotate-masking-key", "-c", cfg]);
+        assert!(out.contains("masking.key"), "{out}");
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let bytes = std::fs::read(&key).unwrap();
+        assert_eq!(bytes.len(), 32);
+        seen.push(bytes);
+    }
+    assert_ne!(seen[0], seen[1], "a new key each time");
+
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[app.users]\nid = \"keep\"\nemail = \"emial\"\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "data_path = \"{0}/data\"\nstate_path = \"{0}/state\"\n[masking]\nrules_file = \"{1}\"\n",
+            dir.path().display(),
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "-c", cfg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("line 3") && err.contains("email"), "{err}");
+}

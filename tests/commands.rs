@@ -63,7 +63,8 @@ fn assert_one_line_error(r: &Ran, code: u32, needle: &str) {
 }
 
 /// The story's shared world: one image made through the commands
-/// (`new-image --script -`, `upload-image`, `finalise-image`), its id read
+/// (`new-image --script -` with `[masking] rules_file`, `upload-image`,
+/// `finalise-image`), its id read
 /// from `images --json`; the replies are kept for the tests to check. Each
 /// test that needs an instance makes its own, for a user of its own.
 struct Story {
@@ -77,7 +78,9 @@ struct Story {
 static STORY: OnceLock<Shared<Story>> = OnceLock::new();
 
 async fn build_story() -> Story {
-    let env = TestEnv::new().await;
+    // The nightly job of a 5.x deployment: its script, and the rules file
+    // its operator added.
+    let env = TestConfig::new().rules_file(FIXTURE_RULES).open().await;
     let admin = env.admin();
     let new_image = run(
         &env,
@@ -142,7 +145,7 @@ async fn new_image_reads_its_script_from_stdin_and_says_where_to_upload() {
         assert!(r.out.contains(&format!("image {id} created")), "{}", r.out);
         assert!(
             r.out
-                .contains(&format!("backup.tar.gz localhost:images/{id}")),
+                .contains(&format!("scp backup.tar.gz draupnir:images/{id}\n")),
             "{}",
             r.out
         );
@@ -229,9 +232,8 @@ async fn new_instance_latest_says_how_to_connect() {
             r.out
         );
         assert!(
-            r.out.contains(&format!(
-                "eval \"$(ssh -p 2222 localhost env {id})\" && psql"
-            )),
+            r.out
+                .contains(&format!("eval \"$(ssh draupnir env {id})\" && psql")),
             "{}",
             r.out
         );
@@ -301,6 +303,27 @@ async fn status_json_names_the_newest_ready_image() {
         let v = json_of(&r);
         assert_eq!(v["status"], "ok");
         assert_eq!(v["newest_ready_image"], s.image.get());
+        assert_eq!(v["newest_ready_image_anonymisation"], "checked");
+        // How it was anonymised: the config's rules, then the script.
+        let r = run(
+            &s.env,
+            &s.env.user("pete"),
+            &format!("image {} --json", s.image),
+            b"",
+        )
+        .await;
+        let a = &json_of(&r)["anonymisation"];
+        assert_eq!(a["status"], "checked", "{a}");
+        assert_eq!(a["rules_from"], serde_json::json!(["config"]));
+        assert_eq!(a["script"], true);
+        let r = run(
+            &s.env,
+            &s.env.user("pete"),
+            &format!("image {}", s.image),
+            b"",
+        )
+        .await;
+        assert!(r.out.contains("masking   checked"), "{}", r.out);
     })
     .await
 }
@@ -559,6 +582,9 @@ async fn help_usage_errors_and_users() {
         "remove-key",
         "keys",
         "token",
+        "tokens",
+        "revoke-token",
+        "help",
         "version",
     ] {
         let r = run(&env, &admin, &format!("{name} --help"), b"").await;
@@ -674,8 +700,14 @@ async fn help_usage_errors_and_users() {
     assert_eq!(r.out, "dave (user) <dave@example.com>, 1 key(s)\n");
     assert_one_line_error(&run(&env, &dave, "users", b"").await, 1, "admin only");
     assert_one_line_error(&run(&env, &dave, "keys alice", b"").await, 1, "admin only");
+    // The token alone on stdout (`token=$(ssh draupnir token)`), the hint
+    // on stderr.
     let r = run(&env, &dave, "token", b"").await;
-    let token = r.out.lines().next().unwrap();
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out.lines().count(), 1, "{:?}", r.out);
+    let token = r.out.trim_end();
+    assert!(token.starts_with("drp_"), "{token}");
+    assert!(r.err.contains("revoke-token"), "{}", r.err);
     assert_eq!(
         env.svc().authenticate_token(token).unwrap().unwrap().name(),
         "dave"
@@ -709,6 +741,11 @@ async fn outputs_match_the_golden_file() {
         "frobnicate",
         "extend-instance 1 4",
         "instances",
+        "new-instanse 1",
+        "instances --jsn",
+        "help extend-instance",
+        "tokens",
+        "revoke-token 1",
         "new-instance --help",
         "images",
         "new-image --script 'select 1'",

@@ -346,13 +346,21 @@ async fn a_second_upload_into_one_image_is_refused_and_the_first_finalises() {
     );
     // scp (SFTP mode), scp -O and sftp into the same image, meanwhile.
     // OpenSSH's SFTP client shows only the status code (`Failure`) of a
-    // refused open, not the server's message; `scp -O` shows the line.
+    // refused open; the reason comes on the channel's stderr. `scp -O`
+    // shows the line itself.
     let dest = s.remote(&format!("images/{image}/"));
     let o = s
         .scp(&s.admin_key, &[tarball.to_str().unwrap(), &dest])
         .await;
     assert!(!o.status.success(), "{}", text(&o));
     assert!(stderr(&o).contains("Failure"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "draupnir: image {image} is already receiving an upload"
+        )),
+        "{}",
+        text(&o)
+    );
     let o = s
         .scp(&s.admin_key, &["-O", tarball.to_str().unwrap(), &dest])
         .await;

@@ -40,7 +40,10 @@ async fn upload_and_finalise(
     script: Option<&str>,
 ) -> (ImageId, Result<(), String>) {
     let admin = env.admin();
-    let img = env.svc().create_image(&admin, None, script).unwrap();
+    let img = env
+        .svc()
+        .create_image(&admin, common::image_with(script))
+        .unwrap();
     env.svc()
         .ingest(&admin, img.id, UploadTarget::Stream, tar)
         .await
@@ -365,7 +368,10 @@ async fn the_finalise_socket_refuses_the_instance_user() {
            PERFORM pg_sleep(0.05);
          END LOOP; END $$;
          SELECT 'script done';";
-    let img = env.svc().create_image(&admin, None, Some(script)).unwrap();
+    let img = env
+        .svc()
+        .create_image(&admin, NewImage::with_script(Some(script)))
+        .unwrap();
     env.svc()
         .ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
         .await

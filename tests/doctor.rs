@@ -173,7 +173,9 @@ async fn healthy_then_each_check_broken_once() {
     // The metadata file gone while data_path holds volumes: a failure
     // pointing at backup-state.
     let admin = env.admin();
-    env.svc().create_image(&admin, None, None).unwrap();
+    env.svc()
+        .create_image(&admin, NewImage::not_personal())
+        .unwrap();
     let text = base.replace(&format!("\"{d}/state\""), &format!("\"{d}/state-empty\""));
     let (code, out) = doctor(dir, "missing.toml", &text, false);
     assert_eq!(code, Some(1), "{out}");

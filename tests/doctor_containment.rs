@@ -122,7 +122,7 @@ async fn finalise_names_the_directory_postgres_cannot_reach() {
     let env = TestEnv::new().await;
     let admin = env.admin();
     let svc = env.svc();
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     svc.ingest(
         &admin,
         img.id,

@@ -34,6 +34,19 @@ fn assert_image(v: &Value, id: ImageId, ready: bool) {
     assert_eq!(keys, ["backed_up_at", "created_at", "ready", "updated_at"]);
 }
 
+/// `GET /images/:id`: the 5.x attributes, and `anonymisation` besides
+/// (null before the seal).
+fn assert_image_shown(v: &Value, id: ImageId, ready: bool) -> Value {
+    let mut v = v.clone();
+    let a = v["attributes"]
+        .as_object_mut()
+        .unwrap()
+        .remove("anonymisation")
+        .expect("anonymisation on GET /images/:id");
+    assert_image(&v, id, ready);
+    a
+}
+
 fn assert_instance(v: &Value, image_id: ImageId) {
     assert_eq!(v["type"], "instances");
     assert!(v["id"].is_string(), "{v}");
@@ -292,7 +305,10 @@ async fn a_posted_image_is_uploading_listed_and_found() {
     assert_image(&r.json()["data"][0], id, false);
     let r = api.get(&format!("/images/{id}"), &alice_token).await;
     assert_eq!(r.status, 200);
-    assert_image(&r.json()["data"], id, false);
+    assert_eq!(
+        assert_image_shown(&r.json()["data"], id, false),
+        Value::Null
+    );
     api.server.unwrap().shutdown().await;
 }
 
@@ -372,6 +388,12 @@ async fn done_finalises_and_answers_at_once_when_ready() {
             started.elapsed().as_secs() < 2,
             "already ready answers at once"
         );
+        // Its anonymisation: a script and no rules, sealed because this
+        // world does not require coverage: unchecked.
+        let r = w.api.get(&format!("/images/{id}"), SECRET).await;
+        let a = assert_image_shown(&r.json()["data"], id, true);
+        assert_eq!(a["status"], "unchecked", "{a}");
+        assert_eq!(a["script"], true, "{a}");
     })
     .await
 }
@@ -889,6 +911,22 @@ async fn a_malformed_or_mistyped_body_is_400() {
             .await;
         assert_eq!(r.status, 400);
         assert_eq!(r.json()["source"], json!({"parameter": "backed_up_at"}));
+        // Masking rules that do not parse: refused with their line.
+        let r = api
+            .call(
+                Method::POST,
+                "/images",
+                Some(SECRET),
+                Some(json!({"data": {"type": "images", "attributes": {
+                    "masking_rules": "[app.users]\nemail = \"emial\"\n"}}})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+        assert!(
+            detail.contains("line 2") && detail.contains("email") && !detail.contains('\n'),
+            "{detail}"
+        );
         assert_nothing_created(api);
     })
     .await

@@ -38,7 +38,9 @@ async fn build_finalised() -> Finalised {
     let env = TestEnv::new().await;
     let svc = env.svc();
     let admin = env.admin();
-    let created = svc.create_image(&admin, None, Some(KEEP_TEN)).unwrap();
+    let created = svc
+        .create_image(&admin, NewImage::with_script(Some(KEEP_TEN)))
+        .unwrap();
     let uploads_after_create = env.entries("image_uploads");
     let image = created.id;
     let report = svc
@@ -401,7 +403,7 @@ async fn instances_are_cheap_and_ports_unique_and_authorised() {
         Err(CoreError::AdminOnly(_))
     ));
     assert!(matches!(
-        svc.create_image(&bob, None, None),
+        svc.create_image(&bob, NewImage::not_personal()),
         Err(CoreError::AdminOnly(_))
     ));
     assert!(matches!(
@@ -427,7 +429,10 @@ async fn instances_are_cheap_and_ports_unique_and_authorised() {
 async fn image_not_ready_is_refused() {
     let env = TestEnv::new().await;
     let admin = env.admin();
-    let img = env.svc().create_image(&admin, None, None).unwrap();
+    let img = env
+        .svc()
+        .create_image(&admin, NewImage::not_personal())
+        .unwrap();
     let err = env
         .svc()
         .create_instance(&admin, InstanceRef::Id(img.id))
@@ -490,7 +495,7 @@ async fn reset_upload_then_wrapped_data_dir_finalises() {
     let env = TestEnv::new().await;
     let svc = env.svc();
     let admin = env.admin();
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     // A broken upload fails the image…
     let err = svc
         .ingest(
@@ -551,8 +556,7 @@ async fn pg_basebackup_stream_and_zstd_uploads_finalise() {
         let img = svc
             .create_image(
                 &admin,
-                None,
-                Some("DELETE FROM orders; DELETE FROM users WHERE id > 3;"),
+                NewImage::with_script(Some("DELETE FROM orders; DELETE FROM users WHERE id > 3;")),
             )
             .unwrap();
         svc.ingest(&admin, img.id, UploadTarget::Stream, &bytes[..])

@@ -97,7 +97,9 @@ async fn no_canary_survives_in_any_file_of_the_sealed_image() {
     let env = TestEnv::new().await;
     let admin = env.admin();
     let svc = env.svc();
-    let img = svc.create_image(&admin, None, Some(SCRIPT)).unwrap();
+    let img = svc
+        .create_image(&admin, NewImage::with_script(Some(SCRIPT)))
+        .unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])
         .await
         .expect("upload");
@@ -167,7 +169,10 @@ async fn with_several_databases_the_configured_one_is_used() {
     let admin = env.admin();
     let svc = env.svc();
     let img = svc
-        .create_image(&admin, None, Some("UPDATE marker SET x = 2;"))
+        .create_image(
+            &admin,
+            NewImage::with_script(Some("UPDATE marker SET x = 2;")),
+        )
         .unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])
         .await
@@ -224,8 +229,9 @@ async fn a_planted_statistics_reset_does_not_hide_a_change() {
     let img = svc
         .create_image(
             &admin,
-            None,
-            Some("UPDATE people SET email = 'person' || id || '@example.invalid';"),
+            NewImage::with_script(Some(
+                "UPDATE people SET email = 'person' || id || '@example.invalid';",
+            )),
         )
         .unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &upload[..])

@@ -218,7 +218,7 @@ async fn free_space_floor() {
     let env = TestEnv::with("min_free_space = \"99%\"").await;
     let svc = env.svc();
     let admin = env.admin();
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     let err = svc
         .ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
         .await

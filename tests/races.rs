@@ -145,7 +145,7 @@ async fn race(
 
 /// A ready image of the fixture (what `TestEnv::ready_image` makes).
 async fn next_image(svc: Service, admin: Actor) -> ImageId {
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     svc.ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])
         .await
         .expect("upload");

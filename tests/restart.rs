@@ -121,7 +121,7 @@ async fn killed_mid_finalise() {
     let admin = env.admin();
     let img = env
         .svc()
-        .create_image(&admin, None, Some("SELECT pg_sleep(120);"))
+        .create_image(&admin, NewImage::with_script(Some("SELECT pg_sleep(120);")))
         .unwrap();
     env.svc()
         .ingest(&admin, img.id, UploadTarget::Stream, &FIXTURE.tar[..])

@@ -18,7 +18,7 @@ async fn drain_waits_for_uploads_and_finalises() {
     assert!(svc.drain(Duration::from_secs(5)).await.is_empty());
 
     // An upload in progress: busy until it finishes.
-    let img = svc.create_image(&admin, None, None).unwrap();
+    let img = svc.create_image(&admin, NewImage::not_personal()).unwrap();
     let mut upload = svc
         .begin_upload(&admin, img.id, UploadTarget::File("base.tar.gz".into()))
         .unwrap();

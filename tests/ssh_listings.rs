@@ -305,7 +305,7 @@ async fn uploads_end_with_a_summary_and_finalise_times_its_steps() {
     // A script step that runs long says it still runs; every step is timed.
     let slow = s
         .svc()
-        .create_image(&s.admin(), None, Some("SELECT pg_sleep(12);"))
+        .create_image(&s.admin(), image_with(Some("SELECT pg_sleep(12);")))
         .unwrap()
         .id;
     s.scp(

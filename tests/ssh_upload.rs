@@ -447,7 +447,7 @@ async fn host_key_is_stable_across_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exec_statuses_and_refused_shell() {
+async fn exec_statuses_and_the_shell() {
     let s = SshEnv::new().await;
     let out = s.ssh(&s.admin_key, &["help"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -478,16 +478,22 @@ async fn exec_statuses_and_refused_shell() {
     );
     let out = s.ssh(&s.admin_key, &["help 'unterminated"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    // A shell is refused with a hint, and the client exits cleanly.
+    // A shell prints the command list and exits 0 (tests/ssh_newcomer.rs
+    // has the rest), with a forced PTY too (nothing hangs).
     let out = s.ssh(&s.admin_key, &[]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("no shell here"), "{}", text(&out));
-    // With a forced PTY too (the PTY is accepted, the shell is not;
-    // nothing hangs).
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("Usage: ssh draupnir"),
+        "{}",
+        text(&out)
+    );
     let out = s.ssh_opts(&s.admin_key, &["-tt"], &[]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let all = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(all.contains("no shell here"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("Usage: ssh draupnir"),
+        "{}",
+        text(&out)
+    );
     // A command with a PTY requested (`ssh -t`, as many aliases say) runs.
     let out = s.ssh_opts(&s.admin_key, &["-tt"], &["whoami"]).await;
     assert!(out.status.success(), "{}", text(&out));

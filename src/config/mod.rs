@@ -8,6 +8,7 @@
 //! `units`, the checks in `validate`.
 
 mod doors;
+mod masking;
 mod postgres;
 pub(crate) mod reload_class;
 mod units;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use doors::{parse_api_version, HttpConfig, OauthConfig, SshConfig};
+pub use masking::{MaskingConfig, MAX_RULES_BYTES};
 pub use postgres::{Confinement, PostgresConfig, StateConfig, FORBIDDEN_SETTINGS};
 pub use reload_class::{ReloadReport, Reloadable};
 pub use units::{parse_duration, ByteSize, Cidr, FreeSpace, MAX_DURATION, MAX_SIZE};
@@ -39,6 +41,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// `[masking] rules_file` does not parse (the error has the line).
+    #[error("masking rules file {path}: {error}")]
+    Rules {
+        path: PathBuf,
+        #[source]
+        error: Box<crate::core::MaskingRulesError>,
+    },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -115,6 +124,7 @@ config_section! {
         section http: HttpConfig,
         fixed oauth: OauthConfig,
         section postgres: PostgresConfig,
+        section masking: MaskingConfig,
         fixed state: StateConfig,
     }
 }
@@ -161,6 +171,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             oauth: OauthConfig::default(),
             postgres: PostgresConfig::default(),
+            masking: MaskingConfig::default(),
             state: StateConfig::default(),
         }
     }
@@ -184,11 +195,12 @@ impl Config {
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string().replace('\n', " ").trim().to_string(),
         })?;
         config.validate()?;
+        config.masking.read_rules()?;
         Ok(config)
     }
 

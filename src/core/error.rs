@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::certs::CertError;
 use crate::config::FreeSpace;
-use crate::core::model::{Fingerprint, ImageId, ImageState, InstanceId, InstanceState};
+use crate::core::model::{Fingerprint, ImageId, ImageState, InstanceId, InstanceState, TokenId};
 use crate::core::policy::human;
 use crate::core::postgres::cluster::ClusterError;
 use crate::core::postgres::finalise::FinaliseError;
@@ -83,6 +83,9 @@ pub enum Missing {
     User(String),
     #[error("key {0}")]
     Key(Fingerprint),
+    /// An API token, by id (someone else's is not found, to a user).
+    #[error("token {0}")]
+    Token(TokenId),
     #[error("allowed address {address} of instance {instance}")]
     AllowedAddress {
         address: IpAddr,
@@ -109,6 +112,8 @@ pub enum InvalidState {
     NotResettable { id: ImageId, state: ImageState },
     #[error("an upload into image {id} is still running")]
     UploadRunning { id: ImageId },
+    #[error("image {id} is {state}; suggest-rules reads an upload that is not finalised yet")]
+    NotAnUpload { id: ImageId, state: ImageState },
     #[error(
         "image {id} failed ({}); `reset-upload {id}` lets it take a new upload",
         .reason.as_deref().unwrap_or("no reason kept")
@@ -177,6 +182,15 @@ pub enum BadInput {
     ExtendPastMax { id: InstanceId, max: Duration },
     #[error("the anonymisation script contains a NUL byte")]
     ScriptNul,
+    /// The image's own masking rules do not parse (the error has the line).
+    #[error("{0}")]
+    Rules(#[source] Box<crate::core::masking::rules::RulesError>),
+    #[error("rules file `{path}`: {reason}; send the rules on stdin instead: ssh draupnir new-image --rules - < FILE")]
+    RulesFile { path: String, reason: &'static str },
+    #[error(
+        "an image declared not personal (--no-anonymisation) takes no masking rules and no script"
+    )]
+    NotPersonalButMasked,
     #[error("upload path `{}` must stay inside the image", .0.display())]
     UploadPath(PathBuf),
     #[error("upload needs a file name")]

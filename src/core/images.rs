@@ -4,12 +4,13 @@ use crate::core::model::ImageId;
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 
-use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::error::{BadInput, FinaliseFailure, Internal, InvalidState, Missing};
+use super::manifest::{AnonymisationStatus, NewImage};
+use super::masking;
 use super::{Actor, CoreError, Result, Service};
-use crate::core::postgres::finalise::{self, FinaliseSpec, Progress};
+use crate::core::postgres::finalise::{self, FinaliseSpec, MaskingSpec, Progress};
 use crate::core::storage::btrfs;
 use crate::core::storage::ingest::{
     self, ChunkSender, IngestError, Limits, Options, Owner, Report,
@@ -216,32 +217,45 @@ impl Service {
         Ok(Some(count_files(&self.inner.layout.upload(id))))
     }
 
-    /// The newest ready image, for `latest`.
+    /// The image `latest` means: the newest ready image whose
+    /// anonymisation was checked; only when none was, the newest ready one
+    /// (`unchecked` or `none`). An unchecked image never silently takes
+    /// the place of a checked one.
     pub fn latest_ready_image(&self) -> Result<Option<Image>> {
-        Ok(self
+        let ready: Vec<Image> = self
             .inner
             .store
             .images()?
             .into_iter()
             .filter(|i| i.state == ImageState::Ready)
-            .max_by_key(|i| (i.created_at, i.id)))
+            .collect();
+        let checked = |i: &&Image| i.anonymisation_status() == Some(AnonymisationStatus::Checked);
+        let newest = |i: &&Image| (i.created_at, i.id);
+        let pick = ready
+            .iter()
+            .filter(checked)
+            .max_by_key(newest)
+            .or_else(|| ready.iter().max_by_key(newest));
+        Ok(pick.cloned())
     }
 
-    /// Flow 1: a row in `uploading` and an empty upload subvolume.
-    pub fn create_image(
-        &self,
-        actor: &Actor,
-        backed_up_at: Option<OffsetDateTime>,
-        script: Option<&str>,
-    ) -> Result<Image> {
+    /// Flow 1: a row in `uploading` and an empty upload subvolume. The
+    /// image's own rules are parsed now (refused with their line); whether
+    /// they fit its columns is known at finalise, once its data is here.
+    pub fn create_image(&self, actor: &Actor, mut new: NewImage) -> Result<Image> {
         actor.require_admin("creating images")?;
-        if script.is_some_and(|s| s.contains('\0')) {
+        // An empty script (a 5.x client's default) is no script.
+        new.script = new.script.filter(|s| !s.trim().is_empty());
+        if new.script.as_deref().is_some_and(|s| s.contains('\0')) {
             return Err(BadInput::ScriptNul.into());
         }
-        let image = self
-            .inner
-            .store
-            .insert_image(backed_up_at, script, Some(actor.id()))?;
+        if let Some(rules) = &new.rules {
+            masking::rules::parse(rules).map_err(|e| BadInput::Rules(Box::new(e)))?;
+        }
+        if new.no_anonymisation && (new.rules.is_some() || new.script.is_some()) {
+            return Err(BadInput::NotPersonalButMasked.into());
+        }
+        let image = self.inner.store.insert_image(&new, Some(actor.id()))?;
         let dir = self.inner.layout.upload(image.id);
         if let Err(e) = self.make_upload_dir(&dir) {
             let _ = self.inner.store.delete_image(image.id);
@@ -576,19 +590,8 @@ impl Service {
     ) -> Result<Image> {
         let started = std::time::Instant::now();
         let upload = self.inner.layout.upload(id);
-        let cfg = self.config();
-        let spec = FinaliseSpec {
-            datadir: &upload,
-            bin_root: &cfg.postgres.bin_root,
-            user: &self.inner.user,
-            script: image.anonymisation_script.as_deref(),
-            database: &cfg.postgres.database,
-            superuser: &cfg.postgres.superuser,
-            settings: &cfg.postgres.settings,
-            log_file: self.log_file("image", id),
-            start_timeout: cfg.postgres.start_timeout,
-            confinement: cfg.postgres.confinement,
-        };
+        let parts = self.finalise_parts(&image, "image");
+        let spec = parts.spec(&self.inner.user);
         let report = |p: Progress| {
             if let Progress::Step(s) = &p {
                 tracing::debug!(image = %id, step = %s, "finalise");
@@ -600,7 +603,7 @@ impl Service {
         let outcome = match finalise::finalise(&spec, &report).await {
             Ok(done) => {
                 report(Progress::Step("taking the read-only snapshot".into()));
-                self.seal_image(id, done.major, &done.database)
+                self.seal_image(id, &done)
                     .map_err(|e| FinaliseFailure::Seal(Box::new(e)))
             }
             Err(e) => Err(FinaliseFailure::Postgres(e)),
@@ -630,18 +633,43 @@ impl Service {
         }
     }
 
+    /// What a finalise (or `suggest-rules`) of `image` runs with, from the
+    /// configuration in force; its log is `log_file(kind, id)`.
+    pub(crate) fn finalise_parts(&self, image: &Image, kind: &str) -> FinaliseParts {
+        let cfg = self.config();
+        let masking = MaskingSpec {
+            image: image.id,
+            config_rules: cfg.masking.rules.clone(),
+            image_rules: image.masking_rules.clone(),
+            require_coverage: cfg.masking.require_coverage,
+            not_personal: image.no_anonymisation,
+            script: image
+                .anonymisation_script
+                .as_deref()
+                .is_some_and(|s| !s.trim().is_empty()),
+            key_dir: cfg.state_path.clone(),
+        };
+        FinaliseParts {
+            upload: self.inner.layout.upload(image.id),
+            log_file: self.log_file(kind, image.id),
+            script: image.anonymisation_script.clone(),
+            cfg,
+            masking,
+        }
+    }
+
     /// The read-only snapshot, then `ready`. The upload subvolume is
     /// deleted in the background: nothing reads it any more, deleting it
     /// costs a btrfs transaction (tens of milliseconds), and whatever a
     /// restart cuts off, reconcile deletes (a ready image keeps no upload).
-    fn seal_image(&self, id: ImageId, major: u32, database: &str) -> Result<()> {
+    fn seal_image(&self, id: ImageId, done: &finalise::Finalised) -> Result<()> {
         let upload = self.inner.layout.upload(id);
         let snap = self.inner.layout.snapshot(id);
         let size = btrfs::apparent_size(&upload);
         btrfs::snapshot(&upload, &snap, true)?;
         self.inner
             .store
-            .set_image_ready(id, major, size, database)?;
+            .set_image_ready(id, done.major, size, &done.database, &done.manifest)?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = btrfs::delete_subvolume(&upload) {
                 tracing::warn!(image = %id, error = %e, "deleting the sealed upload failed");
@@ -752,6 +780,36 @@ fn count_files(dir: &std::path::Path) -> u64 {
         }
     }
     n
+}
+
+/// The owned inputs of a [`FinaliseSpec`].
+pub(crate) struct FinaliseParts {
+    upload: std::path::PathBuf,
+    log_file: std::path::PathBuf,
+    script: Option<String>,
+    cfg: Arc<crate::config::Config>,
+    masking: MaskingSpec,
+}
+
+impl FinaliseParts {
+    pub(crate) fn spec<'a>(
+        &'a self,
+        user: &'a crate::core::postgres::cluster::InstanceUser,
+    ) -> FinaliseSpec<'a> {
+        FinaliseSpec {
+            datadir: &self.upload,
+            bin_root: &self.cfg.postgres.bin_root,
+            user,
+            script: self.script.as_deref(),
+            database: &self.cfg.postgres.database,
+            superuser: &self.cfg.postgres.superuser,
+            settings: &self.cfg.postgres.settings,
+            log_file: self.log_file.clone(),
+            start_timeout: self.cfg.postgres.start_timeout,
+            confinement: self.cfg.postgres.confinement,
+            masking: &self.masking,
+        }
+    }
 }
 
 #[cfg(test)]

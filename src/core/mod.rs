@@ -16,9 +16,9 @@ mod identities;
 mod image_guard;
 mod images;
 mod instances;
-// Not yet wired into finalise (issue 13): used by tests until then.
-#[allow(dead_code)]
+mod manifest;
 mod masking;
+mod masking_rules;
 mod model;
 mod policy;
 mod pool;
@@ -29,6 +29,7 @@ mod storage;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod tokens;
 mod users;
 
 use std::path::PathBuf;
@@ -52,9 +53,11 @@ pub use error::{
 pub use identities::{Census, INTEGRATION_USER, POOL_USER, UPLOAD_USER};
 pub use images::{FinaliseProgress, Finalising, Upload, UploadTarget};
 pub use instances::{ConnectionInfo, InstanceRef, NewInstance};
+pub use manifest::{AnonymisationStatus, Manifest, NewImage, ScanManifest, TableManifest};
+pub use masking::rules::RulesError as MaskingRulesError;
 pub use model::{
-    format_ts, Credentials, Fingerprint, Image, ImageId, ImageState, Instance, InstanceId,
-    InstanceState, Progress, SshKey, User, UserId,
+    format_ts, ApiToken, Credentials, Fingerprint, Image, ImageId, ImageState, Instance,
+    InstanceId, InstanceState, Progress, SshKey, TokenId, User, UserId,
 };
 pub use policy::{CleanReport, Extension, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
@@ -68,6 +71,21 @@ pub fn backup_database(
     dest: &std::path::Path,
 ) -> std::result::Result<(), store::StoreError> {
     Store::backup(db, dest)
+}
+
+/// Check that a masking rules file parses (`[masking] rules_file` at
+/// load; an image's own rules are checked by `create_image`).
+pub fn check_masking_rules(text: &str) -> std::result::Result<(), MaskingRulesError> {
+    masking::rules::parse(text).map(drop)
+}
+
+/// Make a new per-deployment masking key in `state_path`, replacing the
+/// old one (`draupnir rotate-masking-key`). Images sealed from now on get
+/// different masked values; sealed images keep theirs.
+pub fn rotate_masking_key(
+    state_path: &std::path::Path,
+) -> std::result::Result<std::path::PathBuf, masking::key::KeyError> {
+    masking::key::MaskingKey::rotate(state_path)
 }
 
 /// Run work that must finish even if the client that asked goes away (it

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use super::manifest::{AnonymisationStatus, Manifest};
+
 use time::OffsetDateTime;
 
 use crate::secret::Secret;
@@ -70,6 +72,10 @@ id_type!(
 id_type!(
     /// A user's id.
     UserId
+);
+id_type!(
+    /// An API token's id (its secret is never kept, only a hash).
+    TokenId
 );
 
 /// An SSH public key's fingerprint, `SHA256:` and unpadded base64 of the
@@ -217,6 +223,31 @@ pub struct Image {
     /// The database its script ran in and clients connect to (sealed
     /// images; `None`: `[postgres] database`).
     pub database: Option<String>,
+    /// Its own masking rules (TOML), if given at creation.
+    pub masking_rules: Option<String>,
+    /// Declared not personal at creation (`--no-anonymisation`).
+    pub no_anonymisation: bool,
+    /// How it was anonymised (ready images; older ones read as
+    /// [`Manifest::legacy`]).
+    pub anonymisation: Option<Box<Manifest>>,
+}
+
+impl Image {
+    /// The anonymisation status shown for it: a ready image's manifest's,
+    /// `None` before it is sealed.
+    pub fn anonymisation_status(&self) -> Option<AnonymisationStatus> {
+        self.manifest().map(|m| m.status)
+    }
+
+    /// Its manifest: the recorded one, [`Manifest::legacy`] for a ready
+    /// image sealed before manifests, `None` before it is sealed.
+    pub fn manifest(&self) -> Option<Manifest> {
+        match (&self.anonymisation, self.state) {
+            (Some(m), _) => Some(m.as_ref().clone()),
+            (None, ImageState::Ready) => Some(Manifest::legacy()),
+            (None, _) => None,
+        }
+    }
 }
 
 impl Image {
@@ -273,6 +304,18 @@ pub struct SshKey {
     pub fingerprint: Fingerprint,
     pub public_key: String,
     pub created_at: OffsetDateTime,
+}
+
+/// An API token as listed: who holds it and when it was made and last
+/// used; never the secret.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub user_id: UserId,
+    pub user_name: String,
+    pub created_at: OffsetDateTime,
+    /// When it last authenticated a request (kept to the minute).
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 /// What a finalise reports while it runs.

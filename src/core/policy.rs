@@ -9,9 +9,10 @@ use time::OffsetDateTime;
 
 use super::error::{BadInput, Quota};
 use super::{Actor, CoreError, Result, Service};
+use crate::core::manifest::AnonymisationStatus;
 use crate::core::postgres::cluster::CLIENT_ROLE;
 use crate::core::postgres::pgconn;
-use crate::core::store::{ImageState, InstanceState};
+use crate::core::store::{Image, ImageState, InstanceState};
 
 /// What an identity provider says of a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +55,14 @@ pub struct CleanReport {
 /// Image freshness, for `status` and `GET /status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
-    /// `ok`, `stale` (no image became ready within the expected interval)
-    /// or `no_images` (none is ready yet).
+    /// `ok`, `unchecked` (the newest ready image's anonymisation was not
+    /// checked: sealed with `require_coverage = false`), `stale` (no image
+    /// became ready within the expected interval) or `no_images` (none is
+    /// ready yet).
     pub status: &'static str,
     pub newest_ready_image: Option<ImageId>,
+    /// `checked`, `unchecked` or `none` (declared not personal).
+    pub newest_ready_image_anonymisation: Option<AnonymisationStatus>,
     pub newest_ready_image_age_seconds: Option<i64>,
     pub expected_image_interval_seconds: Option<u64>,
     pub images: usize,
@@ -215,8 +220,10 @@ impl Service {
             .max_by_key(|i| (i.updated_at, i.id));
         let age = newest.map(|i| OffsetDateTime::now_utc() - i.updated_at);
         let expected = self.config().expected_image_interval;
+        let anonymisation = newest.and_then(Image::anonymisation_status);
         let status = match (age, expected) {
             (None, _) => "no_images",
+            _ if anonymisation == Some(AnonymisationStatus::Unchecked) => "unchecked",
             (Some(a), Some(e)) if a.whole_milliseconds() > e.as_millis() as i128 => "stale",
             _ => "ok",
         };
@@ -224,6 +231,7 @@ impl Service {
         Ok(Status {
             status,
             newest_ready_image: newest.map(|i| i.id),
+            newest_ready_image_anonymisation: anonymisation,
             newest_ready_image_age_seconds: age,
             expected_image_interval_seconds: expected.map(|e| e.as_secs()),
             images: images.len(),

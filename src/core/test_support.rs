@@ -6,7 +6,7 @@
 //! `storage` and `postgres` stay private to the core.
 
 pub use super::doctor::run_with;
-pub use super::masking::{coverage, key, plan, rules, run, transform};
+pub use super::masking::{coverage, detect, key, plan, rules, run, scan, suggest, transform};
 pub use super::postgres::finalise::sync_fs;
 pub use super::postgres::sandbox::Confinement;
 pub use super::postgres::{cluster, pgconn, process, roles};

@@ -1,8 +1,8 @@
-//! Users, SSH keys and API tokens: who someone is and what they may do.
+//! Users and SSH keys: who someone is and what they may do. (API tokens
+//! are in `tokens.rs`.)
 
 use crate::core::model::Fingerprint;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use super::error::{BadInput, Conflict, Missing};
 use super::{Actor, CoreError, Principal, Result, Service};
@@ -90,11 +90,6 @@ fn valid_name(name: &str) -> Result<()> {
     } else {
         Err(BadInput::UserName(name.chars().take(64).collect()).into())
     }
-}
-
-/// Hash of an API token as stored.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 impl Service {
@@ -194,15 +189,6 @@ impl Service {
             .inner
             .store
             .user_by_id(key.user_id)?
-            .map(|u| self.actor_of(&u)))
-    }
-
-    /// Who minted this API token?
-    pub fn authenticate_token(&self, token: &str) -> Result<Option<Actor>> {
-        Ok(self
-            .inner
-            .store
-            .user_by_token_hash(&token_hash(token))?
             .map(|u| self.actor_of(&u)))
     }
 
@@ -346,17 +332,6 @@ impl Service {
             None if actor.is_admin() => Ok(self.inner.store.keys(None)?),
             None => Ok(self.inner.store.keys(Some(actor.id()))?),
         }
-    }
-
-    /// Mint an API bearer token for the caller; only its hash is kept.
-    pub fn mint_token(&self, actor: &Actor) -> Result<String> {
-        let bytes: [u8; 32] = rand::random();
-        let token = format!("drp_{}", hex::encode(bytes));
-        self.inner
-            .store
-            .insert_token(actor.id(), &token_hash(&token))?;
-        tracing::info!(user = %actor.name(), "api token minted");
-        Ok(token)
     }
 }
 

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::middleware::{Authed, ClientAddr, JsonBody, OauthToken, PathId};
 use super::AppState;
 use crate::core::{Caller, ConnectionInfo, InstanceRef};
-use crate::core::{Image, ImageId, ImageState, Instance};
+use crate::core::{Image, ImageId, ImageState, Instance, NewImage};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -49,6 +49,14 @@ fn image_doc(image: &Image) -> Value {
             "updated_at": timestamp(image.updated_at),
         }
     })
+}
+
+/// `GET /images/:id`'s document: the 5.x attributes and (not in the 5.x
+/// contract; its clients ignore it) how the image was anonymised.
+fn image_doc_shown(image: &Image) -> Value {
+    let mut doc = image_doc(image);
+    doc["attributes"]["anonymisation"] = json!(image.manifest());
+    doc
 }
 
 fn instance_doc(state: &AppState, inst: &Instance) -> Value {
@@ -104,7 +112,7 @@ pub async fn health_check() -> Response {
 }
 
 /// Image freshness for monitoring (unauthenticated, like `/health_check`):
-/// `status` is `ok`, `stale` or `no_images`.
+/// `status` is `ok`, `unchecked`, `stale` or `no_images`.
 pub async fn status(State(state): State<AppState>) -> ApiResult {
     let st = state.service.status()?;
     ok(
@@ -125,7 +133,7 @@ pub async fn show_image(
     PathId(id): PathId,
 ) -> ApiResult {
     let image = state.service.image(&actor, path_id(&id)?)?;
-    ok(StatusCode::OK, json!({"data": image_doc(&image)}))
+    ok(StatusCode::OK, json!({"data": image_doc_shown(&image)}))
 }
 
 #[derive(Deserialize)]
@@ -144,6 +152,11 @@ struct CreateImageData {
 struct CreateImageAttributes {
     backed_up_at: Option<String>,
     anonymisation_script: Option<String>,
+    /// The image's own masking rules (TOML text); not in the 5.x contract.
+    masking_rules: Option<String>,
+    /// Declared not personal; not in the 5.x contract.
+    #[serde(default)]
+    no_anonymisation: bool,
 }
 
 pub async fn create_image(
@@ -168,10 +181,15 @@ pub async fn create_image(
             )?,
         ),
     };
-    let image =
-        state
-            .service
-            .create_image(&actor, backed_up_at, attrs.anonymisation_script.as_deref())?;
+    let image = state.service.create_image(
+        &actor,
+        NewImage {
+            backed_up_at,
+            script: attrs.anonymisation_script,
+            rules: attrs.masking_rules,
+            no_anonymisation: attrs.no_anonymisation,
+        },
+    )?;
     ok(StatusCode::CREATED, json!({"data": image_doc(&image)}))
 }
 

@@ -7,7 +7,7 @@ use russh_sftp::protocol::StatusCode;
 use russh_sftp::server::StatusReply;
 
 use super::format;
-use crate::core::{CoreError, ImageState};
+use crate::core::{CoreError, ImageState, InvalidState};
 
 /// Longest error line a command prints on stderr.
 const COMMAND_LINE_MAX: usize = 2000;
@@ -17,7 +17,8 @@ const COMMAND_LINE_MAX: usize = 2000;
 enum Kind {
     /// The thing named does not exist (SFTP: no such file).
     NotFound,
-    /// Only admins may do this (SFTP: permission denied).
+    /// Only admins may do this, or the image is sealed (SFTP: permission
+    /// denied).
     Denied,
     /// Anything else the core refused or failed at.
     Failed,
@@ -41,6 +42,8 @@ impl From<&CoreError> for Refusal {
         let kind = match e {
             CoreError::NotFound(_) => Kind::NotFound,
             CoreError::AdminOnly(..) => Kind::Denied,
+            // A ready (sealed) image, or one finalising: it takes no writes.
+            CoreError::InvalidState(InvalidState::NoUploads { .. }) => Kind::Denied,
             _ => Kind::Failed,
         };
         Refusal {
@@ -120,6 +123,12 @@ mod tests {
         assert_eq!(nf.exit_status(), 1);
         let admin = Refusal::from(CoreError::AdminOnly("creating images"));
         assert_eq!(admin.sftp_code(), StatusCode::PermissionDenied);
+        let sealed = Refusal::from(CoreError::InvalidState(InvalidState::NoUploads {
+            id: ImageId::new(2),
+            state: crate::core::ImageState::Ready,
+        }));
+        assert_eq!(sealed.sftp_code(), StatusCode::PermissionDenied);
+        assert_eq!(sealed.exit_status(), 1);
         let other = Refusal::from(CoreError::BadInput(BadInput::ReadUpload(
             std::io::Error::other("two\nlines"),
         )));

@@ -149,7 +149,60 @@ pub fn image_json(i: &Image) -> Value {
         "size_bytes": i.size_bytes,
         "created_at": secs(i.created_at),
         "updated_at": secs(i.updated_at),
+        "anonymisation": i.manifest(),
     })
+}
+
+/// An image's anonymisation status as listings show it: `checked`,
+/// `unchecked`, `none`, or what it was declared with before its seal.
+pub fn anonymisation_word(i: &Image) -> String {
+    match i.anonymisation_status() {
+        Some(s) => s.to_string(),
+        None if i.no_anonymisation => "(none)".into(),
+        None if i.masking_rules.is_some() => "(rules)".into(),
+        None => "-".into(),
+    }
+}
+
+/// `image ID`'s lines about how it was anonymised.
+pub fn manifest_lines(i: &Image) -> String {
+    let Some(m) = i.manifest() else {
+        return format!("masking   {}\n", anonymisation_word(i));
+    };
+    let mut text = format!("masking   {} ({})\n", m.status, m.summary);
+    if let Some(h) = &m.rules_sha256 {
+        text.push_str(&format!(
+            "rules     {} (sha256 {})\n",
+            m.rules_from.join(" + "),
+            &h[..h.len().min(16)]
+        ));
+    }
+    if m.script {
+        text.push_str("script    ran after the rules\n");
+    }
+    text.push_str(&format!(
+        "scan      {}{}\n",
+        m.scan.result,
+        if m.scan.findings.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", m.scan.findings.join("; "))
+        }
+    ));
+    for t in &m.tables {
+        let what = if t.truncated {
+            "truncated".to_string()
+        } else {
+            format!(
+                "{} masked, {} kept{}",
+                t.masked_columns,
+                t.kept_columns,
+                t.rows.map(|r| format!(", {r} rows")).unwrap_or_default()
+            )
+        };
+        text.push_str(&format!("  {}: {what}\n", t.table));
+    }
+    text
 }
 
 pub fn instance_json(i: &Instance, hostname: &str) -> Value {

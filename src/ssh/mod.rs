@@ -12,6 +12,7 @@ pub mod server;
 mod session;
 pub mod sftp;
 mod socket;
+mod terminal;
 
 pub use server::{serve, SshServer};
 

@@ -1,8 +1,10 @@
 //! The russh server: listening, connection limits, public-key
 //! authentication against the core, and channel dispatch. A session channel
-//! may run one `exec` (a Draupnir command, or the `scp -t` sink) or the
-//! `sftp` subsystem; a PTY request is accepted (and ignored: output is not
-//! translated); shells, forwarding, agent, X11 and env requests are
+//! may run one `exec` (a Draupnir command, or the `scp -t` sink), the
+//! `sftp` subsystem, or a shell (a bare `ssh draupnir`: the command list,
+//! exit status 0); a PTY request is accepted (the shell's list then goes
+//! out with CRLF line ends, see [`super::terminal`]; a command's output
+//! stays byte for byte); forwarding, agent, X11 and env requests are
 //! refused. Each connection runs in its own task, so one that panics or
 //! misbehaves never takes the daemon down.
 //!
@@ -11,7 +13,7 @@
 //! [`AuthDeadline`]), `max_unauthenticated` in all and
 //! `max_unauthenticated_per_address` from one address.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use super::commands;
 use super::session::{Session as CommandSession, SessionSlot, Sessions};
 use super::socket::{AuthDeadline, QuickAck};
+use super::terminal::Crlf;
 use super::{hostkey, scp, sftp, SshError};
 use crate::config::SshConfig;
 use crate::core::{Actor, Service};
@@ -291,6 +294,7 @@ async fn run_connection(
         channels: HashMap::new(),
         refused: HashMap::new(),
         sftp: HashMap::new(),
+        ptys: HashSet::new(),
     };
     // russh reads each packet with two exact reads (length block, rest)
     // straight from the socket: buffer them, so a stream of upload packets
@@ -363,6 +367,8 @@ struct Conn {
     refused: HashMap<ChannelId, Channel<Msg>>,
     /// Channels running the SFTP subsystem.
     sftp: HashMap<ChannelId, sftp::Totals>,
+    /// Channels that asked for a terminal (output gets CRLF line ends).
+    ptys: HashSet<ChannelId>,
 }
 
 impl Conn {
@@ -520,6 +526,7 @@ impl russh::server::Handler for Conn {
         self.channels.remove(&channel);
         self.refused.remove(&channel);
         self.sftp.remove(&channel);
+        self.ptys.remove(&channel);
         Ok(())
     }
 
@@ -554,7 +561,10 @@ impl russh::server::Handler for Conn {
         };
         let argv = parse_command(data, self.shared.cfg.max_command_bytes);
         let cmd_session = self.command_session(actor);
-        tokio::spawn(run_exec(chan, slot, cmd_session, argv));
+        // A command's output stays byte for byte with a terminal too:
+        // `eval "$(ssh -t draupnir env 12)"` from a terminal asks for one,
+        // and a CR would end up in what it writes and exports.
+        tokio::spawn(run_exec(chan, slot, cmd_session, argv, false));
         Ok(())
     }
 
@@ -571,7 +581,8 @@ impl russh::server::Handler for Conn {
         let Some((chan, slot, actor)) = self.start(channel, session)? else {
             return Ok(());
         };
-        let handler = sftp::SftpSession::new(self.command_session(actor), slot);
+        let stderr = Box::new(chan.make_writer_ext(Some(1)));
+        let handler = sftp::SftpSession::new(self.command_session(actor), slot, stderr);
         self.sftp.insert(channel, handler.totals());
         sftp::run(chan.into_stream(), handler).await;
         Ok(())
@@ -582,20 +593,22 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some((chan, slot, _)) = self.start(channel, session)? else {
+        // A bare `ssh draupnir`: the command list, as `help` prints it,
+        // and exit status 0 (as soft-serve and other SSH apps do).
+        let Some((chan, slot, actor)) = self.start(channel, session)? else {
             return Ok(());
         };
-        let hint = format!(
-            "draupnir: no shell here; try `ssh -p {} {} help`\n",
-            self.shared.port,
-            self.shared.service.config().public_hostname
-        );
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut stderr = chan.make_writer_ext(Some(1));
-            let _ = stderr.write_all(hint.as_bytes()).await;
-            finish_channel(&chan, 1).await;
-        });
+        let cmd_session = self.command_session(actor);
+        // Only ever shown on a terminal when it has one: CRLF, or the
+        // list staircases (the client's terminal is raw).
+        let crlf = self.ptys.remove(&channel);
+        tokio::spawn(run_exec(
+            chan,
+            slot,
+            cmd_session,
+            Ok(vec!["help".into()]),
+            crlf,
+        ));
         Ok(())
     }
 
@@ -610,11 +623,13 @@ impl russh::server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Many aliases say `ssh -t`: accept the terminal so the command
-        // runs; nothing here is interactive, so it is not used.
+        // Many aliases say `ssh -t`, and a bare `ssh draupnir` from a
+        // terminal asks for one: accept it; nothing here is interactive,
+        // but the shell's list then needs CRLF line ends.
         if self.actor.is_some()
             && (self.channels.contains_key(&channel) || self.refused.contains_key(&channel))
         {
+            self.ptys.insert(channel);
             session.channel_success(channel)?;
         } else {
             session.channel_failure(channel)?;
@@ -693,17 +708,28 @@ async fn finish_channel(chan: &Channel<Msg>, status: u32) {
 /// Run one exec request to its end. The command runs in a task of its
 /// own: should it panic, the client still gets one line on stderr, exit
 /// status 1 and a closed channel, and the session slot is given back
-/// (`slot` lives here, outside the command's task).
+/// (`slot` lives here, outside the command's task). With `crlf`, output
+/// goes out with CRLF line ends (for a terminal).
 async fn run_exec(
     chan: Channel<Msg>,
     slot: SessionSlot,
     session: CommandSession,
     argv: Result<Vec<String>, String>,
+    crlf: bool,
 ) {
     let _slot = slot;
     let (read_half, write_half) = chan.split();
-    let stdout = write_half.make_writer();
-    let stderr = write_half.make_writer_ext(Some(1));
+    let (stdout, stderr): (Writer, Writer) = if crlf {
+        (
+            Box::new(Crlf::new(write_half.make_writer())),
+            Box::new(Crlf::new(write_half.make_writer_ext(Some(1)))),
+        )
+    } else {
+        (
+            Box::new(write_half.make_writer()),
+            Box::new(write_half.make_writer_ext(Some(1))),
+        )
+    };
     let user = session.actor.name().to_string();
     let status = match tokio::spawn(exec_body(read_half, stdout, stderr, session, argv)).await {
         Ok(status) => status,
@@ -721,6 +747,9 @@ async fn run_exec(
     let _ = write_half.eof().await;
     let _ = write_half.close().await;
 }
+
+/// A channel's stdout or stderr.
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 /// The command (or `scp -t` sink) itself; returns its exit status.
 async fn exec_body(

@@ -17,7 +17,8 @@ pub struct Session {
     pub actor: Actor,
     /// The client's address (recorded for the instance allow-list).
     pub peer: Option<IpAddr>,
-    /// The port the SSH server listens on (for the hints commands print).
+    /// The port the SSH server listens on. (Hints say `ssh draupnir …`,
+    /// the Host alias the README sets up, so none prints it.)
     pub ssh_port: u16,
 }
 

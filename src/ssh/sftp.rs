@@ -8,6 +8,12 @@
 //! what was written (`scp`), the mode and times of a file being uploaded
 //! (`scp -p`, `put -p`; the core sets modes, times are irrelevant) and of
 //! a directory this session made (`scp -r`). Ownership is never accepted.
+//!
+//! OpenSSH's `scp` and `sftp` print only a status code's words (`No such
+//! file`, `Permission denied`, `Failure`), never the message: so a
+//! refusal of what the client asked for (not a `stat` probe) also goes,
+//! once, as `draupnir: <reason>` on the channel's stderr, which they show,
+//! and to the log. The codes come from [`super::error`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -20,7 +26,7 @@ use russh_sftp::protocol::{
     StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::error::Refusal;
 use super::format;
@@ -50,10 +56,18 @@ struct UploadState {
     shown: String,
 }
 
+/// The channel's stderr.
+type Stderr = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// One client's SFTP session.
 pub struct SftpSession {
     session: Session,
     _slot: SessionSlot,
+    /// Where refusals are told to the client's user.
+    stderr: Stderr,
+    /// The last refusal told, until a request succeeds (a failed upload
+    /// answers every write and the close with the same one: told once).
+    last_told: Option<String>,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     /// Directories made in this session (so `scp -r` can stat them).
@@ -162,10 +176,12 @@ fn dated_dir(mode: u32, at: time::OffsetDateTime) -> FileAttributes {
 }
 
 impl SftpSession {
-    pub(crate) fn new(session: Session, slot: SessionSlot) -> Self {
+    pub(crate) fn new(session: Session, slot: SessionSlot, stderr: Stderr) -> Self {
         SftpSession {
             session,
             _slot: slot,
+            stderr,
+            last_told: None,
             handles: HashMap::new(),
             next_handle: 1,
             made_dirs: HashSet::new(),
@@ -181,6 +197,35 @@ impl SftpSession {
     /// What the session uploads, as it goes.
     pub(crate) fn totals(&self) -> Totals {
         self.uploaded.clone()
+    }
+
+    /// Pass a reply through; a refusal is also told on stderr and logged
+    /// (once, however many requests in a row it answers).
+    async fn told<T>(&mut self, r: Result<T, StatusReply>) -> Result<T, StatusReply> {
+        let Err(reply) = r else {
+            self.last_told = None;
+            return r;
+        };
+        let reason = reply
+            .error_message
+            .as_deref()
+            .map(|m| format::one_line(m, 2000))
+            .unwrap_or_else(|| format!("{:?}", reply.status_code));
+        if self.last_told.as_deref() != Some(reason.as_str()) {
+            tracing::info!(
+                user = %self.session.actor.name(),
+                status = ?reply.status_code,
+                %reason,
+                "sftp request refused"
+            );
+            let _ = self
+                .stderr
+                .write_all(format!("draupnir: {reason}\n").as_bytes())
+                .await;
+            let _ = self.stderr.flush().await;
+            self.last_told = Some(reason);
+        }
+        Err(reply)
     }
 
     fn add_handle(&mut self, h: OpenHandle) -> Result<String, StatusReply> {
@@ -331,10 +376,14 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        let p = resolve(&path)?;
-        let files = self.listing(&p)?;
-        let handle = self.add_handle(OpenHandle::Dir(Some(files)))?;
-        Ok(Handle { id, handle })
+        let r: Result<Handle, StatusReply> = async {
+            let p = resolve(&path)?;
+            let files = self.listing(&p)?;
+            let handle = self.add_handle(OpenHandle::Dir(Some(files)))?;
+            Ok(Handle { id, handle })
+        }
+        .await;
+        self.told(r).await
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
@@ -354,34 +403,41 @@ impl russh_sftp::server::Handler for SftpSession {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
-        let p = resolve(&filename)?;
-        let shown = p.display();
-        if !pflags.intersects(OpenFlags::WRITE | OpenFlags::APPEND) {
-            return Err(StatusCode::PermissionDenied
-                .with_message("uploaded files cannot be read back over SFTP"));
-        }
-        let (image, rel) = match p {
-            VPath::InImage(image, rel) => (image, rel),
-            VPath::Image(_) | VPath::Images | VPath::Root => {
-                return Err(StatusCode::Failure.with_message(format!("{shown} is a directory")))
+        let r: Result<Handle, StatusReply> = async {
+            let p = resolve(&filename)?;
+            let shown = p.display();
+            if !pflags.intersects(OpenFlags::WRITE | OpenFlags::APPEND) {
+                return Err(StatusCode::PermissionDenied
+                    .with_message("uploaded files cannot be read back over SFTP"));
             }
-        };
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message("too many open handles"));
+            let (image, rel) = match p {
+                VPath::InImage(image, rel) => (image, rel),
+                VPath::Image(_) | VPath::Images | VPath::Root => {
+                    // An unknown image is not found (`scp f draupnir:images/99/`
+                    // opens `images/99/` when its stat fails).
+                    self.attrs(&p)?;
+                    return Err(StatusCode::Failure.with_message(format!("{shown} is a directory")));
+                }
+            };
+            if self.handles.len() >= MAX_HANDLES {
+                return Err(StatusCode::Failure.with_message("too many open handles"));
+            }
+            let upload = self
+                .session
+                .service
+                .begin_upload(&self.session.actor, image, UploadTarget::File(rel))
+                .map_err(core_err)?;
+            tracing::debug!(user = %self.session.actor.name(), path = %shown, "sftp upload");
+            let handle = self.add_handle(OpenHandle::Upload(UploadState {
+                upload: Some(upload),
+                written: 0,
+                failed: None,
+                shown,
+            }))?;
+            Ok(Handle { id, handle })
         }
-        let upload = self
-            .session
-            .service
-            .begin_upload(&self.session.actor, image, UploadTarget::File(rel))
-            .map_err(core_err)?;
-        tracing::debug!(user = %self.session.actor.name(), path = %shown, "sftp upload");
-        let handle = self.add_handle(OpenHandle::Upload(UploadState {
-            upload: Some(upload),
-            written: 0,
-            failed: None,
-            shown,
-        }))?;
-        Ok(Handle { id, handle })
+        .await;
+        self.told(r).await
     }
 
     async fn read(
@@ -391,8 +447,12 @@ impl russh_sftp::server::Handler for SftpSession {
         _offset: u64,
         _len: u32,
     ) -> Result<Data, Self::Error> {
-        Err(StatusCode::PermissionDenied
-            .with_message("uploaded files cannot be read back over SFTP"))
+        let r: Result<Data, StatusReply> = async {
+            Err(StatusCode::PermissionDenied
+                .with_message("uploaded files cannot be read back over SFTP"))
+        }
+        .await;
+        self.told(r).await
     }
 
     async fn write(
@@ -402,42 +462,46 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let Some(OpenHandle::Upload(u)) = self.handles.get_mut(&handle) else {
-            return Err(StatusCode::Failure.with_message("invalid handle"));
-        };
-        if let Some(reason) = &u.failed {
-            return Err(StatusCode::Failure.with_message(reason.clone()));
-        }
-        if offset != u.written {
-            let reason = format!(
-                "{}: write at offset {offset} but {} bytes were written so far: \
-                 writes must be sequential",
-                u.shown, u.written
-            );
-            // The stream cannot go on: fail the upload (and the image) now,
-            // with this reason.
-            if let Some(upload) = u.upload.take() {
-                upload.fail(reason.clone()).await;
+        let r: Result<Status, StatusReply> = async {
+            let Some(OpenHandle::Upload(u)) = self.handles.get_mut(&handle) else {
+                return Err(StatusCode::Failure.with_message("invalid handle"));
+            };
+            if let Some(reason) = &u.failed {
+                return Err(StatusCode::Failure.with_message(reason.clone()));
             }
-            u.failed = Some(reason.clone());
-            return Err(StatusCode::Failure.with_message(reason));
+            if offset != u.written {
+                let reason = format!(
+                    "{}: write at offset {offset} but {} bytes were written so far: \
+                     writes must be sequential",
+                    u.shown, u.written
+                );
+                // The stream cannot go on: fail the upload (and the image) now,
+                // with this reason.
+                if let Some(upload) = u.upload.take() {
+                    upload.fail(reason.clone()).await;
+                }
+                u.failed = Some(reason.clone());
+                return Err(StatusCode::Failure.with_message(reason));
+            }
+            let Some(upload) = u.upload.as_mut() else {
+                return Err(StatusCode::Failure.with_message("upload already finished"));
+            };
+            let len = data.len() as u64;
+            if offset == 0 {
+                tracing::debug!(path = %u.shown, bytes = len, "first sftp write");
+            }
+            if let Err(e) = upload.write(data).await {
+                // Kept to answer CLOSE with, so always a plain failure.
+                let reason = Refusal::from(e).into_message();
+                u.upload = None;
+                u.failed = Some(reason.clone());
+                return Err(StatusCode::Failure.with_message(reason));
+            }
+            u.written += len;
+            Ok(ok(id))
         }
-        let Some(upload) = u.upload.as_mut() else {
-            return Err(StatusCode::Failure.with_message("upload already finished"));
-        };
-        let len = data.len() as u64;
-        if offset == 0 {
-            tracing::debug!(path = %u.shown, bytes = len, "first sftp write");
-        }
-        if let Err(e) = upload.write(data).await {
-            // Kept to answer CLOSE with, so always a plain failure.
-            let reason = Refusal::from(e).into_message();
-            u.upload = None;
-            u.failed = Some(reason.clone());
-            return Err(StatusCode::Failure.with_message(reason));
-        }
-        u.written += len;
-        Ok(ok(id))
+        .await;
+        self.told(r).await
     }
 
     async fn fsetstat(
@@ -446,22 +510,26 @@ impl russh_sftp::server::Handler for SftpSession {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        if attrs.uid.is_some() || attrs.gid.is_some() {
-            return Err(denied("changing ownership"));
-        }
-        match self.handles.get(&handle) {
-            Some(OpenHandle::Upload(u)) => {
-                match attrs.size {
-                    // `scp` "truncates" to what it wrote; modes and times are ours.
-                    None => Ok(ok(id)),
-                    Some(n) if n == u.written => Ok(ok(id)),
-                    Some(_) => Err(StatusCode::Failure
-                        .with_message("an upload cannot be truncated or extended")),
-                }
+        let r: Result<Status, StatusReply> = async {
+            if attrs.uid.is_some() || attrs.gid.is_some() {
+                return Err(denied("changing ownership"));
             }
-            Some(OpenHandle::Dir(_)) => Err(denied("changing attributes")),
-            None => Err(StatusCode::Failure.with_message("invalid handle")),
+            match self.handles.get(&handle) {
+                Some(OpenHandle::Upload(u)) => {
+                    match attrs.size {
+                        // `scp` "truncates" to what it wrote; modes and times are ours.
+                        None => Ok(ok(id)),
+                        Some(n) if n == u.written => Ok(ok(id)),
+                        Some(_) => Err(StatusCode::Failure
+                            .with_message("an upload cannot be truncated or extended")),
+                    }
+                }
+                Some(OpenHandle::Dir(_)) => Err(denied("changing attributes")),
+                None => Err(StatusCode::Failure.with_message("invalid handle")),
+            }
         }
+        .await;
+        self.told(r).await
     }
 
     async fn setstat(
@@ -470,45 +538,53 @@ impl russh_sftp::server::Handler for SftpSession {
         path: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        // `scp -r` sets the mode of directories it made: a no-op here
-        // (modes of uploads are the core's); anything else, and any
-        // ownership change, is refused.
-        if attrs.uid.is_some() || attrs.gid.is_some() || attrs.size.is_some() {
-            return Err(denied("changing attributes"));
-        }
-        match resolve(&path)? {
-            VPath::InImage(image, rel) if self.made_dirs.contains(&(image, rel.clone())) => {
-                Ok(ok(id))
+        let r: Result<Status, StatusReply> = async {
+            // `scp -r` sets the mode of directories it made: a no-op here
+            // (modes of uploads are the core's); anything else, and any
+            // ownership change, is refused.
+            if attrs.uid.is_some() || attrs.gid.is_some() || attrs.size.is_some() {
+                return Err(denied("changing attributes"));
             }
-            _ => Err(denied("changing attributes")),
+            match resolve(&path)? {
+                VPath::InImage(image, rel) if self.made_dirs.contains(&(image, rel.clone())) => {
+                    Ok(ok(id))
+                }
+                _ => Err(denied("changing attributes")),
+            }
         }
+        .await;
+        self.told(r).await
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
-        match self.handles.remove(&handle) {
-            Some(OpenHandle::Dir(_)) => Ok(ok(id)),
-            Some(OpenHandle::Upload(mut u)) => {
-                if let Some(reason) = u.failed.take() {
-                    return Err(StatusCode::Failure.with_message(reason));
-                }
-                let Some(upload) = u.upload.take() else {
-                    return Err(StatusCode::Failure.with_message("upload already finished"));
-                };
-                let image = upload.image_id();
-                match upload.finish().await {
-                    Ok(report) => {
-                        tracing::debug!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
-                        let mut up = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
-                        up.files += 1;
-                        up.bytes += report.bytes_written;
-                        up.images.insert(image);
-                        Ok(ok(id))
+        let r: Result<Status, StatusReply> = async {
+            match self.handles.remove(&handle) {
+                Some(OpenHandle::Dir(_)) => Ok(ok(id)),
+                Some(OpenHandle::Upload(mut u)) => {
+                    if let Some(reason) = u.failed.take() {
+                        return Err(StatusCode::Failure.with_message(reason));
                     }
-                    Err(e) => Err(core_err(e)),
+                    let Some(upload) = u.upload.take() else {
+                        return Err(StatusCode::Failure.with_message("upload already finished"));
+                    };
+                    let image = upload.image_id();
+                    match upload.finish().await {
+                        Ok(report) => {
+                            tracing::debug!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
+                            let mut up = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+                            up.files += 1;
+                            up.bytes += report.bytes_written;
+                            up.images.insert(image);
+                            Ok(ok(id))
+                        }
+                        Err(e) => Err(core_err(e)),
+                    }
                 }
+                None => Err(StatusCode::Failure.with_message("invalid handle")),
             }
-            None => Err(StatusCode::Failure.with_message("invalid handle")),
         }
+        .await;
+        self.told(r).await
     }
 
     async fn mkdir(
@@ -517,27 +593,33 @@ impl russh_sftp::server::Handler for SftpSession {
         path: String,
         _attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        match resolve(&path)? {
-            VPath::InImage(image, rel) => {
-                self.session
-                    .service
-                    .upload_mkdir(&self.session.actor, image, &rel)
-                    .map_err(core_err)?;
-                self.made_dirs.insert((image, rel));
-                Ok(ok(id))
+        let r: Result<Status, StatusReply> = async {
+            match resolve(&path)? {
+                VPath::InImage(image, rel) => {
+                    self.session
+                        .service
+                        .upload_mkdir(&self.session.actor, image, &rel)
+                        .map_err(core_err)?;
+                    self.made_dirs.insert((image, rel));
+                    Ok(ok(id))
+                }
+                _ => Err(StatusCode::Failure.with_message(
+                    "images are created with `new-image`; directories only inside images/<id>/",
+                )),
             }
-            _ => Err(StatusCode::Failure.with_message(
-                "images are created with `new-image`; directories only inside images/<id>/",
-            )),
         }
+        .await;
+        self.told(r).await
     }
 
     async fn rmdir(&mut self, _id: u32, _path: String) -> Result<Status, Self::Error> {
-        Err(denied("removing directories"))
+        let r: Result<Status, StatusReply> = async { Err(denied("removing directories")) }.await;
+        self.told(r).await
     }
 
     async fn remove(&mut self, _id: u32, _filename: String) -> Result<Status, Self::Error> {
-        Err(denied("removing files"))
+        let r: Result<Status, StatusReply> = async { Err(denied("removing files")) }.await;
+        self.told(r).await
     }
 
     async fn rename(
@@ -546,7 +628,8 @@ impl russh_sftp::server::Handler for SftpSession {
         _oldpath: String,
         _newpath: String,
     ) -> Result<Status, Self::Error> {
-        Err(denied("renaming"))
+        let r: Result<Status, StatusReply> = async { Err(denied("renaming")) }.await;
+        self.told(r).await
     }
 
     async fn symlink(
@@ -555,11 +638,13 @@ impl russh_sftp::server::Handler for SftpSession {
         _linkpath: String,
         _targetpath: String,
     ) -> Result<Status, Self::Error> {
-        Err(denied("creating links"))
+        let r: Result<Status, StatusReply> = async { Err(denied("creating links")) }.await;
+        self.told(r).await
     }
 
     async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, Self::Error> {
-        Err(denied("reading links"))
+        let r: Result<Name, StatusReply> = async { Err(denied("reading links")) }.await;
+        self.told(r).await
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use draupnir::config::Config;
 use draupnir::core::test_support::process;
+pub use draupnir::core::NewImage;
 use draupnir::core::{Actor, ConnectionInfo, ImageId, Service, UploadTarget};
 
 pub const ADMIN_KEY: &str =
@@ -256,7 +257,32 @@ pub struct TestConfig {
     ssh: String,
     http: String,
     oauth: String,
+    masking: String,
+    /// A `[masking] rules_file` with this text (written into the world).
+    rules: Option<String>,
 }
+
+/// Rules that cover every column of the fixture's tables (its database
+/// is `postgres`): what an operator of a 5.x nightly job adds.
+pub const FIXTURE_RULES: &str = r#"
+[postgres.public.users]
+id = "keep"
+email = "email"
+secret = "hash"
+
+[postgres.public.orders]
+id = "keep"
+user_id = "keep"
+total = "keep"
+
+[postgres.public.app_owned]
+x = "keep"
+"#;
+
+/// The `[masking]` section of a test world unless a test gives its own:
+/// the fixtures that are not about masking seal script-only images
+/// (`unchecked`); the tests of masking give rules and require coverage.
+const DEFAULT_MASKING: &str = "require_coverage = false";
 
 impl Default for TestConfig {
     fn default() -> Self {
@@ -265,7 +291,18 @@ impl Default for TestConfig {
             ssh: String::new(),
             http: DEFAULT_HTTP.to_string(),
             oauth: String::new(),
+            masking: DEFAULT_MASKING.to_string(),
+            rules: None,
         }
+    }
+}
+
+/// An image with `script`, or with none and declared not personal (the
+/// fixtures that are not about masking).
+pub fn image_with(script: Option<&str>) -> NewImage {
+    match script {
+        Some(_) => NewImage::with_script(script),
+        None => NewImage::not_personal(),
     }
 }
 
@@ -299,6 +336,19 @@ impl TestConfig {
     /// The `[http]` section's lines (replacing the default).
     pub fn http(mut self, lines: &str) -> TestConfig {
         self.http = lines.to_string();
+        self
+    }
+
+    /// The `[masking]` section's lines (replacing the default).
+    pub fn masking(mut self, lines: &str) -> TestConfig {
+        self.masking = lines.to_string();
+        self
+    }
+
+    /// `[masking] rules_file` with `text` (and coverage required).
+    pub fn rules_file(mut self, text: &str) -> TestConfig {
+        self.rules = Some(text.to_string());
+        self.masking = "require_coverage = true".into();
         self
     }
 
@@ -336,6 +386,10 @@ impl TestConfig {
         }
         let mut text = out.join("\n");
         text.push_str(&format!("\n[http]\n{}\n", self.http));
+        text.push_str(&format!("[masking]\n{}\n", self.masking));
+        if self.rules.is_some() {
+            text.push_str(&format!("rules_file = \"{}/rules.toml\"\n", dir.display()));
+        }
         if !self.oauth.is_empty() {
             text.push_str(&format!("[oauth]\n{}\n", self.oauth));
         }
@@ -401,6 +455,9 @@ impl TestEnv {
             .prefix("drp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
+        if let Some(rules) = &cfg.rules {
+            std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        }
         let config_text = cfg.text(dir.path());
         let config = Config::parse(&config_text).expect("test config");
         std::fs::write(dir.path().join("config.toml"), &config_text).unwrap();
@@ -457,7 +514,7 @@ impl TestEnv {
     /// a raw upload).
     pub async fn uploaded_image(&self, script: Option<&str>) -> ImageId {
         let admin = self.admin();
-        let img = self.svc().create_image(&admin, None, script).unwrap();
+        let img = self.svc().create_image(&admin, image_with(script)).unwrap();
         self.svc()
             .ingest(
                 &admin,

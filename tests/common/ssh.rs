@@ -249,7 +249,7 @@ impl SshEnv {
     /// A new image (uploading) created by the admin.
     pub fn new_image(&self) -> ImageId {
         self.svc()
-            .create_image(&self.admin(), None, None)
+            .create_image(&self.admin(), super::NewImage::not_personal())
             .expect("create image")
             .id
     }

@@ -156,9 +156,17 @@ mod tests {
         let config = Config::default();
         let ok = image_majors(&config, &store);
         assert!(ok.ok, "{ok:?}");
-        let image = store.insert_image(None, None, None).expect("image");
+        let image = store
+            .insert_image(&crate::core::NewImage::default(), None)
+            .expect("image");
         store
-            .set_image_ready(image.id, 999, 0, "postgres")
+            .set_image_ready(
+                image.id,
+                999,
+                0,
+                "postgres",
+                &crate::core::Manifest::legacy(),
+            )
             .expect("ready");
         let bad = image_majors(&config, &store);
         assert!(!bad.ok);

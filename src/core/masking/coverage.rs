@@ -89,6 +89,7 @@ impl RelKind {
         })
     }
 
+    #[cfg(test)]
     fn holds_data(&self) -> bool {
         matches!(
             self,

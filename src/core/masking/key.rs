@@ -3,14 +3,12 @@
 //! read at each use, and refused when the file's mode, owner or size is
 //! wrong. The bytes are held in a [`Secret`] and leave it only as the two
 //! HMAC pads bound to a masking statement's parameters. Rotation (a new
-//! file, hence new masked values for every later image) is a documented
-//! command, not here.
+//! file, hence new masked values for every later image) is `draupnir
+//! rotate-masking-key` ([`MaskingKey::rotate`]).
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::secret::Secret;
 
@@ -61,6 +59,7 @@ pub struct Pads {
 
 impl MaskingKey {
     /// A key from its bytes (tests, and a later rotation command).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> MaskingKey {
         MaskingKey(Secret::new(bytes))
     }
@@ -141,6 +140,31 @@ impl MaskingKey {
         Ok(MaskingKey(Secret::new(bytes)))
     }
 
+    /// Replace the key at `state_path/masking.key` with a new one (the
+    /// old bytes are gone: masked values of later images change). Written
+    /// to a temporary file with mode 0600, synced, then renamed over the
+    /// old one. Returns the key file's path.
+    pub fn rotate(state_path: &Path) -> Result<PathBuf, KeyError> {
+        let path = state_path.join(KEY_FILE);
+        let tmp = path.with_extension(format!("rotate.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        Self::create(&tmp)?;
+        let io = |action| {
+            let path = path.clone();
+            move |source| KeyError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        std::fs::rename(&tmp, &path).map_err(io("replace"))?;
+        std::fs::File::open(state_path)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync directory"))?;
+        Self::load(&path)?;
+        Ok(path)
+    }
+
     /// The key padded to 64 bytes and XORed with 0x36 (ipad) and 0x5c
     /// (opad), as RFC 2104 builds HMAC.
     pub fn pads(&self) -> Pads {
@@ -158,7 +182,9 @@ impl MaskingKey {
 
     /// HMAC-SHA256 of `tag ':' message`, the value the SQL of
     /// [`super::transform::hmac`] computes (for checks and the leak scan).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn hmac(&self, tag: &str, message: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
         let pads = self.pads();
         let inner = Sha256::new()
             .chain_update(pads.ipad.expose())

@@ -4,15 +4,19 @@
 //! the upload's databases (fail closed: every column covered); [`plan`]
 //! turns a database's rules into the statements that rewrite it, keyed by
 //! the per-deployment [`key`]; [`run`] reads a live database's catalog
-//! and applies a plan to it.
-//!
-//! Not yet wired into finalise (the next step of issue 13): until then
-//! nothing in the daemon calls it, hence the `dead_code` allowance on the
-//! module's declaration in `core/mod.rs`, to be removed when it is wired.
+//! and applies a plan to it. [`detect`] tells what a value looks like
+//! (e-mail, phone, card, IBAN, IP address, name); [`suggest`] writes a
+//! complete rules file from the catalog and sampled values; [`scan`]
+//! samples a database and, after masking, looks for values that still
+//! look personal or equal an original (the leak scan).
+//! Finalise (`core::postgres::finalise::mask`) wires them together.
 
 pub mod coverage;
+pub mod detect;
 pub mod key;
 pub mod plan;
 pub mod rules;
 pub mod run;
+pub mod scan;
+pub mod suggest;
 pub mod transform;

@@ -22,11 +22,17 @@ use super::transform::{quote_ident, KEY_ALIAS};
 pub struct Statement {
     pub sql: String,
     pub keyed: bool,
+    /// The table an `UPDATE` masks (its row count is the table's).
+    pub masks: Option<TableName>,
 }
 
 impl Statement {
     fn plain(sql: String) -> Statement {
-        Statement { sql, keyed: false }
+        Statement {
+            sql,
+            keyed: false,
+            masks: None,
+        }
     }
 }
 
@@ -164,6 +170,7 @@ pub fn plan(database: &str, actions: &[(TableName, TableAction)]) -> DatabasePla
         p.transaction.push(Statement {
             sql: format!("UPDATE {} AS t SET {}{from}", qualified(t), sets.join(", ")),
             keyed,
+            masks: Some(t.clone()),
         });
         p.after.push(Statement::plain(format!(
             "VACUUM (FULL, ANALYZE) {}",

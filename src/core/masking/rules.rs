@@ -105,6 +105,17 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// `self` (the configuration's rules) with `image`'s tables put in
+    /// place of the same tables' (an image's own rules replace a table's
+    /// rules as a whole, and add tables).
+    pub fn overlay(mut self, image: Rules) -> Rules {
+        self.tables
+            .retain(|t| !image.tables.iter().any(|i| i.name == t.name));
+        self.tables.extend(image.tables);
+        self.tables.sort_by(|a, b| a.name.cmp(&b.name));
+        self
+    }
+
     /// The rules of a table.
     pub fn table(&self, database: &str, schema: &str, table: &str) -> Option<&TableRules> {
         self.tables.iter().find(|t| {

@@ -38,7 +38,7 @@ pub enum RunError {
         kind: String,
         name: String,
     },
-    #[error("masking database {database}: foreign key {constraint} of {schema}.{table} has {count} row(s) without a referenced row after masking")]
+    #[error("masking database {database}: foreign key {constraint} of {schema}.{table} has {count} row(s) without a referenced row after masking; mask its columns with the same transformer as the columns they reference")]
     Orphans {
         database: String,
         constraint: String,
@@ -192,10 +192,30 @@ pub async fn read_foreign_keys(
 }
 
 /// Apply `plan` on `client` (connected to `plan.database` as a
-/// superuser: `session_replication_role` needs one) with `key`. The
-/// transaction rolls back when a statement fails or a foreign key has
-/// orphans.
+/// superuser: `session_replication_role` needs one) with `key`, then its
+/// `after` statements (the rewrites). The transaction rolls back when a
+/// statement fails or a foreign key has orphans.
+#[cfg(any(test, feature = "test-support"))]
 pub async fn apply(client: &Client, plan: &DatabasePlan, key: &MaskingKey) -> Result<(), RunError> {
+    apply_transaction(client, plan, key).await?;
+    let db = plan.database.as_str();
+    for s in &plan.after {
+        client
+            .execute(s.sql.as_str(), &[])
+            .await
+            .map_err(pg(db, first_words(&s.sql)))?;
+    }
+    Ok(())
+}
+
+/// The transaction of `plan` only (finalise rewrites what it changed
+/// itself, with everything else the script changed). Returns each masked
+/// table's row count.
+pub async fn apply_transaction(
+    client: &Client,
+    plan: &DatabasePlan,
+    key: &MaskingKey,
+) -> Result<Vec<(TableName, u64)>, RunError> {
     let db = plan.database.as_str();
     refuse_hazards(client, plan).await?;
     let fks: Vec<ForeignKey> = read_foreign_keys(client, db)
@@ -210,13 +230,17 @@ pub async fn apply(client: &Client, plan: &DatabasePlan, key: &MaskingKey) -> Re
         .batch_execute("BEGIN")
         .await
         .map_err(pg(db, "BEGIN"))?;
+    let mut rows = Vec::new();
     let outcome = async {
         for s in &plan.transaction {
             let params: &[&(dyn ToSql + Sync)] = if s.keyed { &keyed } else { &[] };
-            client
+            let n = client
                 .execute(s.sql.as_str(), params)
                 .await
                 .map_err(pg(db, first_words(&s.sql)))?;
+            if let Some(t) = &s.masks {
+                rows.push((t.clone(), n));
+            }
         }
         for fk in &fks {
             let row = client
@@ -247,13 +271,7 @@ pub async fn apply(client: &Client, plan: &DatabasePlan, key: &MaskingKey) -> Re
         .batch_execute("COMMIT")
         .await
         .map_err(pg(db, "COMMIT"))?;
-    for s in &plan.after {
-        client
-            .execute(s.sql.as_str(), &[])
-            .await
-            .map_err(pg(db, first_words(&s.sql)))?;
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// The statement's verb and target, for an error (never values: the

@@ -1,12 +1,12 @@
 //! The `images` table: an image's state, upload and seal.
 
 use rusqlite::{params, OptionalExtension, Row};
-use time::OffsetDateTime;
 
 use super::{format_ts, now, opt_ts_col, ts_col, Result, Store, StoreError};
+use crate::core::manifest::{Manifest, NewImage};
 use crate::core::model::*;
 
-const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at, destroying, database";
+const IMAGE_COLS: &str = "id, state, failure_reason, backed_up_at, anonymisation_script, pg_major, size_bytes, upload_active, created_by, created_at, updated_at, destroying, database, masking_rules, no_anonymisation, anonymisation";
 
 fn image_row(row: &Row) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -26,21 +26,30 @@ fn image_row(row: &Row) -> rusqlite::Result<Image> {
         created_at: ts_col(row, "created_at")?,
         updated_at: ts_col(row, "updated_at")?,
         database: row.get("database")?,
+        masking_rules: row.get("masking_rules")?,
+        no_anonymisation: row.get("no_anonymisation")?,
+        // A manifest that does not read (written by a later version):
+        // shown as unchecked, never as checked.
+        anonymisation: row
+            .get::<_, Option<String>>("anonymisation")?
+            .map(|j| Box::new(serde_json::from_str(&j).unwrap_or_else(|_| Manifest::legacy()))),
     })
 }
 
 impl Store {
-    pub fn insert_image(
-        &self,
-        backed_up_at: Option<OffsetDateTime>,
-        script: Option<&str>,
-        created_by: Option<UserId>,
-    ) -> Result<Image> {
+    pub fn insert_image(&self, new: &NewImage, created_by: Option<UserId>) -> Result<Image> {
         let conn = self.conn();
         let ts = format_ts(now());
         conn.execute(
-            "INSERT INTO images (state, backed_up_at, anonymisation_script, created_by, created_at, updated_at) VALUES ('uploading', ?1, ?2, ?3, ?4, ?4)",
-            params![backed_up_at.map(format_ts), script, created_by, ts],
+            "INSERT INTO images (state, backed_up_at, anonymisation_script, created_by, created_at, updated_at, masking_rules, no_anonymisation) VALUES ('uploading', ?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+            params![
+                new.backed_up_at.map(format_ts),
+                new.script,
+                created_by,
+                ts,
+                new.rules,
+                new.no_anonymisation
+            ],
         )?;
         let id = conn.last_insert_rowid();
         drop(conn);
@@ -90,10 +99,12 @@ impl Store {
         pg_major: u32,
         size_bytes: u64,
         database: &str,
+        manifest: &Manifest,
     ) -> Result<()> {
+        let manifest = serde_json::to_string(manifest).map_err(StoreError::Manifest)?;
         self.conn().execute(
-            "UPDATE images SET state = 'ready', failure_reason = NULL, pg_major = ?1, size_bytes = ?2, updated_at = ?3, database = ?5 WHERE id = ?4",
-            params![pg_major, size_bytes as i64, format_ts(now()), id, database],
+            "UPDATE images SET state = 'ready', failure_reason = NULL, pg_major = ?1, size_bytes = ?2, updated_at = ?3, database = ?5, anonymisation = ?6 WHERE id = ?4",
+            params![pg_major, size_bytes as i64, format_ts(now()), id, database, manifest],
         )?;
         Ok(())
     }

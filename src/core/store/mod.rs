@@ -11,6 +11,7 @@ mod addresses;
 mod images;
 mod instances;
 mod schema;
+mod tokens;
 mod users;
 
 use std::path::Path;
@@ -36,6 +37,8 @@ pub enum StoreError {
     },
     #[error("metadata database holds schema version {found}, newer than this draupnir ({known}); upgrade draupnir")]
     TooNew { found: i64, known: i64 },
+    #[error("recording the anonymisation manifest: {0}")]
+    Manifest(#[source] serde_json::Error),
     #[error("no free port left in the instance port range")]
     NoFreePort,
     #[error("{count} instances exist, the most allowed is {max}")]
@@ -321,7 +324,12 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         s.migrate().unwrap();
         let u = s.insert_user("alice", None, true).unwrap();
-        let img = s.insert_image(None, Some("select 1"), Some(u.id)).unwrap();
+        let img = s
+            .insert_image(
+                &crate::core::NewImage::with_script(Some("select 1")),
+                Some(u.id),
+            )
+            .unwrap();
         assert_eq!(img.state, ImageState::Uploading);
         let a = s
             .insert_instance(img.id, u.id, false, 7000, 7003, None, |_| true)
@@ -351,7 +359,9 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         let pool = s.insert_user("warm-pool", None, false).unwrap();
         let bob = s.insert_user("bob", None, false).unwrap();
-        let img = s.insert_image(None, None, None).unwrap();
+        let img = s
+            .insert_image(&crate::core::NewImage::default(), None)
+            .unwrap();
         let a = s
             .insert_instance(img.id, pool.id, true, 7000, 7010, None, |_| true)
             .unwrap();
@@ -398,7 +408,9 @@ mod tests {
     #[test]
     fn image_transitions_are_guarded() {
         let s = Store::open_in_memory().unwrap();
-        let img = s.insert_image(None, None, None).unwrap();
+        let img = s
+            .insert_image(&crate::core::NewImage::default(), None)
+            .unwrap();
         assert!(s.begin_upload(img.id).unwrap());
         assert!(s
             .transition_image(img.id, ImageState::Uploading, ImageState::Finalising)
@@ -409,7 +421,9 @@ mod tests {
         assert!(!s.begin_upload(img.id).unwrap());
         // Being finalised: not destroyed under its feet.
         assert!(!s.mark_image_destroying(img.id).unwrap());
-        let other = s.insert_image(None, None, None).unwrap();
+        let other = s
+            .insert_image(&crate::core::NewImage::default(), None)
+            .unwrap();
         assert!(s.mark_image_destroying(other.id).unwrap());
         assert_eq!(
             s.image(other.id).unwrap().unwrap().state,
@@ -426,7 +440,9 @@ mod tests {
     fn serving_reports_touch_only_running_or_failed_instances() {
         let s = Store::open_in_memory().unwrap();
         let u = s.insert_user("alice", None, true).unwrap();
-        let img = s.insert_image(None, None, None).unwrap();
+        let img = s
+            .insert_image(&crate::core::NewImage::default(), None)
+            .unwrap();
         let a = s
             .insert_instance(img.id, u.id, false, 7000, 7010, None, |_| true)
             .unwrap();

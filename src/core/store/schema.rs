@@ -89,4 +89,17 @@ ALTER TABLE images ADD COLUMN destroying INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE images ADD COLUMN database TEXT;
 "#,
+    // 7: masking. An image's own rules (TOML text), whether it was
+    // declared not personal, and the manifest finalise records (JSON; NULL
+    // for images sealed before, which read as `unchecked`).
+    r#"
+ALTER TABLE images ADD COLUMN masking_rules TEXT;
+ALTER TABLE images ADD COLUMN no_anonymisation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN anonymisation TEXT;
+"#,
+    // 8: when each API token last authenticated a request (updated at
+    // most once a minute per token), for `tokens`.
+    r#"
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+"#,
 ];

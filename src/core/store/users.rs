@@ -1,11 +1,11 @@
-//! Users, their SSH keys and their API tokens.
+//! Users and their SSH keys (API tokens: `tokens.rs`).
 
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{format_ts, now, parse_ts, ts_col, Result, Store, StoreError};
 use crate::core::model::*;
 
-fn user_row(row: &Row) -> rusqlite::Result<User> {
+pub(super) fn user_row(row: &Row) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get("id")?,
         name: row.get("name")?,
@@ -130,24 +130,5 @@ impl Store {
             .conn()
             .execute("DELETE FROM ssh_keys WHERE fingerprint = ?1", [fingerprint])?;
         Ok(n == 1)
-    }
-
-    pub fn insert_token(&self, user_id: UserId, token_hash: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO api_tokens (user_id, token_hash, created_at) VALUES (?1, ?2, ?3)",
-            params![user_id, token_hash, format_ts(now())],
-        )?;
-        Ok(())
-    }
-
-    pub fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT u.id, u.name, u.email, u.is_admin, u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
-                [token_hash],
-                user_row,
-            )
-            .optional()?)
     }
 }

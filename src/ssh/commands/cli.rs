@@ -2,7 +2,7 @@
 //! command and its arguments, the argument parsers they share, and the
 //! overview `help` prints. Nothing here runs a command.
 
-use crate::core::{ImageId, InstanceId};
+use crate::core::{ImageId, InstanceId, TokenId};
 use std::net::IpAddr;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +25,9 @@ Instances
 Images
   images                         list images
   image ID                       show one image (with its failure reason)
-  new-image [--script SQL|-]     create an image to upload into (admins)
+  new-image [--rules FILE|-]     create an image to upload into (admins)
+            [--script SQL|-] [--no-anonymisation]
+  suggest-rules ID               print masking rules for an upload's schema to review (admins)
   upload-image ID [--progress]   upload a tar/tar.gz/tar.zst data directory from stdin (admins)
   finalise-image ID [--detach]   anonymise and seal an image (alias: done) (admins)
   reset-upload ID                let a failed upload start again (admins)
@@ -39,10 +41,12 @@ Users and keys
   add-key USER                   add the public key on stdin to a user
   remove-key FINGERPRINT         remove a key
   keys [USER]                    list keys
-  token                          mint a bearer token for the HTTP API
+  token                          mint a bearer token for the HTTP API: token=$(ssh draupnir token)
+  tokens [--all]                 list your API tokens (--all: everyone's, admins)
+  revoke-token ID                revoke an API token
 
   status                         image freshness (stale when the nightly image is late)
-  help                           this list
+  help [COMMAND]                 this list, or a command's help
   version                        the server's version
 ";
 
@@ -94,6 +98,7 @@ pub(super) enum Cmd {
     },
     /// Show one image, with its failure reason.
     Image {
+        /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
         /// Print JSON instead of a table.
@@ -106,14 +111,35 @@ pub(super) enum Cmd {
         #[arg(long)]
         backed_up_at: Option<String>,
         /// The anonymisation SQL script, inline, or `-` to read it from stdin.
+        /// It runs after the masking rules, for what rules cannot say.
         #[arg(long)]
         script: Option<String>,
+        /// This image's masking rules (TOML): `-` reads them from stdin, a
+        /// path names a world-readable file on the Draupnir host. Their
+        /// tables replace the same tables of [masking] rules_file.
+        #[arg(long, value_name = "FILE|-")]
+        rules: Option<String>,
+        /// Declare the data not personal: seal it without masking, shown
+        /// with anonymisation `none` (never picked as `latest` while a
+        /// checked image exists).
+        #[arg(long, conflicts_with_all = ["script", "rules"])]
+        no_anonymisation: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Print a complete masking rules file for an uploaded image's schema,
+    /// each rule guessed from the column's name, type and sampled values
+    /// (admins). Review it, then give it to new-image --rules or
+    /// [masking] rules_file.
+    SuggestRules {
+        /// The uploaded image's id (see `ssh draupnir images`).
+        #[arg(value_parser = parse_id::<ImageId>)]
+        id: ImageId,
+    },
     /// Upload a tar, tar.gz or tar.zst data directory from stdin (admins).
     UploadImage {
+        /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
         /// Print what has arrived once a second on stderr.
@@ -123,6 +149,7 @@ pub(super) enum Cmd {
     /// Anonymise and seal an uploaded image, streaming progress (admins).
     #[command(visible_alias = "done")]
     FinaliseImage {
+        /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
         /// Return at once; follow with `image ID`.
@@ -134,11 +161,13 @@ pub(super) enum Cmd {
     },
     /// Let a failed upload start again with an empty image (admins).
     ResetUpload {
+        /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
     },
     /// Delete an image (admins).
     DestroyImage {
+        /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
         /// Also destroy the image's instances.
@@ -156,7 +185,8 @@ pub(super) enum Cmd {
     },
     /// Create an instance of a ready image (`latest`: the newest).
     NewInstance {
-        /// An image id, or `latest`.
+        /// The image's id (see `ssh draupnir images`), or `latest`: the
+        /// newest ready image.
         #[arg(value_name = "IMAGE_ID")]
         image: String,
         /// How long it lives (e.g. 8h, 3d); destroyed after that.
@@ -168,6 +198,7 @@ pub(super) enum Cmd {
     },
     /// Show one instance.
     Instance {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
         /// Print JSON instead of a table.
@@ -181,6 +212,7 @@ pub(super) enum Cmd {
     /// reused, its files overwritten), so nothing piles up. Clean up with
     /// `rm -r DIR` (or the directory in $PGSSLKEY) when done.
     Env {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
         /// Write the certificate and key files into DIR (on your machine).
@@ -192,23 +224,29 @@ pub(super) enum Cmd {
     },
     /// Let another address reach an instance (a colleague, a CI runner).
     AllowIp {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
+        /// The address to let in (IPv4 or IPv6, e.g. 203.0.113.7).
         #[arg(value_parser = parse_ip)]
         address: IpAddr,
     },
     /// Take an address off an instance's allow-list.
     DisallowIp {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
+        /// The address to take off (as `instance ID` lists it).
         #[arg(value_parser = parse_ip)]
         address: IpAddr,
     },
     /// Keep an instance longer (e.g. `extend-instance 4 4h`).
     ExtendInstance {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
-        #[arg(value_parser = parse_duration)]
+        /// How much longer it lives (e.g. 4h, 30m, 2d).
+        #[arg(value_name = "DURATION", value_parser = parse_duration)]
         by: std::time::Duration,
     },
     /// Image freshness: `stale` when no image became ready in time.
@@ -219,11 +257,13 @@ pub(super) enum Cmd {
     },
     /// Return an instance to its image (same id, port and credentials).
     ResetInstance {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
     },
     /// Stop and delete an instance.
     DestroyInstance {
+        /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
     },
@@ -241,6 +281,7 @@ pub(super) enum Cmd {
     },
     /// Add a user (admins).
     AddUser {
+        /// The new user's name (letters, digits, `.`, `_`, `@`, `-`).
         name: String,
         /// Make the user an admin.
         #[arg(long)]
@@ -250,26 +291,56 @@ pub(super) enum Cmd {
         email: Option<String>,
     },
     /// Remove a user and destroy their instances (admins).
-    RemoveUser { name: String },
+    RemoveUser {
+        /// The user's name (see `ssh draupnir users`).
+        name: String,
+    },
     /// Add the OpenSSH public key(s) on stdin to a user.
-    AddKey { user: String },
+    AddKey {
+        /// Whose key it is: your own name (see `ssh draupnir whoami`), or
+        /// anyone's (admins).
+        user: String,
+    },
     /// Remove a key by its SHA256 fingerprint.
-    RemoveKey { fingerprint: String },
+    RemoveKey {
+        /// The key's fingerprint, `SHA256:…` (see `ssh draupnir keys`).
+        fingerprint: String,
+    },
     /// List keys (yours, or a user's; admins: everyone's).
     Keys {
+        /// Whose keys: a user's name (yours, or anyone's for admins).
         user: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Mint a bearer token for the HTTP API (shown once).
+    /// Mint a bearer token for the HTTP API (shown once; only the token
+    /// goes to stdout: `token=$(ssh draupnir token)`).
     Token {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// List the commands.
-    Help,
+    /// List your API tokens (never their secrets).
+    Tokens {
+        /// Everyone's tokens (admins).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token: it is refused at once.
+    RevokeToken {
+        /// The token's id (see `ssh draupnir tokens`).
+        #[arg(value_parser = parse_id::<TokenId>)]
+        id: TokenId,
+    },
+    /// List the commands, or show one command's help.
+    Help {
+        /// A command's name (e.g. new-instance).
+        command: Option<String>,
+    },
     /// Print the server's version.
     Version,
 }
@@ -291,5 +362,19 @@ mod tests {
             );
         }
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_says_what_it_is() {
+        for sub in Cli::command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{} {}` has no words in --help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
     }
 }

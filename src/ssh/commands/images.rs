@@ -1,6 +1,6 @@
 //! The image commands: `images`, `image`, `new-image`, `upload-image`,
-//! `finalise-image` (streaming the core's progress), `reset-upload` and
-//! `destroy-image`. Each asks the core and formats its answer.
+//! `finalise-image` (streaming the core's progress), `suggest-rules`,
+//! `reset-upload` and `destroy-image`. Each asks the core and formats its answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncRead;
 
-use super::{read_stdin, say, say_json, ssh_target, Failure, Out, Session};
-use crate::core::{format_ts, Finalising, Image, ImageId, ImageState, Progress, UploadTarget};
+use super::{read_stdin, say, say_json, Failure, Out, Session};
+use crate::core::{
+    format_ts, Finalising, Image, ImageId, ImageState, NewImage, Progress, UploadTarget,
+};
 use crate::ssh::error::Refusal;
 use crate::ssh::format::{self, age, size, table};
 
@@ -34,6 +36,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
                 size(i.size_bytes),
+                format::anonymisation_word(i),
                 i.backed_up_at.map(age).unwrap_or_else(|| "-".into()),
                 age(i.created_at),
                 i.failure_reason
@@ -51,6 +54,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
                 "STATE",
                 "PG",
                 "SIZE",
+                "MASKING",
                 "BACKED UP",
                 "CREATED",
                 "REASON",
@@ -83,6 +87,7 @@ pub(super) async fn show(
         format_ts(i.created_at),
         age(i.created_at),
     );
+    text.push_str(&format::manifest_lines(&i));
     if let Some(r) = &i.failure_reason {
         text.push_str(&format!("reason    {r}\n"));
     }
@@ -107,15 +112,35 @@ fn shown_state(i: &Image) -> String {
     }
 }
 
-/// `new-image [--backed-up-at TIME] [--script SQL|-] [--json]`.
+/// `new-image`'s arguments as given.
+pub(super) struct NewImageArgs {
+    pub backed_up_at: Option<String>,
+    pub script: Option<String>,
+    pub rules: Option<String>,
+    pub no_anonymisation: bool,
+}
+
+/// `new-image [--backed-up-at TIME] [--rules FILE|-] [--script SQL|-]
+/// [--no-anonymisation] [--json]`.
 pub(super) async fn create(
     session: &Session,
-    backed_up_at: Option<String>,
-    script: Option<String>,
+    args: NewImageArgs,
     json: bool,
     stdin: &mut (dyn AsyncRead + Unpin + Send),
     out: Out<'_>,
 ) -> Result<(), Failure> {
+    let NewImageArgs {
+        backed_up_at,
+        script,
+        rules,
+        no_anonymisation,
+    } = args;
+    if script.as_deref() == Some("-") && rules.as_deref() == Some("-") {
+        return Err(Failure::Usage(
+            "--script - and --rules - cannot both read stdin; give one of them inline or as a file"
+                .into(),
+        ));
+    }
     let backed_up_at = match backed_up_at {
         None => None,
         Some(s) => Some(
@@ -133,19 +158,28 @@ pub(super) async fn create(
         Some(s) => Some(s.to_string()),
         None => None,
     };
-    let image = session
-        .service
-        .create_image(&session.actor, backed_up_at, script.as_deref())?;
+    let rules = match rules.as_deref() {
+        Some("-") => Some(read_stdin(stdin, "the rules").await?),
+        Some(path) => Some(session.service.read_rules_file(&session.actor, path)?),
+        None => None,
+    };
+    let image = session.service.create_image(
+        &session.actor,
+        NewImage {
+            backed_up_at,
+            script,
+            rules,
+            no_anonymisation,
+        },
+    )?;
     if json {
         return say_json(out, &format::image_json(&image)).await;
     }
-    let (port, host) = ssh_target(session);
     say(
         out,
         format!(
-            "image {id} created; upload a backup into it:\n  scp{port} backup.tar.gz {host}:images/{id}\nthen seal it:\n  ssh{p2} {host} finalise-image {id}\n",
+            "image {id} created; upload a backup into it:\n  scp backup.tar.gz draupnir:images/{id}\nthen seal it:\n  ssh draupnir finalise-image {id}\n",
             id = image.id,
-            p2 = port.replace("-P", "-p"),
         ),
     )
     .await
@@ -342,6 +376,19 @@ impl StepClock {
             _ => Ok(()),
         }
     }
+}
+
+/// `suggest-rules ID`: the rules file on stdout (`> rules.toml`).
+pub(super) async fn suggest_rules(
+    session: &Session,
+    id: ImageId,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let text = session
+        .service
+        .suggest_rules(&session.actor, id, None)
+        .await?;
+    say(out, text).await
 }
 
 /// `reset-upload ID`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::cli::parse_id;
-use super::{say, say_json, ssh_target, Failure, Out, Session};
+use super::{say, say_json, Failure, Out, Session};
 use crate::core::{format_ts, ConnectionInfo, Extension, InstanceId, InstanceRef, NewInstance};
 use crate::ssh::format::{self, age, table};
 
@@ -107,8 +107,7 @@ pub(super) async fn create(
     if json {
         return say_json(out, &format::instance_json(&info.instance, &info.host)).await;
     }
-    let (port, host) = ssh_target(session);
-    let ssh = format!("ssh{} {host}", port.replace("-P", "-p"));
+    let ssh = "ssh draupnir";
     say(
         out,
         format!(

@@ -84,7 +84,24 @@ pub async fn run(session: &Session, argv: Vec<String>, io: Io<'_>) -> u32 {
         stderr,
     } = io;
     let result = match cli.command {
-        None | Some(Cmd::Help) => say(&mut *stdout, OVERVIEW).await,
+        None | Some(Cmd::Help { command: None }) => say(&mut *stdout, OVERVIEW).await,
+        // `help COMMAND` is `COMMAND --help` (or the unknown command's
+        // one-line error, with clap's suggestion).
+        Some(Cmd::Help {
+            command: Some(name),
+        }) => {
+            let io = Io {
+                stdin,
+                stdout,
+                stderr,
+            };
+            return match Cli::try_parse_from([name.as_str(), "--help"]) {
+                Err(e) => usage_error(std::slice::from_ref(&name), e, io).await,
+                Ok(_) => 0,
+            };
+        }
+        // The token alone on stdout, its hint on stderr.
+        Some(Cmd::Token { json }) => users::token(session, json, &mut *stdout, &mut *stderr).await,
         Some(cmd) => dispatch(session, cmd, stdin, &mut *stdout, &mut *stderr).await,
     };
     let _ = stdout.flush().await;
@@ -113,7 +130,7 @@ async fn dispatch(
     err: Out<'_>,
 ) -> Result<(), Failure> {
     match cmd {
-        Cmd::Help => say(out, OVERVIEW).await,
+        Cmd::Help { .. } => say(out, OVERVIEW).await,
         Cmd::Version => status::version(out).await,
         Cmd::Status { json } => status::status(s, json, out).await,
         Cmd::Images { json } => images::list(s, json, out).await,
@@ -121,8 +138,19 @@ async fn dispatch(
         Cmd::NewImage {
             backed_up_at,
             script,
+            rules,
+            no_anonymisation,
             json,
-        } => images::create(s, backed_up_at, script, json, stdin, out).await,
+        } => {
+            let new = images::NewImageArgs {
+                backed_up_at,
+                script,
+                rules,
+                no_anonymisation,
+            };
+            images::create(s, new, json, stdin, out).await
+        }
+        Cmd::SuggestRules { id } => images::suggest_rules(s, id, out).await,
         Cmd::UploadImage { id, progress } => images::upload(s, id, progress, stdin, err).await,
         Cmd::FinaliseImage { id, detach, json } => images::finalise(s, id, detach, json, out).await,
         Cmd::ResetUpload { id } => images::reset_upload(s, id, out).await,
@@ -145,12 +173,15 @@ async fn dispatch(
         Cmd::AddKey { user } => users::add_key(s, &user, stdin, out).await,
         Cmd::RemoveKey { fingerprint } => users::remove_key(s, &fingerprint, out).await,
         Cmd::Keys { user, json } => users::keys(s, user.as_deref(), json, out).await,
-        Cmd::Token { json } => users::token(s, json, out).await,
+        // `run` answers `token` itself, with its hint on stderr.
+        Cmd::Token { json } => users::token(s, json, out, &mut tokio::io::sink()).await,
+        Cmd::Tokens { all, json } => users::tokens(s, all, json, out).await,
+        Cmd::RevokeToken { id } => users::revoke_token(s, id, out).await,
     }
 }
 
 async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
-    use clap::error::ErrorKind;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = io.stdout.write_all(e.render().to_string().as_bytes()).await;
@@ -158,11 +189,15 @@ async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
         }
         ErrorKind::InvalidSubcommand => {
             let name = argv.first().map(String::as_str).unwrap_or("");
+            let hint = match suggestion(&e, ContextKind::SuggestedSubcommand) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "`ssh draupnir help` lists the commands".into(),
+            };
             let _ = io
                 .stderr
                 .write_all(
                     format!(
-                        "draupnir: unknown command `{}`; `ssh draupnir help` lists the commands\n",
+                        "draupnir: unknown command `{}`; {hint}\n",
                         format::one_line(name, 60)
                     )
                     .as_bytes(),
@@ -171,6 +206,43 @@ async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
             return 2;
         }
         _ => {}
+    }
+    let usage = argv
+        .first()
+        .and_then(|name| {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(name)?;
+            Some(
+                sub.render_usage()
+                    .to_string()
+                    .trim_start_matches("Usage: ")
+                    .to_string(),
+            )
+        })
+        .unwrap_or_else(|| "ssh draupnir COMMAND [ARGS]".into());
+    if let (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) =
+        (e.kind(), e.get(ContextKind::InvalidArg))
+    {
+        let what = if arg.starts_with('-') {
+            "unknown option"
+        } else {
+            "unexpected argument"
+        };
+        let hint = suggestion(&e, ContextKind::SuggestedArg)
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        let _ = io
+            .stderr
+            .write_all(
+                format!(
+                    "draupnir: {what} `{}`; {hint}usage: {usage}\n",
+                    format::one_line(arg, 60)
+                )
+                .as_bytes(),
+            )
+            .await;
+        return 2;
     }
     let rendered = e.render().to_string();
     // clap's message up to its usage block, as one line.
@@ -193,25 +265,23 @@ async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
             "missing ",
         )
         .to_string();
-    let usage = argv
-        .first()
-        .and_then(|name| {
-            let mut cmd = Cli::command();
-            cmd.build();
-            let sub = cmd.find_subcommand_mut(name)?;
-            Some(
-                sub.render_usage()
-                    .to_string()
-                    .trim_start_matches("Usage: ")
-                    .to_string(),
-            )
-        })
-        .unwrap_or_else(|| "ssh draupnir COMMAND [ARGS]".into());
     let _ = io
         .stderr
         .write_all(format!("draupnir: {problem}; usage: {usage}\n").as_bytes())
         .await;
     2
+}
+
+/// What clap suggests instead (a command, an option), if anything: the
+/// closest (clap lists the candidates closest last).
+fn suggestion(e: &clap::Error, kind: clap::error::ContextKind) -> Option<String> {
+    use clap::error::ContextValue;
+    match e.get(kind)? {
+        ContextValue::String(s) => Some(s.clone()),
+        ContextValue::Strings(v) => v.last().cloned(),
+        _ => None,
+    }
+    .map(|s| format::one_line(&s, 60))
 }
 
 async fn read_stdin(
@@ -228,14 +298,4 @@ async fn read_stdin(
         )));
     }
     String::from_utf8(buf).map_err(|_| Failure::Usage(format!("{what} on stdin is not UTF-8")))
-}
-
-fn ssh_target(session: &Session) -> (String, String) {
-    let port = session.ssh_port;
-    let host = session.service.config().public_hostname.clone();
-    if port == 22 {
-        (String::new(), host)
-    } else {
-        (format!(" -P {port}"), host)
-    }
 }

@@ -1,12 +1,13 @@
 //! The commands about people and their credentials: `whoami`, `users`,
 //! `add-user`, `remove-user`, the keys (`add-key`, `remove-key`, `keys`)
-//! and `token` (a bearer token for the HTTP API). Each asks the core and
-//! formats its answer.
+//! and the bearer tokens for the HTTP API (`token`, `tokens`,
+//! `revoke-token`). Each asks the core and formats its answer.
 
 use serde_json::json;
 use tokio::io::AsyncRead;
 
 use super::{read_stdin, say, say_json, Failure, Out, Session};
+use crate::core::{format_ts, TokenId};
 use crate::ssh::format::{self, age, table};
 
 /// `whoami [--json]`.
@@ -162,18 +163,87 @@ pub(super) async fn keys(
     say(out, table(&["USER", "TYPE", "FINGERPRINT", "ADDED"], &rows)).await
 }
 
-/// `token [--json]`: shown once.
-pub(super) async fn token(session: &Session, json: bool, out: Out<'_>) -> Result<(), Failure> {
+/// `token [--json]`: shown once. The token alone goes to `out` (so
+/// `token=$(ssh draupnir token)` captures just it), how to use it to
+/// `hint` (stderr).
+pub(super) async fn token(
+    session: &Session,
+    json: bool,
+    out: Out<'_>,
+    hint: Out<'_>,
+) -> Result<(), Failure> {
     let svc = &session.service;
-    let token = svc.mint_token(&session.actor)?;
+    let (id, token) = svc.mint_token_with_id(&session.actor)?;
     if json {
-        return say_json(out, &json!({ "token": token })).await;
+        return say_json(out, &json!({ "id": id, "token": token })).await;
     }
+    say(out, format!("{token}\n")).await?;
+    say(
+        hint,
+        format!(
+            "token {id} minted; it is shown once. Send it as `Authorization: Bearer $token` \
+             with `Draupnir-Version: {}`; revoke it with: ssh draupnir revoke-token {id}\n",
+            svc.config().http.api_version
+        ),
+    )
+    .await
+}
+
+/// `tokens [--all] [--json]`: never the secrets (only hashes are kept).
+pub(super) async fn tokens(
+    session: &Session,
+    all: bool,
+    json: bool,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let tokens = session.service.list_tokens(&session.actor, all)?;
+    if json {
+        let v: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "user": t.user_name,
+                    "created_at": format_ts(t.created_at),
+                    "last_used_at": t.last_used_at.map(format_ts),
+                })
+            })
+            .collect();
+        return say_json(out, &json!(v)).await;
+    }
+    if tokens.is_empty() {
+        return say(
+            out,
+            "no tokens; mint one with: token=$(ssh draupnir token)\n",
+        )
+        .await;
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.user_name.clone(),
+                age(t.created_at),
+                t.last_used_at.map(age).unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    say(out, table(&["ID", "USER", "CREATED", "LAST USED"], &rows)).await
+}
+
+/// `revoke-token ID`.
+pub(super) async fn revoke_token(
+    session: &Session,
+    id: TokenId,
+    out: Out<'_>,
+) -> Result<(), Failure> {
+    let t = session.service.revoke_token(&session.actor, id)?;
     say(
         out,
         format!(
-            "{token}\n# Shown once. Use it as: Authorization: Bearer <token> (with Draupnir-Version: {})\n",
-            svc.config().http.api_version
+            "token {id} of {} revoked; it is refused from now on\n",
+            t.user_name
         ),
     )
     .await

@@ -23,11 +23,20 @@ use super::pgconn::{self, PgConnError};
 use super::process::{self, Postmaster, PostmasterSpec};
 use super::roles::{self, Problem};
 use super::sandbox::Confinement;
+use crate::core::masking::coverage::RuleProblem;
+use crate::core::masking::key::KeyError;
+use crate::core::masking::run::RunError;
+use crate::core::masking::scan::ScanError;
+use crate::core::model::ImageId;
+use crate::core::MaskingRulesError;
 
+mod mask;
 mod prepare;
 mod prove;
 mod script;
+mod suggest;
 
+pub use mask::MaskingSpec;
 use prepare::prepare_and_anonymise;
 use prove::prove;
 
@@ -56,6 +65,47 @@ pub enum FinaliseError {
     Contained(Vec<Problem>),
     #[error("{0}")]
     Other(String),
+    /// A rules file changed under us and no longer parses.
+    #[error("{0}")]
+    Rules(#[source] Box<MaskingRulesError>),
+    /// Rules that name what is not there, or do not fit a column's type.
+    #[error("masking rules do not fit the upload: {}", rule_problems(.0))]
+    RuleProblems(Vec<RuleProblem>),
+    /// Fail closed: columns without a rule.
+    #[error("masking rules do not cover {total} column(s) (fail closed): {}{}; {}", .named.join(", "), if *.total > .named.len() { format!(" and {} more", .total - .named.len()) } else { String::new() }, uncovered_hint(*.image, *.any_rules))]
+    Uncovered {
+        image: ImageId,
+        total: usize,
+        named: Vec<String>,
+        any_rules: bool,
+    },
+    #[error("image {image} has no masking rules and no anonymisation script; give rules (ssh draupnir suggest-rules {image}), or create the image with --no-anonymisation if its data is not personal")]
+    NoAnonymisation { image: ImageId },
+    #[error("{0}")]
+    Masking(#[source] Box<RunError>),
+    #[error("{0}")]
+    Key(#[source] Box<KeyError>),
+    #[error("{0}")]
+    Scan(#[source] Box<ScanError>),
+    /// The leak scan found values that still look personal, or originals.
+    #[error("leak scan: {} (nothing sealed; fix the rules)", .0.join("; "))]
+    Leaks(Vec<String>),
+}
+
+fn rule_problems(problems: &[RuleProblem]) -> String {
+    let mut s: Vec<String> = problems.iter().take(5).map(|p| p.to_string()).collect();
+    if problems.len() > 5 {
+        s.push(format!("and {} more", problems.len() - 5));
+    }
+    s.join("; ")
+}
+
+fn uncovered_hint(image: ImageId, any_rules: bool) -> String {
+    if any_rules {
+        format!("add a rule for each (suggested rules are above; `ssh draupnir suggest-rules {image}` prints a complete file), or set [masking] require_coverage = false to seal it unchecked")
+    } else {
+        format!("give the image masking rules (`ssh draupnir suggest-rules {image}` prints a file to review; new-image --rules, or [masking] rules_file), or create it with --no-anonymisation if its data is not personal")
+    }
 }
 
 /// Inputs of one finalise.
@@ -74,6 +124,7 @@ pub struct FinaliseSpec<'a> {
     pub start_timeout: Duration,
     /// How its postmasters are boxed (to the upload's directory).
     pub confinement: Confinement,
+    pub masking: &'a MaskingSpec,
 }
 
 /// The result of a successful finalise.
@@ -82,6 +133,8 @@ pub struct Finalised {
     pub major: u32,
     /// The database the script ran in, and clients are pointed at.
     pub database: String,
+    /// How it was anonymised.
+    pub manifest: crate::core::manifest::Manifest,
 }
 
 const SOCKET_PORT: u16 = 5432;
@@ -113,12 +166,24 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Run the whole finalise on `spec.datadir`. Any postmaster it starts is
-/// stopped before it returns, success or not.
-pub async fn finalise(
+/// The upload made ready for its first, socket-only start, and started.
+struct Started {
+    major: u32,
+    bin: PgBin,
+    conf: String,
+    first: PostmasterSpec,
+    pm: Postmaster,
+    /// The temporary admin role's password: the script's psql gets it in
+    /// its environment, nothing logs it, the role is dropped at the end.
+    password: String,
+}
+
+/// Check the data directory, neutralise the upload's configuration and
+/// start its first postmaster (no TCP listener, fsync off).
+async fn first_start(
     spec: &FinaliseSpec<'_>,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Finalised, FinaliseError> {
+) -> Result<Started, FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("checking data directory");
     if cluster::hoist_single_subdir(spec.datadir)? {
@@ -143,16 +208,62 @@ pub async fn finalise(
         cluster::first_start_ident(spec.superuser).as_bytes(),
         spec.user,
     )?;
-    // The temporary admin role's password: the script's psql gets it in
-    // its environment, nothing logs it, the role is dropped at the end.
     let password = hex::encode(rand::random::<[u8; 32]>());
 
     step("starting postgres (no TCP listener, fsync off)");
     let first = first_start_spec(spec, &bin);
-    let mut pm = start(&first).await?;
+    let pm = start(&first).await?;
+    Ok(Started {
+        major,
+        bin,
+        conf,
+        first,
+        pm,
+        password,
+    })
+}
+
+/// Print a complete masking rules file for the upload (`suggest-rules`):
+/// start it as finalise does, read every database's catalog and a sample
+/// of its values, and guess a rule for each column. The upload stays an
+/// upload (its configuration is neutralised, as finalise would).
+pub async fn suggest_rules(
+    spec: &FinaliseSpec<'_>,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<String, FinaliseError> {
+    let Started {
+        bin,
+        first,
+        mut pm,
+        password,
+        ..
+    } = first_start(spec, progress).await?;
+    let result = suggest::suggest(spec, &bin, &first, &mut pm, &password, progress).await;
+    pm.stop(Duration::from_secs(60)).await;
+    for name in ["postmaster.opts", "postmaster.pid"] {
+        let _ = std::fs::remove_file(spec.datadir.join(name));
+    }
+    result
+}
+
+/// Run the whole finalise on `spec.datadir`. Any postmaster it starts is
+/// stopped before it returns, success or not.
+pub async fn finalise(
+    spec: &FinaliseSpec<'_>,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Finalised, FinaliseError> {
+    let step = |s: &str| progress(Progress::Step(s.to_string()));
+    let Started {
+        major,
+        bin,
+        conf,
+        first,
+        mut pm,
+        password,
+    } = first_start(spec, progress).await?;
     let result = prepare_and_anonymise(spec, &bin, &first, &mut pm, &password, progress).await;
     pm.stop(Duration::from_secs(60)).await;
-    let (boot_role, database) = result?;
+    let (boot_role, database, manifest) = result?;
     let spec = &FinaliseSpec {
         database: &database,
         ..spec.clone()
@@ -219,6 +330,7 @@ pub async fn finalise(
     Ok(Finalised {
         major,
         database: database.clone(),
+        manifest,
     })
 }
 
@@ -378,4 +490,16 @@ pub fn sync_fs(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(path)?;
     rustix::fs::syncfs(&f)?;
     Ok(())
+}
+
+impl From<RunError> for FinaliseError {
+    fn from(e: RunError) -> Self {
+        FinaliseError::Masking(Box::new(e))
+    }
+}
+
+impl From<ScanError> for FinaliseError {
+    fn from(e: ScanError) -> Self {
+        FinaliseError::Scan(Box::new(e))
+    }
 }

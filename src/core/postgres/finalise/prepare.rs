@@ -10,17 +10,20 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::error::SqlState;
 
-use super::script::{changes, reassign_sql, rewrite_changed, run_script, Changes};
+use super::mask::{mask_everywhere, scan_everywhere, Masked};
+use super::script::{changes, reassign_sql, rewrite_changed, run_script, Changes, Rewrite};
 use super::{
     admin_connect, boxed_tool, db_err, quote_ident, sql_err, start, wait_socket, FinaliseError,
     FinaliseSpec, Progress,
 };
+use crate::core::manifest::Manifest;
 use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE};
 use crate::core::postgres::process::{Postmaster, PostmasterSpec};
 use crate::core::postgres::roles;
 
 /// Everything done while the first, socket-only postmaster runs. Returns
-/// the name of the bootstrap superuser and the database the script ran in.
+/// the name of the bootstrap superuser, the database the script ran in
+/// and the anonymisation manifest.
 pub(super) async fn prepare_and_anonymise(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
@@ -28,7 +31,7 @@ pub(super) async fn prepare_and_anonymise(
     pm: &mut Postmaster,
     password: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<(String, String), FinaliseError> {
+) -> Result<(String, String, Manifest), FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
     step("creating roles");
     let admin = superuser_session(spec, bin, first, pm, password).await?;
@@ -45,20 +48,23 @@ pub(super) async fn prepare_and_anonymise(
         database: &database,
         ..spec.clone()
     };
-    let (mut paused, before) = pause_everywhere(spec, password, admin).await?;
+    let (mut paused, before, databases) = pause_everywhere(spec, password, admin).await?;
 
+    let masked = mask_everywhere(spec, password, &databases, progress).await?;
     if let Some(script) = spec.script.filter(|s| !s.trim().is_empty()) {
         step("running anonymisation script");
         run_script(spec, bin, script, password, progress).await?;
     }
+    let scan = scan_everywhere(spec, password, &databases, &masked, progress).await?;
+    let manifest = masked.manifest(spec.masking, scan);
 
     step("reassigning ownership to draupnir");
-    let last = hand_over(spec, password, &mut paused, &before, progress).await?;
+    let last = hand_over(spec, password, &mut paused, &before, &masked, progress).await?;
 
     step("containing role draupnir; dropping temporary admin role");
     contain_and_drop_admin(spec, password, last, &boot).await?;
     step("stopping postgres");
-    Ok((boot, database))
+    Ok((boot, database, manifest))
 }
 
 /// Why the script runs in the database it does.
@@ -80,7 +86,7 @@ type Before = BTreeMap<String, Changes>;
 /// A superuser session on `template1`: the configured superuser's (root is
 /// mapped to it), which also creates the admin role the script runs as, or
 /// the admin role's.
-async fn superuser_session(
+pub(super) async fn superuser_session(
     spec: &FinaliseSpec<'_>,
     bin: &PgBin,
     first: &PostmasterSpec,
@@ -159,24 +165,32 @@ async fn create_client_role(
 }
 
 /// Pause the event triggers of every database that allows connections.
+/// Returns them, each database's change counts, and the databases that
+/// are not templates (those masking covers).
 async fn pause_everywhere(
     spec: &FinaliseSpec<'_>,
     password: &str,
     admin: tokio_postgres::Client,
-) -> Result<(Paused, Before), FinaliseError> {
+) -> Result<(Paused, Before, Vec<String>), FinaliseError> {
     // The upload's event triggers would run its code as a superuser on the
     // script's DDL and on ours: paused in every database until that
     // database's hygiene is done, then enabled as they were.
-    let databases: Vec<String> = admin
+    let listed: Vec<(String, bool)> = admin
         .query(
-            "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY datname",
+            "SELECT datname::text, datistemplate FROM pg_database WHERE datallowconn ORDER BY datname",
             &[],
         )
         .await
         .map_err(db_err("listing databases"))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let own = listed
+        .iter()
+        .filter(|(_, template)| !template)
+        .map(|(db, _)| db.clone())
+        .collect();
+    let databases = listed.into_iter().map(|(db, _)| db);
     let mut admin = Some(admin);
     let mut paused = BTreeMap::new();
     let mut before = BTreeMap::new();
@@ -198,7 +212,7 @@ async fn pause_everywhere(
         }
     }
     drop(admin);
-    Ok((paused, before))
+    Ok((paused, before, own))
 }
 
 /// Reassign ownership to `draupnir`, the function hygiene, the paused
@@ -209,6 +223,7 @@ async fn hand_over(
     password: &str,
     paused: &mut Paused,
     before: &Before,
+    masked: &Masked,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Option<tokio_postgres::Client>, FinaliseError> {
     // Listed after the script, which may create or drop databases. Every
@@ -253,7 +268,11 @@ async fn hand_over(
         if !template {
             let empty = Changes::default();
             let before = before.get(db).unwrap_or(&empty);
-            rewrite_changed(&c, db, before, progress).await?;
+            let masked = Rewrite {
+                masked: masked.rewritten.get(db).map(Vec::as_slice).unwrap_or(&[]),
+                truncated: masked.truncated.get(db).map(Vec::as_slice).unwrap_or(&[]),
+            };
+            rewrite_changed(&c, db, before, &masked, progress).await?;
         }
         last = Some(c);
     }

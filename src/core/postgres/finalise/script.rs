@@ -1,6 +1,7 @@
 //! Finalise's SQL work: running the operator's anonymisation script with
-//! psql as the instance user, the rewrite of every table after it, and the
-//! statements that hand every object to `draupnir`.
+//! psql as the instance user, the rewrite of every table masking or the
+//! script changed, and the statements that hand every object to
+//! `draupnir`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::{
     db_err, quote_ident, FinaliseError, FinaliseSpec, Progress, SESSION_OPTIONS, SOCKET_PORT,
 };
+use crate::core::masking::rules::TableName;
 use crate::core::postgres::cluster::{PgBin, ADMIN_ROLE, CLIENT_ROLE};
 
 /// Run the script with psql as the instance user, streaming its output.
@@ -126,7 +128,7 @@ pub(super) type Changes = std::collections::HashMap<u32, i64>;
 /// Tables and materialized views with their counts of changed and deleted
 /// rows, dead rows, and whether a dropped column's data is still in them.
 const TABLES_SQL: &str = "
-SELECT s.relid, format('%I.%I', s.schemaname, s.relname),
+SELECT s.relid, s.schemaname::text, s.relname::text,
        (s.n_tup_upd + s.n_tup_del + s.n_tup_hot_upd)::int8, s.n_dead_tup::int8,
        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.relid AND a.attisdropped)
 FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid
@@ -140,44 +142,85 @@ pub(super) async fn changes(c: &tokio_postgres::Client) -> Result<Changes, Final
         .await
         .map_err(db_err("reading table statistics"))?
         .iter()
-        .map(|r| (r.get::<_, u32>(0), r.get::<_, i64>(2)))
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, i64>(3)))
         .collect())
 }
 
+/// Tables masking rewrote and emptied in one database (rewritten whatever
+/// the statistics say).
+pub(super) struct Rewrite<'a> {
+    pub masked: &'a [TableName],
+    pub truncated: &'a [TableName],
+}
+
+/// Every old statistic of the listed tables (`$1`, qualified names), their
+/// partitions and their indexes (an expression index has statistics of
+/// its own), before they are analysed again: `ANALYZE` skips a column
+/// whose statistics target is 0 and an empty table, and would leave their
+/// old most-common values.
+const FORGET_STATISTICS_SQL: &str = "
+WITH named AS (
+  SELECT n.name::regclass AS relid FROM unnest($1::text[]) AS n(name)
+), rels AS (
+  -- pg_partition_tree lists nothing for a table that is not partitioned.
+  SELECT relid FROM named
+  UNION SELECT t.relid FROM named, pg_catalog.pg_partition_tree(named.relid) AS t
+), every AS (
+  SELECT relid FROM rels UNION SELECT i.indexrelid FROM pg_catalog.pg_index i JOIN rels ON i.indrelid = rels.relid
+), gone AS (
+  DELETE FROM pg_catalog.pg_statistic WHERE starelid IN (SELECT relid FROM every) RETURNING 1
+)
+DELETE FROM pg_catalog.pg_statistic_ext_data WHERE stxoid IN
+  (SELECT oid FROM pg_catalog.pg_statistic_ext WHERE stxrelid IN (SELECT relid FROM every))";
+
 /// Rewrite every table of the current database that may still hold what
-/// the anonymisation script replaced: rows it changed or deleted (their
-/// old versions stay in the heap, in indexes and in TOAST until a
-/// rewrite), dead rows the upload came with, and columns it dropped
-/// (their data stays in every row). Fresh planner statistics first
-/// (`ANALYZE`, so the old most-common values become dead rows of
-/// `pg_statistic`), then `VACUUM (FULL, FREEZE)` of those tables and of
-/// `pg_statistic`, then a plain `VACUUM` for the visibility map. Tables
-/// nothing touched are left as they are (rewriting a large database whole
-/// would cost its size at every finalise). The WAL goes at the end of
-/// finalise (`reset_wal`).
+/// masking or the anonymisation script replaced: the tables masking
+/// rewrote or emptied, rows the script changed or deleted (their old
+/// versions stay in the heap, in indexes and in TOAST until a rewrite),
+/// dead rows the upload came with, and columns it dropped (their data
+/// stays in every row). Their old statistics are deleted and computed
+/// afresh (`ANALYZE`), then `VACUUM (FULL, FREEZE)` of those tables and
+/// of `pg_statistic`, then a plain `VACUUM` for the visibility map.
+/// Tables nothing touched are left as they are (rewriting a large
+/// database whole would cost its size at every finalise). The WAL goes at
+/// the end of finalise (`reset_wal`).
 pub(super) async fn rewrite_changed(
     c: &tokio_postgres::Client,
     db: &str,
     before: &Changes,
+    masked: &Rewrite<'_>,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(), FinaliseError> {
-    let due: Vec<String> = c
+    let mut due: Vec<String> = masked
+        .masked
+        .iter()
+        .chain(masked.truncated)
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table)))
+        .collect();
+    for r in c
         .query(TABLES_SQL, &[])
         .await
         .map_err(db_err("reading table statistics"))?
-        .iter()
-        .filter(|r| {
-            let changed =
-                r.get::<_, i64>(2) > before.get(&r.get::<_, u32>(0)).copied().unwrap_or(0);
-            changed || r.get::<_, i64>(3) > 0 || r.get::<_, bool>(4)
-        })
-        .map(|r| r.get(1))
-        .collect();
+    {
+        let changed = r.get::<_, i64>(3) > before.get(&r.get::<_, u32>(0)).copied().unwrap_or(0);
+        if changed || r.get::<_, i64>(4) > 0 || r.get::<_, bool>(5) {
+            due.push(format!(
+                "{}.{}",
+                quote_ident(r.get(1)),
+                quote_ident(r.get(2))
+            ));
+        }
+    }
+    due.sort();
+    due.dedup();
     progress(Progress::Step(format!(
         "rewriting {} changed table(s) of {db} (no dead row, old index entry or old statistic is kept)",
         due.len()
     )));
     if !due.is_empty() {
+        c.execute(FORGET_STATISTICS_SQL, &[&due])
+            .await
+            .map_err(db_err("forgetting the changed tables' statistics"))?;
         let list = due.join(", ");
         c.batch_execute(&format!("ANALYZE {list}"))
             .await
@@ -227,7 +270,8 @@ BEGIN
            WHERE c.relowner = 10 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
              AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i'))
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                             AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))
   LOOP
     EXECUTE format('ALTER %s %I.%I OWNER TO {CLIENT_ROLE}',
       CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
