@@ -245,7 +245,10 @@ async fn new_instance(ssh: &Ssh, image: i64) -> (Inst, Duration) {
         .json(&["new-instance", &image.to_string(), "--json"])
         .await;
     let took = t.elapsed();
-    let id = v["id"].as_i64().expect("instance id");
+    let id: i64 = v["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("instance id");
     let inst = Inst {
         id,
         port: v["port"].as_u64().expect("port") as u16,
@@ -548,10 +551,11 @@ async fn run() {
     let http = Https::new(&daemon, token);
 
     // The image: scp the fixture, finalise over ssh.
-    let image = ssh
+    let image: i64 = ssh
         .json(&["new-image", "--no-anonymisation", "--json"])
         .await["id"]
-        .as_i64()
+        .as_str()
+        .and_then(|s| s.parse().ok())
         .expect("image id");
     ssh.scp("base.tar.gz", &format!("images/{image}")).await;
     ssh.ok(&["finalise-image", &image.to_string()]).await;

@@ -85,10 +85,17 @@ enum LogFormat {
     Json,
 }
 
+/// The log filter when `RUST_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "info,rustls::msgs::handshake=error";
+
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
+    // rustls warns of every client hello whose SNI holds an IP address
+    // (which RFC 6066 forbids, and some clients send when given one): the
+    // name is ignored and the handshake goes on, so nothing for an
+    // operator. Its handshake parser is kept to errors.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -313,7 +320,11 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
     // finalises end, within shutdown_grace.
     let left = service.drain(service.config().shutdown_grace).await;
     if !left.is_empty() {
-        tracing::warn!(images = ?left, "shutdown_grace is over; these uploads/finalises are cut off and marked failed at the next start");
+        let list: Vec<String> = left.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "shutdown_grace is over; the uploads/finalises of images {} are cut off and marked failed at the next start",
+            list.join(", ")
+        );
     }
     service.shutdown();
     ExitCode::SUCCESS

@@ -91,8 +91,8 @@ async fn build_story() -> Story {
     .await;
     let images = json_of(&run(&env, &admin, "images --json", b"").await);
     let image = images[0]["id"]
-        .as_i64()
-        .map(ImageId::new)
+        .as_str()
+        .and_then(|id| id.parse().ok())
         .expect("an image id in --json");
     let upload = run(
         &env,
@@ -132,8 +132,8 @@ async fn new_instance(env: &TestEnv, who: &Actor, image: ImageId) -> InstanceId 
     let r = run(env, who, &format!("new-instance {image} --json"), b"").await;
     assert_eq!(r.code, 0, "{}", r.err);
     json_of(&r)["id"]
-        .as_i64()
-        .map(InstanceId::new)
+        .as_str()
+        .and_then(|id| id.parse().ok())
         .expect("an instance id in --json")
 }
 
@@ -158,10 +158,16 @@ async fn upload_image_takes_the_archive_on_stdin() {
     on_story(|s| async move {
         let r = &s.upload;
         assert_eq!(r.code, 0, "{}", r.err);
+        // One summary line on stderr; stdout stays empty.
+        assert_eq!(r.out, "");
+        assert_eq!(r.err.lines().count(), 1, "{}", r.err);
         assert!(
-            r.out.contains(&format!("into image {}", s.image)),
+            r.err.contains(&format!("into image {} in ", s.image))
+                && r.err.contains("entries")
+                && r.err.contains("/s)")
+                && r.err.contains("ready to finalise"),
             "{}",
-            r.out
+            r.err
         );
     })
     .await
@@ -182,6 +188,10 @@ async fn finalise_image_streams_the_script_and_its_psql_output() {
             "psql output is streamed: {}",
             r.out
         );
+        // Every step says how long it took.
+        let steps = r.out.lines().filter(|l| l.starts_with("==> ")).count();
+        let took = r.out.lines().filter(|l| l.starts_with("    took ")).count();
+        assert!(steps > 1 && took == steps, "{}", r.out);
         assert!(
             r.out
                 .contains(&format!("image {} is ready (PostgreSQL 15", s.image)),
@@ -214,7 +224,7 @@ async fn new_instance_latest_says_how_to_connect() {
         let r = run(&s.env, &nina, "new-instance latest", b"").await;
         assert_eq!(r.code, 0, "{}", r.err);
         let listed = json_of(&run(&s.env, &nina, "instances --json", b"").await);
-        let id = listed[0]["id"].as_i64().expect("an instance id in --json");
+        let id = listed[0]["id"].as_str().expect("an instance id in --json");
         assert!(
             r.out
                 .contains(&format!("instance {id} of image {} is running", s.image)),
@@ -235,14 +245,52 @@ async fn new_instance_latest_says_how_to_connect() {
 async fn extend_instance_takes_a_duration() {
     on_story(|s| async move {
         let olga = s.env.user("olga");
+        // No lifetime (no default_instance_ttl here): extend gives none.
         let id = new_instance(&s.env, &olga, s.image).await;
         let r = run(&s.env, &olga, &format!("extend-instance {id} 4h"), b"").await;
         assert_eq!(r.code, 0, "{}", r.err);
-        assert!(r.out.contains("now lives until"), "{}", r.out);
+        assert_eq!(
+            r.out,
+            format!("instance {id} has no lifetime (it lives until destroyed); nothing changed\n")
+        );
+        let v = json_of(&run(&s.env, &olga, &format!("instance {id} --json"), b"").await);
+        assert_eq!(v["expires_at"], serde_json::Value::Null);
+        // With one, it grows from its end, and says so honestly rounded.
+        let r = run(
+            &s.env,
+            &olga,
+            &format!("new-instance {} --ttl 1h --json", s.image),
+            b"",
+        )
+        .await;
+        let short: InstanceId = json_of(&r)["id"].as_str().unwrap().parse().unwrap();
+        let r = run(&s.env, &olga, &format!("extend-instance {short} 4h"), b"").await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(
+            r.out.contains("now lives until") && r.out.ends_with("(in 5h)\n"),
+            "{}",
+            r.out
+        );
+        for bad in ["soon", "4", "0h"] {
+            let r = run(&s.env, &olga, &format!("extend-instance {id} {bad}"), b"").await;
+            assert!(r.code != 0, "{bad}");
+            assert_eq!(r.err.lines().count(), 1, "{bad}: {}", r.err);
+        }
         assert_one_line_error(
-            &run(&s.env, &olga, &format!("extend-instance {id} soon"), b"").await,
+            &run(&s.env, &olga, &format!("extend-instance {id} 4"), b"").await,
             2,
-            "duration",
+            "`4` has no unit; add one, like 4h",
+        );
+        assert_one_line_error(
+            &run(
+                &s.env,
+                &olga,
+                &format!("new-instance {} --ttl 4", s.image),
+                b"",
+            )
+            .await,
+            2,
+            "add one, like 4h",
         );
     })
     .await
@@ -339,12 +387,20 @@ async fn instances_lists_ones_own_as_a_table_and_as_json() {
         let r = run(&s.env, &bob, "instances", b"").await;
         assert!(r.out.starts_with("ID  IMAGE  STATE    PORT"), "{}", r.out);
         assert!(
+            r.out.lines().next().unwrap().contains("  EXPIRES  "),
+            "{}",
+            r.out
+        );
+        assert!(r.out.contains("  never  "), "{}", r.out);
+        assert!(
             r.out.contains("running") && r.out.contains("bob"),
             "{}",
             r.out
         );
         let v = json_of(&run(&s.env, &bob, "instances --json", b"").await);
         assert_eq!(v[0]["image_id"], s.image.get());
+        assert!(v[0]["id"].is_string(), "{v}");
+        assert_eq!(v[0]["created_at"].as_str().unwrap().len(), 20, "{v}");
         assert_eq!(v[0]["hostname"], "localhost");
         assert!(v[0]["port"].as_u64().is_some());
     })
@@ -426,7 +482,8 @@ async fn another_user_sees_nothing_of_ones_instances() {
         let id = new_instance(env, &tess, s.image).await;
         let carol = env.user("carol");
         let r = run(env, &carol, "instances", b"").await;
-        assert_eq!(r.out.lines().count(), 1, "{}", r.out);
+        assert_eq!((r.code, r.out.as_str()), (0, ""));
+        assert!(r.err.starts_with("no instances; "), "{}", r.err);
         assert_one_line_error(
             &run(env, &carol, &format!("env {id}"), b"").await,
             1,
@@ -682,6 +739,8 @@ async fn outputs_match_the_golden_file() {
         "new-instance abc",
         "instance 1 --bogus",
         "frobnicate",
+        "extend-instance 1 4",
+        "instances",
         "new-instanse 1",
         "instances --jsn",
         "help extend-instance",

@@ -164,7 +164,7 @@ async fn credentials_reach_only_the_owner() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let id = v["id"].as_i64().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(id, warm, "handed over from the pool");
     let o = s.ssh(&dora, &["env", &id, "--json"]).await;
     assert!(o.status.success(), "{}", text(&o));
@@ -199,7 +199,7 @@ async fn credentials_reach_only_the_owner() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let admin_instance = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
-        .as_i64()
+        .as_str()
         .unwrap()
         .to_string();
     let o = s.ssh(admin, &["env", &admin_instance]).await;
@@ -437,7 +437,7 @@ async fn absurd_durations_get_one_line_and_free_the_session_slot() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
-        .as_i64()
+        .as_str()
         .unwrap()
         .to_string();
     for by in ["99999999999999d", "9999999999h", "18446744073709551616s"] {

@@ -60,7 +60,7 @@ async fn listing(env: &SshEnv) -> Vec<Value> {
 fn disk_of(list: &[Value], id: InstanceId) -> (u64, u64) {
     let row = list
         .iter()
-        .find(|r| r["id"] == id.get())
+        .find(|r| r["id"] == id.to_string())
         .unwrap_or_else(|| panic!("instance {id} listed: {list:?}"));
     (
         row["disk_bytes"].as_u64().expect("disk_bytes"),
@@ -202,7 +202,7 @@ async fn without_a_limit_disk_use_is_not_shown_and_nothing_is_limited() {
     let list = listing(&env).await;
     let row = list
         .iter()
-        .find(|r| r["id"] == i.instance.id.get())
+        .find(|r| r["id"] == i.instance.id.to_string())
         .unwrap();
     assert!(row["disk_bytes"].is_null(), "{row}");
     assert!(row["disk_limit_bytes"].is_null(), "{row}");

@@ -1051,7 +1051,10 @@ async fn metrics_count_work_done_over_ssh() {
         }
     };
     let made = ssh(format!("new-instance {image} --json")).await;
-    let id = made["id"].as_i64().expect("an instance id");
+    let id: i64 = made["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("an instance id");
     let metrics = || async {
         let r = send(api.client.get(api.url("/metrics"))).await;
         assert_eq!(r.status, 200);

@@ -393,7 +393,7 @@ async fn ssh_new_instance_gets_a_warm_one() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    let id = v["id"].as_i64().map(InstanceId::new).expect("id");
+    let id: InstanceId = v["id"].as_str().expect("id").parse().unwrap();
     assert_eq!(vec![id], warm, "the warm instance was handed over");
     assert_eq!(v["owner"], "bob");
     assert_eq!(v["pooled"], false);

@@ -207,6 +207,16 @@ impl Service {
         self.image_or_404(id)
     }
 
+    /// How many files an image whose upload finished holds (`None` for
+    /// any other image): counted on disk, for showing one image.
+    pub fn uploaded_files(&self, actor: &Actor, id: ImageId) -> Result<Option<u64>> {
+        let image = self.image(actor, id)?;
+        if !image.upload_finished() {
+            return Ok(None);
+        }
+        Ok(Some(count_files(&self.inner.layout.upload(id))))
+    }
+
     /// The image `latest` means: the newest ready image whose
     /// anonymisation was checked; only when none was, the newest ready one
     /// (`unchecked` or `none`). An unchecked image never silently takes
@@ -420,7 +430,9 @@ impl Service {
         match outcome {
             Ok(report) => {
                 let _ = self.inner.store.end_upload(id, report.bytes_written);
-                tracing::info!(
+                // One stream of an upload (one file of `scp -r`): the
+                // front doors log the operation.
+                tracing::debug!(
                     image = %id,
                     bytes = report.bytes_written,
                     entries = report.entries,
@@ -510,12 +522,20 @@ impl Service {
         let deadline = tokio::time::Instant::now() + grace;
         // No new warm instance from now on; one being started may finish.
         self.stop_pool(deadline).await;
+        let mut said = Vec::new();
         loop {
             let busy = self.busy_images().unwrap_or_default();
             if busy.is_empty() || tokio::time::Instant::now() >= deadline {
                 return busy;
             }
-            tracing::info!(images = ?busy, "waiting for uploads and finalises to end");
+            if busy != said {
+                let list: Vec<String> = busy.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    "waiting for uploads and finalises to end (images {})",
+                    list.join(", ")
+                );
+                said = busy;
+            }
             tokio::time::sleep_until(
                 deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(500)),
             )
@@ -740,6 +760,26 @@ impl Service {
     pub fn image_path(&self, id: ImageId) -> (PathBuf, PathBuf) {
         (self.inner.layout.upload(id), self.inner.layout.snapshot(id))
     }
+}
+
+/// Regular files beneath `dir` (links not followed; unreadable parts
+/// count as empty).
+fn count_files(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(t) if t.is_file() => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 /// The owned inputs of a [`FinaliseSpec`].

@@ -59,7 +59,7 @@ pub use model::{
     format_ts, ApiToken, Credentials, Fingerprint, Image, ImageId, ImageState, Instance,
     InstanceId, InstanceState, Progress, SshKey, TokenId, User, UserId,
 };
-pub use policy::{CleanReport, Status, TokenChecker, TokenStatus};
+pub use policy::{CleanReport, Extension, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
 pub use reconcile::ReconcileReport;
 pub use reload::ReloadReport;

@@ -250,6 +250,14 @@ impl Image {
     }
 }
 
+impl Image {
+    /// An upload ended and left data in the image, and no stream is
+    /// arriving now: it can be finalised (it still takes more uploads).
+    pub fn upload_finished(&self) -> bool {
+        self.state == ImageState::Uploading && !self.upload_active && self.size_bytes > 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub id: InstanceId,

@@ -33,6 +33,16 @@ pub trait TokenChecker: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = TokenStatus> + Send + '_>>;
 }
 
+/// What [`Service::extend_instance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// The instance now lives until then.
+    Until(OffsetDateTime),
+    /// The instance has no lifetime (it lives until destroyed); nothing
+    /// changed.
+    NoLifetime,
+}
+
 /// What the cleaner did in one pass.
 #[derive(Debug, Default, Clone)]
 pub struct CleanReport {
@@ -168,20 +178,26 @@ impl Service {
         Ok(())
     }
 
-    /// Push an instance's expiry `by` further (from now when it had none or
-    /// it is past), up to `max_instance_ttl` from now.
+    /// Push an instance's expiry `by` further (from now when it is past),
+    /// up to `max_instance_ttl` from now. A life is never shortened: an
+    /// instance with no lifetime keeps none ([`Extension::NoLifetime`],
+    /// nothing changed), and one the cap would cut is refused.
     pub fn extend_instance(
         &self,
         actor: &Actor,
         id: InstanceId,
         by: Duration,
-    ) -> Result<OffsetDateTime> {
+    ) -> Result<Extension> {
         let inst = self.owned_instance_for(actor, id)?;
         if by.is_zero() {
             return Err(BadInput::ZeroExtend.into());
         }
+        let Some(expires_at) = inst.expires_at else {
+            // It lives until destroyed; a lifetime would shorten that.
+            return Ok(Extension::NoLifetime);
+        };
         let now = OffsetDateTime::now_utc();
-        let base = inst.expires_at.filter(|e| *e > now).unwrap_or(now);
+        let base = expires_at.max(now);
         let mut until = checked_after(base, by)?;
         if let Some(max) = self.config().max_instance_ttl {
             let cap = checked_after(now, max)?;
@@ -192,7 +208,7 @@ impl Service {
         }
         self.inner.store.set_instance_expiry(id, Some(until))?;
         tracing::info!(instance = %id, user = %actor.name(), until = %crate::core::store::format_ts(until), "instance extended");
-        Ok(until)
+        Ok(Extension::Until(until))
     }
 
     /// Image freshness.

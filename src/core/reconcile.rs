@@ -33,6 +33,42 @@ pub struct ReconcileReport {
     pub orphan_processes: Vec<i32>,
 }
 
+/// In words for the log: `nothing to do`, or what was found and done
+/// (`adopted 2 instances (1, 4); 1 image failed (7)`).
+impl std::fmt::Display for ReconcileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn part<T: std::fmt::Display>(what: &str, noun: &str, items: &[T]) -> Option<String> {
+            if items.is_empty() {
+                return None;
+            }
+            let list = items.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+            let plural = if items.len() == 1 { "" } else { "s" };
+            Some(format!(
+                "{what} {} {noun}{plural} ({})",
+                items.len(),
+                list.join(", ")
+            ))
+        }
+        let parts: Vec<String> = [
+            part("adopted", "instance", &self.adopted),
+            part("restarted", "instance", &self.restarted),
+            part("removed", "instance", &self.removed_instances),
+            part("marked failed", "image", &self.failed_images),
+            part("finished destroying", "image", &self.destroyed_images),
+            part("removed", "orphan subvolume", &self.orphan_subvolumes),
+            part("stopped", "orphan process", &self.orphan_processes),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            f.write_str("nothing to do")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 fn ids_in(dir: &Path) -> Vec<(String, Option<i64>)> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -53,7 +89,7 @@ impl Service {
         if let Err(e) = self.reconcile_inner(&mut report).await {
             tracing::error!(error = %e, "reconcile did not finish");
         }
-        tracing::info!(?report, "reconciled");
+        tracing::info!("reconciled: {report}");
         report
     }
 
@@ -239,5 +275,24 @@ impl Service {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_reads_as_words() {
+        assert_eq!(ReconcileReport::default().to_string(), "nothing to do");
+        let r = ReconcileReport {
+            adopted: vec![InstanceId::new(1), InstanceId::new(4)],
+            failed_images: vec![ImageId::new(7)],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.to_string(),
+            "adopted 2 instances (1, 4); marked failed 1 image (7)"
+        );
     }
 }

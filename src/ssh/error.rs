@@ -7,7 +7,7 @@ use russh_sftp::protocol::StatusCode;
 use russh_sftp::server::StatusReply;
 
 use super::format;
-use crate::core::{CoreError, InvalidState};
+use crate::core::{CoreError, ImageState, InvalidState};
 
 /// Longest error line a command prints on stderr.
 const COMMAND_LINE_MAX: usize = 2000;
@@ -48,8 +48,22 @@ impl From<&CoreError> for Refusal {
         };
         Refusal {
             kind,
-            message: e.to_string(),
+            message: with_fix(e),
         }
+    }
+}
+
+/// The core's message, with the command that gets past it where there is
+/// one.
+fn with_fix(e: &CoreError) -> String {
+    match e {
+        CoreError::ImageHasInstances { id, .. } => {
+            format!("{e}, or all at once: ssh draupnir destroy-image {id} --force")
+        }
+        CoreError::ImageNotReady { id, state } if *state == ImageState::Failed.as_str() => {
+            format!("{e}; the reason: ssh draupnir image {id}")
+        }
+        _ => e.to_string(),
     }
 }
 

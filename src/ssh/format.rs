@@ -1,6 +1,7 @@
 //! Human output for SSH commands: aligned tables, ages like `3m ago`,
 //! sizes like `1.2 GiB`, and the JSON shapes `--json` prints (field names
-//! match the HTTP API's).
+//! and types match the HTTP API's: ids are strings, except `image_id`,
+//! a number as in the API; times are RFC 3339 UTC in whole seconds).
 
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -27,6 +28,30 @@ pub fn age(t: OffsetDateTime) -> String {
     }
 }
 
+/// How long until `t`, rounded to the nearest minute (seconds under a
+/// minute), in at most two units: `in 3h 59m`, `in 8h`, `in 2d 4h`;
+/// `expired` once it is past. `never` is the caller's for no time.
+pub fn remaining(t: OffsetDateTime) -> String {
+    let ms = (t - OffsetDateTime::now_utc()).whole_milliseconds();
+    if ms <= 0 {
+        return "expired".into();
+    }
+    let secs = (ms as u128).div_ceil(1000) as u64;
+    if secs < 60 {
+        return format!("in {secs}s");
+    }
+    let mins = (secs + 30) / 60;
+    let (d, h, m) = (mins / 1440, mins / 60 % 24, mins % 60);
+    let span = match (d, h, m) {
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d {h}h"),
+    };
+    format!("in {span}")
+}
+
 /// `512 B`, `3.4 MiB`, `1.2 GiB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -41,6 +66,21 @@ pub fn size(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// A time taken: `850ms`, `7.0s`, `2m 5s`.
+pub fn elapsed(d: std::time::Duration) -> String {
+    match d.as_millis() {
+        ms @ 0..=999 => format!("{ms}ms"),
+        ms @ 1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms => format!("{}m {}s", ms / 60_000, ms / 1000 % 60),
+    }
+}
+
+/// A transfer rate: `127.1 MiB/s`.
+pub fn rate(bytes: u64, d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64().max(0.001);
+    format!("{}/s", size((bytes as f64 / secs) as u64))
 }
 
 /// Left-aligned columns separated by two spaces; no trailing blanks.
@@ -88,22 +128,27 @@ pub fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+/// A time as the HTTP API writes it: RFC 3339 UTC, whole seconds.
+fn secs(t: OffsetDateTime) -> String {
+    format_ts(t.replace_nanosecond(0).unwrap_or(t))
+}
+
 fn ts(t: Option<OffsetDateTime>) -> Value {
-    t.map(|t| Value::String(format_ts(t)))
-        .unwrap_or(Value::Null)
+    t.map(|t| Value::String(secs(t))).unwrap_or(Value::Null)
 }
 
 pub fn image_json(i: &Image) -> Value {
     json!({
-        "id": i.id,
+        "id": i.id.to_string(),
         "state": i.state.as_str(),
         "ready": i.state == crate::core::ImageState::Ready,
+        "upload_finished": i.upload_finished(),
         "failure_reason": i.failure_reason,
         "backed_up_at": ts(i.backed_up_at),
         "postgres_major": i.pg_major,
         "size_bytes": i.size_bytes,
-        "created_at": format_ts(i.created_at),
-        "updated_at": format_ts(i.updated_at),
+        "created_at": secs(i.created_at),
+        "updated_at": secs(i.updated_at),
         "anonymisation": i.manifest(),
     })
 }
@@ -162,7 +207,7 @@ pub fn manifest_lines(i: &Image) -> String {
 
 pub fn instance_json(i: &Instance, hostname: &str) -> Value {
     json!({
-        "id": i.id,
+        "id": i.id.to_string(),
         "image_id": i.image_id,
         "state": i.state.as_str(),
         "failure_reason": i.failure_reason,
@@ -171,8 +216,8 @@ pub fn instance_json(i: &Instance, hostname: &str) -> Value {
         "owner": i.owner_name,
         "pooled": i.pooled,
         "expires_at": ts(i.expires_at),
-        "created_at": format_ts(i.created_at),
-        "updated_at": format_ts(i.updated_at),
+        "created_at": secs(i.created_at),
+        "updated_at": secs(i.updated_at),
     })
 }
 
@@ -203,7 +248,7 @@ pub fn user_json(u: &User) -> Value {
         "name": u.name,
         "email": u.email,
         "admin": u.is_admin,
-        "created_at": format_ts(u.created_at),
+        "created_at": secs(u.created_at),
     })
 }
 
@@ -213,7 +258,7 @@ pub fn key_json(k: &SshKey) -> Value {
         "fingerprint": k.fingerprint,
         "type": k.public_key.split_whitespace().next().unwrap_or(""),
         "public_key": k.public_key,
-        "created_at": format_ts(k.created_at),
+        "created_at": secs(k.created_at),
     })
 }
 
@@ -243,5 +288,13 @@ mod tests {
         assert_eq!(one_line("a\n  b", 10), "a b");
         let past = OffsetDateTime::now_utc() - time::Duration::minutes(3);
         assert_eq!(age(past), "3m ago");
+        let now = OffsetDateTime::now_utc();
+        // A lifetime of 8h read a few milliseconds later is still 8h.
+        let hours = |h| now + time::Duration::hours(h) - time::Duration::milliseconds(40);
+        assert_eq!(remaining(hours(8)), "in 8h");
+        assert_eq!(remaining(now + time::Duration::minutes(239)), "in 3h 59m");
+        assert_eq!(remaining(hours(52)), "in 2d 4h");
+        assert_eq!(remaining(now + time::Duration::seconds(20)), "in 20s");
+        assert_eq!(remaining(now - time::Duration::seconds(1)), "expired");
     }
 }

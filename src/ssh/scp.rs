@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::error::Refusal;
+use super::format::{self, size};
 use super::paths::{self, VPath};
 use super::session::Session;
 use crate::core::{CoreError, ImageId, UploadTarget};
@@ -45,19 +46,51 @@ impl From<paths::PathError> for Stop {
     }
 }
 
+/// What one `scp` run received.
+#[derive(Default)]
+struct Totals {
+    files: u64,
+    bytes: u64,
+}
+
 /// Run the sink for `scp` with `args` (everything after `scp`); returns the
-/// exit status.
+/// exit status. A run that received files ends with one summary line on
+/// stderr and one in the log.
 pub async fn sink(
     session: &Session,
     args: &[String],
     stdin: &mut (dyn AsyncRead + Unpin + Send),
     stdout: &mut (dyn AsyncWrite + Unpin + Send),
+    stderr: &mut (dyn AsyncWrite + Unpin + Send),
 ) -> u32 {
     let mut input = BufReader::with_capacity(CHUNK, stdin);
+    let started = std::time::Instant::now();
+    let mut totals = Totals::default();
     let outcome = match parse_args(args) {
         Ok((flags, target)) => {
-            tracing::info!(user = %session.actor.name(), target = %target, "scp upload");
-            run(session, &flags, &target, &mut input, stdout).await
+            let r = run(session, &flags, &target, &mut input, stdout, &mut totals).await;
+            let took = started.elapsed();
+            tracing::info!(
+                user = %session.actor.name(),
+                target = %target,
+                files = totals.files,
+                bytes = totals.bytes,
+                ms = took.as_millis() as u64,
+                ok = r.is_ok(),
+                "scp upload finished"
+            );
+            if r.is_ok() && totals.files > 0 {
+                let line = format!(
+                    "uploaded {} in {} file(s) to {} in {} ({})\n",
+                    size(totals.bytes),
+                    totals.files,
+                    one_line(&target),
+                    format::elapsed(took),
+                    format::rate(totals.bytes, took)
+                );
+                let _ = stderr.write_all(line.as_bytes()).await;
+            }
+            r
         }
         Err(reason) => Err(Stop::Refuse(reason)),
     };
@@ -181,6 +214,7 @@ async fn run<R: AsyncBufReadExt + Unpin>(
     target: &str,
     input: &mut R,
     out: &mut (dyn AsyncWrite + Unpin + Send),
+    totals: &mut Totals,
 ) -> Result<(), Stop> {
     let target = paths::resolve(target)?;
     let target_is_dir = match &target {
@@ -247,6 +281,8 @@ async fn run<R: AsyncBufReadExt + Unpin>(
                     }
                 };
                 receive_file(session, id, rel, size, input, out).await?;
+                totals.files += 1;
+                totals.bytes += size;
             }
             _ => return Err(Stop::Refuse("unknown record type".into())),
         }

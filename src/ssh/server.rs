@@ -293,7 +293,7 @@ async fn run_connection(
         authed: authed.clone(),
         channels: HashMap::new(),
         refused: HashMap::new(),
-        sftp: HashSet::new(),
+        sftp: HashMap::new(),
         ptys: HashSet::new(),
     };
     // russh reads each packet with two exact reads (length block, rest)
@@ -366,7 +366,7 @@ struct Conn {
     /// client why on stderr when it asks them to run something.
     refused: HashMap<ChannelId, Channel<Msg>>,
     /// Channels running the SFTP subsystem.
-    sftp: HashSet<ChannelId>,
+    sftp: HashMap<ChannelId, sftp::Totals>,
     /// Channels that asked for a terminal (output gets CRLF line ends).
     ptys: HashSet<ChannelId>,
 }
@@ -537,7 +537,12 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // CRATES.md: without an exit status at the end of an SFTP session
         // `scp` exits 1 and `ssh -s` 255.
-        if self.sftp.remove(&channel) {
+        if let Some(totals) = self.sftp.remove(&channel) {
+            // Every request was answered: the session's summary is final.
+            let line = sftp::summary(&totals);
+            if !line.is_empty() {
+                session.extended_data(channel, 1, line.into_bytes())?;
+            }
             session.exit_status_request(channel, 0)?;
             session.eof(channel)?;
             session.close(channel)?;
@@ -576,9 +581,9 @@ impl russh::server::Handler for Conn {
         let Some((chan, slot, actor)) = self.start(channel, session)? else {
             return Ok(());
         };
-        self.sftp.insert(channel);
         let stderr = Box::new(chan.make_writer_ext(Some(1)));
         let handler = sftp::SftpSession::new(self.command_session(actor), slot, stderr);
+        self.sftp.insert(channel, handler.totals());
         sftp::run(chan.into_stream(), handler).await;
         Ok(())
     }
@@ -764,7 +769,7 @@ async fn exec_body(
         Ok(argv) => {
             let mut stdin = read_half.make_reader();
             if argv.first().map(String::as_str) == Some("scp") {
-                scp::sink(&session, &argv[1..], &mut stdin, &mut stdout).await
+                scp::sink(&session, &argv[1..], &mut stdin, &mut stdout, &mut stderr).await
             } else {
                 let name = argv.first().cloned().unwrap_or_default();
                 tracing::info!(user = %session.actor.name(), command = %name, "ssh command");

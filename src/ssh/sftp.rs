@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use russh_sftp::protocol::{
@@ -71,6 +72,58 @@ pub struct SftpSession {
     next_handle: u64,
     /// Directories made in this session (so `scp -r` can stat them).
     made_dirs: HashSet<(ImageId, PathBuf)>,
+    /// What this session uploaded: said to the client when it ends its
+    /// side ([`summary`]), logged once when the session ends.
+    uploaded: Totals,
+}
+
+/// Files and bytes an SFTP session uploaded, and into which images.
+pub struct Uploaded {
+    started: std::time::Instant,
+    files: u64,
+    bytes: u64,
+    images: std::collections::BTreeSet<ImageId>,
+}
+
+/// An SFTP session's [`Uploaded`], shared with the server.
+pub type Totals = Arc<Mutex<Uploaded>>;
+
+/// The session's one-line summary for the client's stderr (empty when
+/// nothing was uploaded): `uploaded 54.4 MiB in 1 file(s) to images/3 in
+/// 3.0s (18.1 MiB/s)`.
+pub fn summary(totals: &Totals) -> String {
+    let u = totals.lock().unwrap_or_else(|p| p.into_inner());
+    if u.files == 0 {
+        return String::new();
+    }
+    let took = u.started.elapsed();
+    let to: Vec<String> = u.images.iter().map(|i| format!("images/{i}")).collect();
+    format!(
+        "uploaded {} in {} file(s) to {} in {} ({})\n",
+        format::size(u.bytes),
+        u.files,
+        to.join(", "),
+        format::elapsed(took),
+        format::rate(u.bytes, took)
+    )
+}
+
+impl Drop for SftpSession {
+    fn drop(&mut self) {
+        let u = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        if u.files == 0 {
+            return;
+        }
+        let images: Vec<String> = u.images.iter().map(|i| i.to_string()).collect();
+        tracing::info!(
+            user = %self.session.actor.name(),
+            images = %images.join(","),
+            files = u.files,
+            bytes = u.bytes,
+            ms = u.started.elapsed().as_millis() as u64,
+            "sftp session ended: upload finished"
+        );
+    }
 }
 
 fn status(id: u32, code: StatusCode, msg: &str) -> Status {
@@ -103,14 +156,21 @@ fn denied(what: &str) -> StatusReply {
     StatusCode::PermissionDenied.with_message(format!("{what} is not supported by Draupnir"))
 }
 
+/// A directory's attributes, dated now (`ls -l` shows no 1970).
 fn dir_attrs(mode: u32) -> FileAttributes {
+    dated_dir(mode, time::OffsetDateTime::now_utc())
+}
+
+/// A directory's attributes, dated `at` (an image: when it last changed).
+fn dated_dir(mode: u32, at: time::OffsetDateTime) -> FileAttributes {
+    let t = u32::try_from(at.unix_timestamp()).unwrap_or(0);
     FileAttributes {
         size: Some(0),
         uid: Some(0),
         gid: Some(0),
         permissions: Some(0o040000 | mode),
-        atime: Some(0),
-        mtime: Some(0),
+        atime: Some(t),
+        mtime: Some(t),
         ..Default::default()
     }
 }
@@ -125,7 +185,18 @@ impl SftpSession {
             handles: HashMap::new(),
             next_handle: 1,
             made_dirs: HashSet::new(),
+            uploaded: Arc::new(Mutex::new(Uploaded {
+                started: std::time::Instant::now(),
+                files: 0,
+                bytes: 0,
+                images: Default::default(),
+            })),
         }
+    }
+
+    /// What the session uploads, as it goes.
+    pub(crate) fn totals(&self) -> Totals {
+        self.uploaded.clone()
     }
 
     /// Pass a reply through; a refusal is also told on stderr and logged
@@ -177,11 +248,12 @@ impl SftpSession {
                     .service
                     .image(&self.session.actor, *id)
                     .map_err(core_err)?;
-                Ok(dir_attrs(if image.state == ImageState::Uploading {
+                let mode = if image.state == ImageState::Uploading {
                     0o755
                 } else {
                     0o555
-                }))
+                };
+                Ok(dated_dir(mode, image.updated_at))
             }
             VPath::InImage(id, rel) if self.made_dirs.contains(&(*id, rel.clone())) => {
                 Ok(dir_attrs(0o755))
@@ -212,7 +284,10 @@ impl SftpSession {
                     } else {
                         0o555
                     };
-                    files.push(File::new(image.id.to_string(), dir_attrs(mode)));
+                    files.push(File::new(
+                        image.id.to_string(),
+                        dated_dir(mode, image.updated_at),
+                    ));
                 }
             }
             other => {
@@ -352,7 +427,7 @@ impl russh_sftp::server::Handler for SftpSession {
                 .service
                 .begin_upload(&self.session.actor, image, UploadTarget::File(rel))
                 .map_err(core_err)?;
-            tracing::info!(user = %self.session.actor.name(), path = %shown, "sftp upload");
+            tracing::debug!(user = %self.session.actor.name(), path = %shown, "sftp upload");
             let handle = self.add_handle(OpenHandle::Upload(UploadState {
                 upload: Some(upload),
                 written: 0,
@@ -492,9 +567,14 @@ impl russh_sftp::server::Handler for SftpSession {
                     let Some(upload) = u.upload.take() else {
                         return Err(StatusCode::Failure.with_message("upload already finished"));
                     };
+                    let image = upload.image_id();
                     match upload.finish().await {
                         Ok(report) => {
-                            tracing::info!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
+                            tracing::debug!(path = %u.shown, bytes = report.bytes_written, "sftp upload finished");
+                            let mut up = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+                            up.files += 1;
+                            up.bytes += report.bytes_written;
+                            up.images.insert(image);
                             Ok(ok(id))
                         }
                         Err(e) => Err(core_err(e)),

@@ -37,7 +37,8 @@ pub struct Fixture {
     /// The stopped data directory, packed.
     pub tar: Vec<u8>,
     pub tar_gz: Vec<u8>,
-    /// `pg_basebackup -D - -Ft -X fetch` of the running fixture server.
+    /// `pg_basebackup -D - -Ft -X fetch -c fast -P` (the README's line) of the
+    /// running fixture server.
     pub basebackup: Vec<u8>,
 }
 
@@ -138,7 +139,7 @@ fn build_fixture() -> Fixture {
             .args(["-h"])
             .arg(&data)
             .args([
-                "-p", "5432", "-U", "postgres", "-D", "-", "-Ft", "-X", "fetch", "-c", "fast",
+                "-p", "5432", "-U", "postgres", "-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "-P",
             ])
             .output()
             .expect("pg_basebackup");
@@ -527,7 +528,11 @@ impl TestEnv {
         if let Some(a) = self.svc().actor_for(name).unwrap() {
             return a;
         }
-        self.svc().add_user(&admin, name, None, false).unwrap();
+        // Two tests on a shared world may add the same user at once: the
+        // loser finds it made.
+        if let Err(e) = self.svc().add_user(&admin, name, None, false) {
+            assert!(self.svc().actor_for(name).unwrap().is_some(), "{e}");
+        }
         self.svc().actor_for(name).unwrap().unwrap()
     }
 

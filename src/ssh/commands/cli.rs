@@ -15,7 +15,7 @@ Instances
   instances [--all]              list your instances (--all: everyone's, admins)
   new-instance IMAGE_ID|latest   create an instance of a ready image [--ttl 8h]
   instance ID                    show one instance
-  env ID                         print shell exports to connect: eval \"$(ssh draupnir env ID)\"
+  env ID [--dir DIR]             print shell exports to connect: eval \"$(ssh draupnir env ID)\"
   reset-instance ID              return an instance to its image (same port and credentials)
   extend-instance ID DURATION    keep an instance longer (e.g. 4h)
   allow-ip ID ADDRESS            let another address reach an instance
@@ -28,7 +28,7 @@ Images
   new-image [--rules FILE|-]     create an image to upload into (admins)
             [--script SQL|-] [--no-anonymisation]
   suggest-rules ID               print masking rules for an upload's schema to review (admins)
-  upload-image ID                upload a tar/tar.gz/tar.zst data directory from stdin (admins)
+  upload-image ID [--progress]   upload a tar/tar.gz/tar.zst data directory from stdin (admins)
   finalise-image ID [--detach]   anonymise and seal an image (alias: done) (admins)
   reset-upload ID                let a failed upload start again (admins)
   destroy-image ID [--force]     delete an image (--force: and its instances) (admins)
@@ -63,7 +63,14 @@ pub(super) struct Cli {
     pub(super) command: Option<Cmd>,
 }
 
+/// A duration with its unit (`30m`, `4h`, `3d`): a bare number is refused
+/// rather than taken as seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let shown = super::format::one_line(t, 20);
+        return Err(format!("`{shown}` has no unit; add one, like {shown}h"));
+    }
     crate::config::parse_duration(s)
 }
 
@@ -135,6 +142,9 @@ pub(super) enum Cmd {
         /// The image's id (see `ssh draupnir images`).
         #[arg(value_parser = parse_id::<ImageId>)]
         id: ImageId,
+        /// Print what has arrived once a second on stderr.
+        #[arg(long)]
+        progress: bool,
     },
     /// Anonymise and seal an uploaded image, streaming progress (admins).
     #[command(visible_alias = "done")]
@@ -196,10 +206,18 @@ pub(super) enum Cmd {
         json: bool,
     },
     /// Print shell exports that connect psql: eval "$(ssh draupnir env ID)".
+    ///
+    /// The script writes the CA, certificate and key into a new `mktemp -d`
+    /// directory per call; `--dir DIR` uses DIR instead (created 0700,
+    /// reused, its files overwritten), so nothing piles up. Clean up with
+    /// `rm -r DIR` (or the directory in $PGSSLKEY) when done.
     Env {
         /// The instance's id (see `ssh draupnir instances`).
         #[arg(value_parser = parse_id::<InstanceId>)]
         id: InstanceId,
+        /// Write the certificate and key files into DIR (on your machine).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

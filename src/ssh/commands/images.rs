@@ -2,13 +2,17 @@
 //! `finalise-image` (streaming the core's progress), `suggest-rules`,
 //! `reset-upload` and `destroy-image`. Each asks the core and formats its answer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::AsyncRead;
 
 use super::{read_stdin, say, say_json, Failure, Out, Session};
-use crate::core::{format_ts, Finalising, ImageId, ImageState, NewImage, Progress, UploadTarget};
+use crate::core::{
+    format_ts, Finalising, Image, ImageId, ImageState, NewImage, Progress, UploadTarget,
+};
 use crate::ssh::error::Refusal;
 use crate::ssh::format::{self, age, size, table};
 
@@ -27,7 +31,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
         .map(|i| {
             vec![
                 i.id.to_string(),
-                i.state.as_str().into(),
+                shown_state(i),
                 i.pg_major
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
@@ -76,7 +80,7 @@ pub(super) async fn show(
         format!(
         "image     {}\nstate     {}\npostgres  {}\nsize      {}\nbacked up {}\ncreated   {} ({})\n",
         i.id,
-        i.state.as_str(),
+        shown_state(&i),
         i.pg_major.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         size(i.size_bytes),
         i.backed_up_at.map(format_ts).unwrap_or_else(|| "-".into()),
@@ -87,7 +91,25 @@ pub(super) async fn show(
     if let Some(r) = &i.failure_reason {
         text.push_str(&format!("reason    {r}\n"));
     }
+    if let Some(files) = session.service.uploaded_files(&session.actor, id)? {
+        text.push_str(&format!(
+            "holds     {} in {files} file(s); ready to finalise\nnext      ssh draupnir finalise-image {id}\n",
+            size(i.size_bytes),
+        ));
+    }
     say(out, text).await
+}
+
+/// An image's state in a table: an upload that ended with data in it is
+/// `uploaded (ready to finalise)`, one arriving now `receiving`.
+fn shown_state(i: &Image) -> String {
+    if i.upload_finished() {
+        "uploaded (ready to finalise)".into()
+    } else if i.state == ImageState::Uploading && i.upload_active {
+        "receiving".into()
+    } else {
+        i.state.as_str().into()
+    }
 }
 
 /// `new-image`'s arguments as given.
@@ -163,26 +185,83 @@ pub(super) async fn create(
     .await
 }
 
-/// `upload-image ID`: the archive comes on stdin.
+/// `upload-image ID [--progress]`: the archive comes on stdin; a one-line
+/// summary (and with `--progress` a line a second) goes to stderr.
 pub(super) async fn upload(
     session: &Session,
     id: ImageId,
+    progress: bool,
     stdin: &mut (dyn AsyncRead + Unpin + Send),
-    out: Out<'_>,
+    err: Out<'_>,
 ) -> Result<(), Failure> {
-    let report = session
+    let started = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = Counted {
+        inner: &mut *stdin,
+        count: received.clone(),
+    };
+    let work = session
         .service
-        .ingest(&session.actor, id, UploadTarget::Stream, &mut *stdin)
-        .await?;
+        .ingest(&session.actor, id, UploadTarget::Stream, reader);
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let report = loop {
+        tokio::select! {
+            r = &mut work => break r?,
+            _ = tick.tick(), if progress => {
+                let got = received.load(Ordering::Relaxed);
+                say(&mut *err, format!(
+                    "received {} ({})\n",
+                    size(got),
+                    format::rate(got, started.elapsed())
+                ))
+                .await?;
+            }
+        }
+    };
+    let took = started.elapsed();
+    tracing::info!(
+        image = %id,
+        user = %session.actor.name(),
+        bytes = report.bytes_written,
+        entries = report.entries,
+        ms = took.as_millis() as u64,
+        "upload-image finished"
+    );
     say(
-        out,
+        err,
         format!(
-            "uploaded {} in {} entries into image {id}\n",
+            "uploaded {} ({} entries) into image {id} in {} ({}); ready to finalise: ssh draupnir finalise-image {id}\n",
             size(report.bytes_written),
-            report.entries
+            report.entries,
+            format::elapsed(took),
+            format::rate(report.bytes_in, took),
         ),
     )
     .await
+}
+
+/// A reader that counts what passes through it.
+struct Counted<'a> {
+    inner: &'a mut (dyn AsyncRead + Unpin + Send),
+    count: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.count.fetch_add(n, Ordering::Relaxed);
+        r
+    }
 }
 
 /// `finalise-image ID [--detach] [--json]` (alias `done`).
@@ -213,15 +292,20 @@ pub(super) async fn finalise(
     });
     let work = svc.finalise_image(&session.actor, id, if json { None } else { Some(progress) });
     tokio::pin!(work);
+    let mut step = StepClock::default();
+    let second = Duration::from_secs(1);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     let result = loop {
         tokio::select! {
             res = &mut work => break res,
-            Some(p) = rx.recv() => show_progress(&mut *out, p).await?,
+            Some(p) = rx.recv() => step.show(&mut *out, p).await?,
+            _ = tick.tick() => step.still_running(&mut *out).await?,
         }
     };
     while let Ok(p) = rx.try_recv() {
-        show_progress(&mut *out, p).await?;
+        step.show(&mut *out, p).await?;
     }
+    step.end(&mut *out).await?;
     let image = result?;
     if json {
         return say_json(out, &format::image_json(&image)).await;
@@ -244,11 +328,53 @@ pub(super) async fn finalise(
     }
 }
 
-async fn show_progress(out: Out<'_>, p: Progress) -> Result<(), Failure> {
-    match p {
-        Progress::Step(s) => say(out, format!("==> {s}\n")).await,
-        Progress::Output(line) => say(out, format!("    {line}\n")).await,
-        Progress::Done => Ok(()),
+/// How often a step that runs long says it still does.
+const STILL_RUNNING: Duration = Duration::from_secs(10);
+
+/// Finalise's progress as the SSH door shows it: each step, what the
+/// script prints, how long each step took, and "still running" every
+/// [`STILL_RUNNING`] while a step goes on.
+#[derive(Default)]
+struct StepClock {
+    started: Option<Instant>,
+    /// "Still running" notes the open step has had.
+    notes: u32,
+}
+
+impl StepClock {
+    async fn show(&mut self, out: Out<'_>, p: Progress) -> Result<(), Failure> {
+        match p {
+            Progress::Step(s) => {
+                self.end(&mut *out).await?;
+                self.started = Some(Instant::now());
+                self.notes = 0;
+                say(out, format!("==> {s}\n")).await
+            }
+            Progress::Output(line) => say(out, format!("    {line}\n")).await,
+            Progress::Done => self.end(out).await,
+        }
+    }
+
+    /// The open step's time, once.
+    async fn end(&mut self, out: Out<'_>) -> Result<(), Failure> {
+        match self.started.take() {
+            Some(t) => say(out, format!("    took {}\n", format::elapsed(t.elapsed()))).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn still_running(&mut self, out: Out<'_>) -> Result<(), Failure> {
+        match self.started {
+            Some(t) if t.elapsed() >= STILL_RUNNING * (self.notes + 1) => {
+                self.notes += 1;
+                say(
+                    out,
+                    format!("    still running ({}s)\n", t.elapsed().as_secs()),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::cli::parse_id;
 use super::{say, say_json, Failure, Out, Session};
-use crate::core::{format_ts, ConnectionInfo, InstanceId, InstanceRef, NewInstance};
+use crate::core::{format_ts, ConnectionInfo, Extension, InstanceId, InstanceRef, NewInstance};
 use crate::ssh::format::{self, age, table};
 
 /// `instances [--all] [--json]`.
@@ -19,6 +19,7 @@ pub(super) async fn list(
     all: bool,
     json: bool,
     out: Out<'_>,
+    err: Out<'_>,
 ) -> Result<(), Failure> {
     let svc = &session.service;
     let hostname = svc.config().public_hostname.clone();
@@ -39,6 +40,14 @@ pub(super) async fn list(
         )
         .await;
     }
+    if list.is_empty() {
+        // The hint goes to stderr: stdout stays a (here empty) listing.
+        return say(
+            err,
+            "no instances; create one with ssh draupnir new-instance latest\n",
+        )
+        .await;
+    }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
@@ -49,6 +58,9 @@ pub(super) async fn list(
                 i.port.to_string(),
                 i.owner_name.clone(),
                 age(i.created_at),
+                i.expires_at
+                    .map(format::remaining)
+                    .unwrap_or_else(|| "never".into()),
                 format::disk_use(disk.get(&i.id)),
             ]
         })
@@ -56,7 +68,9 @@ pub(super) async fn list(
     say(
         out,
         table(
-            &["ID", "IMAGE", "STATE", "PORT", "OWNER", "CREATED", "DISK"],
+            &[
+                "ID", "IMAGE", "STATE", "PORT", "OWNER", "CREATED", "EXPIRES", "DISK",
+            ],
             &rows,
         ),
     )
@@ -105,7 +119,7 @@ pub(super) async fn create(
             expiry = info
                 .instance
                 .expires_at
-                .map(|e| format!(" until {} ({})", format_ts(e), age(e)))
+                .map(|e| format!(" until {} ({})", format_ts(e), format::remaining(e)))
                 .unwrap_or_default(),
         ),
     )
@@ -129,7 +143,7 @@ pub(super) async fn show(
         return say_json(out, &v).await;
     }
     let mut text = format!(
-        "instance  {}\nimage     {}\nstate     {}\nhost      {hostname}\nport      {}\nowner     {}\ncreated   {} ({})\nallowed   {}\n",
+        "instance  {}\nimage     {}\nstate     {}\nhost      {hostname}\nport      {}\nowner     {}\ncreated   {} ({})\nexpires   {}\nallowed   {}\n",
         i.id,
         i.image_id,
         i.state.as_str(),
@@ -137,6 +151,9 @@ pub(super) async fn show(
         i.owner_name,
         format_ts(i.created_at),
         age(i.created_at),
+        i.expires_at
+            .map(|e| format!("{} ({})", format_ts(e), format::remaining(e)))
+            .unwrap_or_else(|| "never".into()),
         if addrs.is_empty() { "-".to_string() } else { addrs.join(", ") },
     );
     if let Some(r) = &i.failure_reason {
@@ -145,19 +162,32 @@ pub(super) async fn show(
     say(out, text).await
 }
 
-/// `env ID [--json]`: what connects psql to the instance.
+/// `env ID [--dir DIR] [--json]`: what connects psql to the instance.
 pub(super) async fn env(
     session: &Session,
     id: InstanceId,
+    dir: Option<String>,
     json: bool,
     out: Out<'_>,
 ) -> Result<(), Failure> {
+    if let Some(d) = &dir {
+        if d.is_empty() || d.chars().any(char::is_control) {
+            return Err(Failure::Usage(
+                "--dir needs a directory name (no control characters)".into(),
+            ));
+        }
+        if json {
+            return Err(Failure::Usage(
+                "--dir writes files from the shell script; --json prints the PEMs instead".into(),
+            ));
+        }
+    }
     let info = session.service.instance_credentials(session.caller(), id)?;
     if json {
         return say_json(
             out,
             &json!({
-                "id": id,
+                "id": id.to_string(),
                 "hostname": info.host,
                 "port": info.port,
                 "user": info.user,
@@ -170,7 +200,7 @@ pub(super) async fn env(
         )
         .await;
     }
-    say(out, env_script(&info)).await
+    say(out, env_script(&info, dir.as_deref())).await
 }
 
 /// `allow-ip ID ADDRESS`.
@@ -208,16 +238,17 @@ pub(super) async fn extend(
     by: Duration,
     out: Out<'_>,
 ) -> Result<(), Failure> {
-    let until = session.service.extend_instance(&session.actor, id, by)?;
-    say(
-        out,
-        format!(
+    let text = match session.service.extend_instance(&session.actor, id, by)? {
+        Extension::Until(until) => format!(
             "instance {id} now lives until {} ({})\n",
             format_ts(until),
-            age(until)
+            format::remaining(until)
         ),
-    )
-    .await
+        Extension::NoLifetime => {
+            format!("instance {id} has no lifetime (it lives until destroyed); nothing changed\n")
+        }
+    };
+    say(out, text).await
 }
 
 /// `reset-instance ID`.
@@ -244,15 +275,26 @@ pub(super) async fn destroy(
     say(out, format!("instance {id} destroyed\n")).await
 }
 
-/// POSIX shell that writes the three PEM files into a fresh private
-/// directory and exports what libpq needs.
-fn env_script(info: &ConnectionInfo) -> String {
+/// POSIX shell that writes the three PEM files into a private directory
+/// (`dir`, made 0700 and reused, or a fresh `mktemp -d` one) and exports
+/// what libpq needs.
+fn env_script(info: &ConnectionInfo, dir: Option<&str>) -> String {
     let q = format::sh_quote;
     let id = info.instance.id;
+    let make_dir = match dir {
+        Some(d) => format!(
+            "DRAUPNIR_DIR={}\nmkdir -p -m 700 -- \"$DRAUPNIR_DIR\" && chmod 700 -- \"$DRAUPNIR_DIR\"\n\
+             rm -f -- \"$DRAUPNIR_DIR/root.crt\" \"$DRAUPNIR_DIR/client.crt\" \"$DRAUPNIR_DIR/client.key\"\n",
+            q(d)
+        ),
+        None => format!(
+            "DRAUPNIR_DIR=\"$(mktemp -d \"${{TMPDIR:-/tmp}}/draupnir-{id}.XXXXXX\")\"\n"
+        ),
+    };
     let mut s = format!(
         "# Draupnir instance {id} (image {}). Use: eval \"$(ssh draupnir env {id})\"\n\
-         umask 077\n\
-         DRAUPNIR_DIR=\"$(mktemp -d \"${{TMPDIR:-/tmp}}/draupnir-{id}.XXXXXX\")\"\n",
+         # The key stays in $DRAUPNIR_DIR; remove it when done: rm -r \"$DRAUPNIR_DIR\"\n\
+         umask 077\n{make_dir}",
         info.instance.image_id
     );
     for (file, pem) in [

@@ -102,7 +102,7 @@ pub async fn run(session: &Session, argv: Vec<String>, io: Io<'_>) -> u32 {
         }
         // The token alone on stdout, its hint on stderr.
         Some(Cmd::Token { json }) => users::token(session, json, &mut *stdout, &mut *stderr).await,
-        Some(cmd) => dispatch(session, cmd, stdin, &mut *stdout).await,
+        Some(cmd) => dispatch(session, cmd, stdin, &mut *stdout, &mut *stderr).await,
     };
     let _ = stdout.flush().await;
     match result {
@@ -127,6 +127,7 @@ async fn dispatch(
     cmd: Cmd,
     stdin: &mut (dyn AsyncRead + Unpin + Send),
     out: Out<'_>,
+    err: Out<'_>,
 ) -> Result<(), Failure> {
     match cmd {
         Cmd::Help { .. } => say(out, OVERVIEW).await,
@@ -150,14 +151,14 @@ async fn dispatch(
             images::create(s, new, json, stdin, out).await
         }
         Cmd::SuggestRules { id } => images::suggest_rules(s, id, out).await,
-        Cmd::UploadImage { id } => images::upload(s, id, stdin, out).await,
+        Cmd::UploadImage { id, progress } => images::upload(s, id, progress, stdin, err).await,
         Cmd::FinaliseImage { id, detach, json } => images::finalise(s, id, detach, json, out).await,
         Cmd::ResetUpload { id } => images::reset_upload(s, id, out).await,
         Cmd::DestroyImage { id, force } => images::destroy(s, id, force, out).await,
-        Cmd::Instances { all, json } => instances::list(s, all, json, out).await,
+        Cmd::Instances { all, json } => instances::list(s, all, json, out, err).await,
         Cmd::NewInstance { image, ttl, json } => instances::create(s, image, ttl, json, out).await,
         Cmd::Instance { id, json } => instances::show(s, id, json, out).await,
-        Cmd::Env { id, json } => instances::env(s, id, json, out).await,
+        Cmd::Env { id, dir, json } => instances::env(s, id, dir, json, out).await,
         Cmd::AllowIp { id, address } => instances::allow_ip(s, id, address, out).await,
         Cmd::DisallowIp { id, address } => instances::disallow_ip(s, id, address, out).await,
         Cmd::ExtendInstance { id, by } => instances::extend(s, id, by, out).await,
@@ -249,7 +250,9 @@ async fn usage_error(argv: &[String], e: clap::Error, io: Io<'_>) -> u32 {
         .lines()
         .take_while(|l| !l.starts_with("Usage:"))
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
+        })
         .collect::<Vec<_>>()
         .join(" ")
         .trim_start_matches("error: ")
