@@ -148,7 +148,7 @@ instance_user = "{user}"
         assert!(o.status.success(), "{args:?}: {}", common::ssh::text(&o));
         o
     };
-    let o = ssh(&["new-image", "--json"], b"");
+    let o = ssh(&["new-image", "--no-anonymisation", "--json"], b"");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let image = v["id"].as_str().unwrap().to_string();
     ssh(&["upload-image", &image], &FIXTURE.tar_gz);

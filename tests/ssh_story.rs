@@ -184,7 +184,7 @@ async fn masking_rules_over_ssh() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let id = v["id"].as_i64().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(
         v["anonymisation"],
         serde_json::Value::Null,
@@ -299,7 +299,7 @@ async fn masking_rules_over_ssh() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let next = v["id"].as_i64().unwrap().to_string();
+    let next = v["id"].as_str().unwrap().to_string();
     let o = s
         .ssh_stdin(&admin, &["upload-image", &next], &FIXTURE.tar_gz)
         .await;
