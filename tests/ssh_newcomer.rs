@@ -153,10 +153,21 @@ async fn help_typos_and_one_form_of_hints() {
         );
         let shown = stdout(&h);
         if let Some(args) = shown.split("Arguments:\n").nth(1) {
-            for line in args.lines().take_while(|l| !l.is_empty()) {
-                let words = line.trim().split_once("  ").map(|(_, w)| w.trim());
+            // Words beside the argument, or (clap's long help, for a
+            // command with a long description) on the lines under it.
+            let lines: Vec<&str> = args.lines().take_while(|l| !l.is_empty()).collect();
+            for (i, line) in lines.iter().enumerate() {
+                let arg = line.trim_start();
+                if !arg.starts_with('<') && !arg.starts_with('[') {
+                    continue;
+                }
+                let beside = arg.split_once("  ").map(|(_, w)| w.trim());
+                let under = lines
+                    .get(i + 1)
+                    .filter(|l| l.starts_with("          "))
+                    .map(|l| l.trim());
                 assert!(
-                    words.is_some_and(|w| w.len() > 10),
+                    beside.or(under).is_some_and(|w| w.len() > 10),
                     "help {name}: `{line}` says nothing about the argument"
                 );
             }
