@@ -129,7 +129,7 @@ pub fn one_line(s: &str, max: usize) -> String {
 }
 
 /// A time as the HTTP API writes it: RFC 3339 UTC, whole seconds.
-fn secs(t: OffsetDateTime) -> String {
+pub fn secs(t: OffsetDateTime) -> String {
     format_ts(t.replace_nanosecond(0).unwrap_or(t))
 }
 

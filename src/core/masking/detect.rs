@@ -28,6 +28,7 @@ pub enum Detector {
 
 impl Detector {
     /// Every detector.
+    #[cfg(any(test, feature = "test-support"))]
     pub const ALL: [Detector; 6] = [
         Detector::Email,
         Detector::Phone,
@@ -120,6 +121,7 @@ impl Samples {
     }
 
     /// Number of sampled values.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn values(&self) -> usize {
         self.columns.values().map(Vec::len).sum()
     }

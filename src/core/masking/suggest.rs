@@ -21,6 +21,7 @@ use super::rules::TableName;
 use super::transform::{ColumnType, Transformer};
 
 /// A complete rules file for the upload `catalog` describes.
+#[cfg(any(test, feature = "test-support"))]
 pub fn suggest_rules(catalog: &Catalog, samples: &Samples) -> String {
     suggest_rules_for(None, catalog, samples)
 }

@@ -10,9 +10,7 @@ use serde_json::json;
 use tokio::io::AsyncRead;
 
 use super::{read_stdin, say, say_json, Failure, Out, Session};
-use crate::core::{
-    format_ts, Finalising, Image, ImageId, ImageState, NewImage, Progress, UploadTarget,
-};
+use crate::core::{Finalising, Image, ImageId, ImageState, NewImage, Progress, UploadTarget};
 use crate::ssh::error::Refusal;
 use crate::ssh::format::{self, age, size, table};
 
@@ -83,8 +81,8 @@ pub(super) async fn show(
         shown_state(&i),
         i.pg_major.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         size(i.size_bytes),
-        i.backed_up_at.map(format_ts).unwrap_or_else(|| "-".into()),
-        format_ts(i.created_at),
+        i.backed_up_at.map(format::secs).unwrap_or_else(|| "-".into()),
+        format::secs(i.created_at),
         age(i.created_at),
     );
     text.push_str(&format::manifest_lines(&i));

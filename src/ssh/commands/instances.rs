@@ -149,10 +149,10 @@ pub(super) async fn show(
         i.state.as_str(),
         i.port,
         i.owner_name,
-        format_ts(i.created_at),
+        format::secs(i.created_at),
         age(i.created_at),
         i.expires_at
-            .map(|e| format!("{} ({})", format_ts(e), format::remaining(e)))
+            .map(|e| format!("{} ({})", format::secs(e), format::remaining(e)))
             .unwrap_or_else(|| "never".into()),
         if addrs.is_empty() { "-".to_string() } else { addrs.join(", ") },
     );

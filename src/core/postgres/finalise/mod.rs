@@ -102,9 +102,9 @@ fn rule_problems(problems: &[RuleProblem]) -> String {
 
 fn uncovered_hint(image: ImageId, any_rules: bool) -> String {
     if any_rules {
-        format!("add a rule for each (suggested rules are above; `ssh draupnir suggest-rules {image}` prints a complete file), or set [masking] require_coverage = false to seal it unchecked")
+        format!("add a rule for each (suggested rules are above), then `ssh draupnir reset-upload {image}` and upload again; or set [masking] require_coverage = false to seal it unchecked")
     } else {
-        format!("give the image masking rules (`ssh draupnir suggest-rules {image}` prints a file to review; new-image --rules, or [masking] rules_file), or create it with --no-anonymisation if its data is not personal")
+        format!("give it masking rules: `ssh draupnir reset-upload {image}`, upload again, and `ssh draupnir suggest-rules {image}` prints a rules file to review (for [masking] rules_file, or new-image --rules); or create the image with --no-anonymisation if its data is not personal")
     }
 }
 
