@@ -101,7 +101,19 @@ impl<T: Send + Sync + 'static> Shared<T> {
     {
         match self.handle.spawn(f(&self.value)).await {
             Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Panicked again in the test's own thread with the message:
+            // `resume_unwind` skips the panic hook, and the hook's output
+            // on the shared runtime's thread lands in whichever test's
+            // capture that thread inherited, so a failure said nothing.
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                panic!("{msg}")
+            }
             Err(e) => panic!("shared fixture task: {e}"),
         }
     }
