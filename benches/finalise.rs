@@ -31,7 +31,7 @@ use draupnir::core::test_support::Confinement;
 use draupnir::core::{test_support::sync_fs, ImageId, Progress};
 use draupnir::core::{Actor, FinaliseProgress, Service};
 use support::chart::Chart;
-use support::pg::{psql, start, stop, wait_ready};
+use support::pg::{fill, psql, start, stop, wait_ready};
 use support::{Bench, Row, Stats, Target, Unit};
 
 /// The one statement of the anonymisation script (and of the floor).
@@ -60,14 +60,6 @@ fn build_datadir(root: &Path, full: bool) -> PathBuf {
     }
     common::initdb(&data);
     let port = 5432;
-    // Minimal WAL: the bulk table is created in the transaction that
-    // fills it, so it is written straight to its file, not to pg_wal.
-    let mut pg = start(
-        &data,
-        port,
-        &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
-    );
-    wait_ready(&data, &mut pg);
     let users = format!(
         "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, secret text);
          INSERT INTO users SELECT g, 'user' || g || '@example.com', md5(g::text)
@@ -78,13 +70,15 @@ fn build_datadir(root: &Path, full: bool) -> PathBuf {
         "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS digest, repeat('x', 200) AS filler
            FROM generate_series(1, {BULK_ROWS}) g"
     );
-    psql(
+    // Minimal WAL: the bulk table is created in the transaction that
+    // fills it, so it is written straight to its file, not to pg_wal.
+    fill(
         &data,
         port,
+        &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
         // No FREEZE: it would rewrite every page and log each one in full.
         &[&users, &bulk, "VACUUM (ANALYZE)", "CHECKPOINT"],
     );
-    stop(&mut pg);
     data
 }
 

@@ -32,7 +32,7 @@ use draupnir::core::test_support::cluster::InstanceUser;
 use draupnir::core::test_support::sync_fs;
 use draupnir::core::{Actor, ImageId, InstanceRef, NewImage, Service};
 use support::chart::Chart;
-use support::pg::{psql, start, stop, wait_ready};
+use support::pg::fill;
 use support::{Bench, Row, Stats, Target, Unit};
 
 const RULES: &str = r#"
@@ -72,12 +72,6 @@ fn build_datadir(root: &Path, rows: u64) -> PathBuf {
     let data = root.join("pgdata");
     common::initdb(&data);
     let port = 5432;
-    let mut pg = start(
-        &data,
-        port,
-        &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
-    );
-    wait_ready(&data, &mut pg);
     let tables = format!(
         "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE NOT NULL, name text,
            card text, secret text, notes text);
@@ -88,8 +82,12 @@ fn build_datadir(root: &Path, rows: u64) -> PathBuf {
          INSERT INTO orders SELECT g, 'person' || (g % {rows} + 1) || '@corp.example'
            FROM generate_series(1, {rows}) g;"
     );
-    psql(&data, port, &[&tables, "VACUUM (ANALYZE)", "CHECKPOINT"]);
-    stop(&mut pg);
+    fill(
+        &data,
+        port,
+        &["fsync=off", "wal_level=minimal", "max_wal_senders=0"],
+        &[&tables, "VACUUM (ANALYZE)", "CHECKPOINT"],
+    );
     data
 }
 
@@ -112,10 +110,7 @@ fn baseline_once(source: &Path, scratch: &Path, user: &InstanceUser, port: u16) 
     std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
     sync_fs(&dir).expect("syncfs");
     let t = Instant::now();
-    let mut pg = start(&dir, port, &[]);
-    wait_ready(&dir, &mut pg);
-    psql(&dir, port, BASELINE);
-    stop(&mut pg);
+    fill(&dir, port, &[], BASELINE);
     let took = t.elapsed();
     btrfs::delete_subvolume(&dir).expect("delete");
     took

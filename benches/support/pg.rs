@@ -40,6 +40,15 @@ pub fn psql(dir: &Path, port: u16, statements: &[&str]) {
     check(&mut cmd);
 }
 
+/// Start postgres on `dir` with `settings`, run `statements`, stop it:
+/// how a benchmark fills the data directory it uploads.
+pub fn fill(dir: &Path, port: u16, settings: &[&str], statements: &[&str]) {
+    let mut pg = start(dir, port, settings);
+    wait_ready(dir, &mut pg);
+    psql(dir, port, statements);
+    stop(&mut pg);
+}
+
 /// A clean (fast) stop.
 pub fn stop(pg: &mut std::process::Child) {
     let _ = nix::sys::signal::kill(

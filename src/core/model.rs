@@ -239,6 +239,18 @@ impl Image {
         self.manifest().map(|m| m.status)
     }
 
+    /// Its anonymisation as listings show it: `checked`, `unchecked` or
+    /// `none` once sealed; before, what it was declared with (`(none)`,
+    /// `(rules)` of its own) or `-`.
+    pub fn anonymisation_label(&self) -> &'static str {
+        match self.anonymisation_status() {
+            Some(s) => s.as_str(),
+            None if self.no_anonymisation => "(none)",
+            None if self.masking_rules.is_some() => "(rules)",
+            None => "-",
+        }
+    }
+
     /// Its manifest: the recorded one, [`Manifest::legacy`] for a ready
     /// image sealed before manifests, `None` before it is sealed.
     pub fn manifest(&self) -> Option<Manifest> {

@@ -153,21 +153,10 @@ pub fn image_json(i: &Image) -> Value {
     })
 }
 
-/// An image's anonymisation status as listings show it: `checked`,
-/// `unchecked`, `none`, or what it was declared with before its seal.
-pub fn anonymisation_word(i: &Image) -> String {
-    match i.anonymisation_status() {
-        Some(s) => s.to_string(),
-        None if i.no_anonymisation => "(none)".into(),
-        None if i.masking_rules.is_some() => "(rules)".into(),
-        None => "-".into(),
-    }
-}
-
 /// `image ID`'s lines about how it was anonymised.
 pub fn manifest_lines(i: &Image) -> String {
     let Some(m) = i.manifest() else {
-        return format!("masking   {}\n", anonymisation_word(i));
+        return format!("masking   {}\n", i.anonymisation_label());
     };
     let mut text = format!("masking   {} ({})\n", m.status, m.summary);
     if let Some(h) = &m.rules_sha256 {

@@ -230,14 +230,7 @@ mod tests {
     }
 
     fn text() -> ColumnType {
-        ColumnType {
-            sql_type: "text".into(),
-            base: "text".into(),
-            category: 'S',
-            max_len: None,
-            not_null: false,
-            unique: false,
-        }
+        crate::core::masking::transform::tests::ty("text", "text", 'S')
     }
 
     #[test]

@@ -430,14 +430,7 @@ mod tests {
         ] {
             s.insert(name(t), c.into(), vec![format!("{t}.{c}")]);
         }
-        let ty = ColumnType {
-            sql_type: "text".into(),
-            base: "text".into(),
-            category: 'S',
-            max_len: None,
-            not_null: false,
-            unique: false,
-        };
+        let ty = crate::core::masking::transform::tests::ty("text", "text", 'S');
         let actions = vec![
             (
                 name("users"),

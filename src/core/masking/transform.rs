@@ -633,7 +633,7 @@ pub const LAST_NAMES: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn ty(sql_type: &str, base: &str, category: char) -> ColumnType {

@@ -34,7 +34,7 @@ pub(super) async fn list(session: &Session, json: bool, out: Out<'_>) -> Result<
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
                 size(i.size_bytes),
-                format::anonymisation_word(i),
+                i.anonymisation_label().into(),
                 i.backed_up_at.map(age).unwrap_or_else(|| "-".into()),
                 age(i.created_at),
                 i.failure_reason
