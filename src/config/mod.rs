@@ -11,6 +11,7 @@ mod doors;
 mod masking;
 mod postgres;
 pub(crate) mod reload_class;
+mod sources;
 mod units;
 mod validate;
 
@@ -23,6 +24,7 @@ pub use doors::{parse_api_version, HttpConfig, OauthConfig, SshConfig};
 pub use masking::{MaskingConfig, MAX_RULES_BYTES};
 pub use postgres::{Confinement, PostgresConfig, StateConfig, FORBIDDEN_SETTINGS};
 pub use reload_class::{ReloadReport, Reloadable};
+pub use sources::{Conninfo, Schedule, SlotName, SourceConfig, SourceName, Sources};
 pub use units::{parse_duration, ByteSize, Cidr, FreeSpace, MAX_DURATION, MAX_SIZE};
 
 use crate::secret::Secret;
@@ -125,6 +127,9 @@ config_section! {
         fixed oauth: OauthConfig,
         section postgres: PostgresConfig,
         section masking: MaskingConfig,
+        /// Production primaries followed by a streaming standby each
+        /// (`[sources.NAME]`); adding or removing one applies at once.
+        live sources: Sources,
         fixed state: StateConfig,
     }
 }
@@ -172,6 +177,7 @@ impl Default for Config {
             oauth: OauthConfig::default(),
             postgres: PostgresConfig::default(),
             masking: MaskingConfig::default(),
+            sources: Sources::new(),
             state: StateConfig::default(),
         }
     }
@@ -200,6 +206,7 @@ impl Config {
             message: e.to_string().replace('\n', " ").trim().to_string(),
         })?;
         config.validate()?;
+        sources::validate(&config.sources)?;
         config.masking.read_rules()?;
         Ok(config)
     }

@@ -66,6 +66,9 @@ pub enum CoreError {
     Btrfs(#[source] BtrfsError),
     #[error("internal error: {0}")]
     Internal(#[source] Internal),
+    /// A refresh refused before anything was made.
+    #[error("{0}")]
+    Refresh(#[from] crate::core::refresh::RefreshRefused),
 }
 
 /// What was not found.
@@ -86,6 +89,9 @@ pub enum Missing {
     /// An API token, by id (someone else's is not found, to a user).
     #[error("token {0}")]
     Token(TokenId),
+    /// A source, by the name asked for.
+    #[error("source {0}")]
+    Source(String),
     #[error("allowed address {address} of instance {instance}")]
     AllowedAddress {
         address: IpAddr,

@@ -137,6 +137,7 @@ impl Service {
         let status = self.status()?;
         census.newest_ready_image_age_seconds = status.newest_ready_image_age_seconds;
         census.warm_instances = status.warm_instances as u64;
+        census.sources = status.sources;
         census.counted = self.inner.counters.snapshot();
         Ok(census)
     }
@@ -154,4 +155,6 @@ pub struct Census {
     pub newest_ready_image_age_seconds: Option<i64>,
     /// What the core counted: creates, destroys, finalises, SSH sessions.
     pub counted: super::Counted,
+    /// Each followed source's state and lag.
+    pub sources: Vec<crate::core::refresh::SourceSummary>,
 }

@@ -578,15 +578,18 @@ impl Service {
         tracing::info!(image = %id, user = %actor.name(), "finalise started");
         let svc = self.clone();
         Ok(Finalising::Started(tokio::spawn(async move {
-            svc.run_finalise(id, image, progress).await
+            svc.run_finalise(id, image, progress, None).await
         })))
     }
 
-    async fn run_finalise(
+    /// Finalise the upload of `image` (in `finalising`) and seal it;
+    /// `origin` is the source a refresh made it from.
+    pub(crate) async fn run_finalise(
         &self,
         id: ImageId,
         image: Image,
         progress: Option<FinaliseProgress>,
+        origin: Option<crate::core::manifest::SourceManifest>,
     ) -> Result<Image> {
         let started = std::time::Instant::now();
         let upload = self.inner.layout.upload(id);
@@ -601,7 +604,8 @@ impl Service {
             }
         };
         let outcome = match finalise::finalise(&spec, &report).await {
-            Ok(done) => {
+            Ok(mut done) => {
+                done.manifest.source = origin;
                 report(Progress::Step("taking the read-only snapshot".into()));
                 self.seal_image(id, &done)
                     .map_err(|e| FinaliseFailure::Seal(Box::new(e)))

@@ -117,6 +117,7 @@ impl Service {
             log_file: self.log_file("instance", id),
             user: self.inner.user.clone(),
             confinement: self.config().postgres.confinement,
+            reach: Default::default(),
         })
     }
 
@@ -623,7 +624,7 @@ impl Service {
     pub(crate) async fn stop_instance_process(&self, id: InstanceId) {
         self.inner
             .supervisor
-            .shutdown(id, Shutdown::Immediate)
+            .shutdown(&id, Shutdown::Immediate)
             .await;
         let dir = self.inner.layout.instance(id);
         if let Some(pid) = process::running_postmaster(&dir) {

@@ -110,6 +110,22 @@ pub struct Manifest {
     pub scan: ScanManifest,
     /// One line on why the status is what it is.
     pub summary: String,
+    /// For an image made by `refresh-image`: the source and the replay
+    /// position it was made at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceManifest>,
+}
+
+/// Where a refreshed image's data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceManifest {
+    /// The `[sources.NAME]` it was made from.
+    pub name: String,
+    /// The standby's replay position (LSN, `0/3000060`) when it was
+    /// snapshotted: the image holds every transaction up to it.
+    pub lsn: String,
+    /// Commit time of the last transaction replayed (RFC 3339), if any.
+    pub commit_time: Option<String>,
 }
 
 impl Manifest {
@@ -128,6 +144,7 @@ impl Manifest {
                 findings: Vec::new(),
             },
             summary: "sealed before anonymisation was checked".into(),
+            source: None,
         }
     }
 }

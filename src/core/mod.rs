@@ -24,7 +24,9 @@ mod policy;
 mod pool;
 mod postgres;
 mod reconcile;
+mod refresh;
 mod reload;
+mod sources;
 mod storage;
 mod store;
 #[cfg(feature = "test-support")]
@@ -62,7 +64,9 @@ pub use model::{
 pub use policy::{CleanReport, Extension, Status, TokenChecker, TokenStatus};
 pub use pool::RefillReport;
 pub use reconcile::ReconcileReport;
+pub use refresh::{RefreshRefused, SourceSummary, SourceView};
 pub use reload::ReloadReport;
+pub use sources::{SourceState, STANDBY_USER};
 
 /// Copy the metadata database at `db` to `dest` with SQLite's online
 /// backup, and check the copy's integrity (`draupnir backup`).
@@ -163,6 +167,8 @@ pub(crate) struct Inner {
     pub pool: Arc<pool::PoolState>,
     /// Images receiving an upload stream, and since when (one at a time).
     pub uploads: std::sync::Mutex<std::collections::HashMap<ImageId, std::time::Instant>>,
+    /// The followed sources and their standbys.
+    pub sources: Arc<sources::Sources>,
 }
 
 /// The service. Cheap to clone.
@@ -219,8 +225,21 @@ impl Service {
         ))?;
         let store = Store::open(&config.database_path())?;
         let (supervisor, events) = Supervisor::new(RestartPolicy::default());
+        let standbys = layout.standbys();
+        let sources_parts = (
+            logs.clone(),
+            config.postgres.bin_root.clone(),
+            config.postgres.confinement,
+        );
         let service = Service {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
+                sources: sources::Sources::new(
+                    standbys,
+                    sources_parts.0,
+                    sources_parts.1,
+                    sources_parts.2,
+                    Service::refresher(weak.clone()),
+                ),
                 config: std::sync::RwLock::new(Arc::new(config)),
                 store,
                 layout,
@@ -247,6 +266,7 @@ impl Service {
         service.spawn_guard();
         // Adopted warm instances count; the pool is refilled to size.
         service.spawn_pool();
+        service.follow_sources().await;
         Ok((service, report))
     }
 
@@ -298,6 +318,13 @@ impl Service {
     pub fn shutdown(&self) {
         self.inner.pool.stop();
         self.inner.supervisor.detach_all();
+        self.inner.sources.detach();
+    }
+
+    /// Follow exactly the configured sources (at start and on reload).
+    pub(crate) async fn follow_sources(&self) {
+        let cfg = self.config();
+        self.inner.sources.apply(&cfg.sources).await;
     }
 
     /// Count one open SSH session channel until the gauge is dropped.
@@ -307,7 +334,7 @@ impl Service {
 
     /// The supervisor's current PID for an instance (tests, `instance ID`).
     pub fn instance_pid(&self, id: InstanceId) -> Option<i32> {
-        self.inner.supervisor.pid(id)
+        self.inner.supervisor.pid(&id)
     }
 
     pub(crate) fn log_file(&self, kind: &str, id: impl std::fmt::Display) -> PathBuf {

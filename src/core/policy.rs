@@ -70,6 +70,9 @@ pub struct Status {
     pub instances: usize,
     /// Started instances waiting in the warm pool, over all images.
     pub warm_instances: usize,
+    /// Each followed source (absent when none is configured).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::core::refresh::SourceSummary>,
 }
 
 pub(crate) fn human(d: Duration) -> String {
@@ -243,6 +246,11 @@ impl Service {
                 .filter(|i| !i.pooled)
                 .count(),
             warm_instances: self.inner.store.warm_count(None)?,
+            sources: self
+                .sources(&self.system_actor())?
+                .iter()
+                .map(|v| v.summary())
+                .collect(),
         })
     }
 

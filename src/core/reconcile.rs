@@ -260,7 +260,8 @@ impl Service {
             }
         }
 
-        // Postmasters anywhere under data_path that no running instance owns.
+        // Postmasters anywhere under data_path that no running instance owns
+        // (a source's standby excepted).
         let owned: HashSet<std::path::PathBuf> = instances
             .iter()
             .map(|id| {
@@ -268,8 +269,11 @@ impl Service {
                     .unwrap_or_else(|_| layout.instance(InstanceId::new(*id)))
             })
             .collect();
+        // Standbys are the sources' (adopted, or removed with their source).
+        let standbys =
+            std::fs::canonicalize(layout.standbys()).unwrap_or_else(|_| layout.standbys());
         for (pid, cwd) in process::postmasters_beneath(layout.root()) {
-            if !owned.contains(&cwd) {
+            if !owned.contains(&cwd) && !cwd.starts_with(&standbys) {
                 Postmaster::Adopted(pid).stop(Duration::from_secs(10)).await;
                 report.orphan_processes.push(pid);
             }

@@ -35,6 +35,9 @@ impl Service {
         // A new warm_instances_per_image, quota or free-space floor: the
         // pool grows or shrinks to match.
         self.poke_pool();
+        // Sources added, changed or removed: followed, restarted, removed.
+        let svc = self.clone();
+        tokio::spawn(async move { svc.follow_sources().await });
         tracing::info!(applied = ?report.applied, needs_restart = ?report.needs_restart, "configuration reloaded");
         report
     }

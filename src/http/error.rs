@@ -291,6 +291,7 @@ impl From<CoreError> for ApiError {
             CoreError::BadInput(m) => Self::bad_request(&m.to_string(), None),
             CoreError::InvalidState(m) => Self::unprocessable(&m.to_string()),
             CoreError::Conflict(m) => Self::unprocessable(&m.to_string()),
+            CoreError::Refresh(m) => Self::unprocessable(&m.to_string()),
             // The reason alone, without "finalise failed: ".
             CoreError::Finalise(m) => Self::unprocessable(&m.to_string()),
             CoreError::UploadBusy { .. } => Self::unprocessable(&e.to_string()),

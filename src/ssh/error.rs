@@ -60,6 +60,9 @@ fn with_fix(e: &CoreError) -> String {
         CoreError::ImageHasInstances { id, .. } => {
             format!("{e}, or all at once: ssh draupnir destroy-image {id} --force")
         }
+        CoreError::NotFound(crate::core::Missing::Source(_)) => {
+            format!("{e}; ssh draupnir sources lists the configured ones")
+        }
         CoreError::ImageNotReady { id, state } if *state == ImageState::Failed.as_str() => {
             format!("{e}; the reason: ssh draupnir image {id}")
         }

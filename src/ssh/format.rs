@@ -159,6 +159,17 @@ pub fn manifest_lines(i: &Image) -> String {
         return format!("masking   {}\n", i.anonymisation_label());
     };
     let mut text = format!("masking   {} ({})\n", m.status, m.summary);
+    if let Some(src) = &m.source {
+        text.push_str(&format!(
+            "source    {} at {}{}\n",
+            src.name,
+            src.lsn,
+            src.commit_time
+                .as_deref()
+                .map(|t| format!(" (last commit {t})"))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(h) = &m.rules_sha256 {
         text.push_str(&format!(
             "rules     {} (sha256 {})\n",

@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod planted;
+pub mod primary;
 pub mod shared;
 pub mod ssh;
 
@@ -260,6 +261,8 @@ pub struct TestConfig {
     masking: String,
     /// A `[masking] rules_file` with this text (written into the world).
     rules: Option<String>,
+    /// Whole sections appended at the end (`[sources.NAME]`).
+    sections: String,
 }
 
 /// Rules that cover every column of the fixture's tables (its database
@@ -293,6 +296,7 @@ impl Default for TestConfig {
             oauth: String::new(),
             masking: DEFAULT_MASKING.to_string(),
             rules: None,
+            sections: String::new(),
         }
     }
 }
@@ -423,7 +427,15 @@ impl TestConfig {
         if !self.oauth.is_empty() {
             text.push_str(&format!("[oauth]\n{}\n", self.oauth));
         }
+        text.push_str(&self.sections);
         text
+    }
+
+    /// Whole sections to add at the end (`[sources.NAME]` …).
+    pub fn sections(mut self, text: &str) -> TestConfig {
+        self.sections.push_str(text);
+        self.sections.push('\n');
+        self
     }
 
     /// A running test world with this config.

@@ -71,6 +71,12 @@ impl SshEnv {
 
     /// With extra top-level and `[ssh]` lines, and these `[http]` lines.
     pub async fn with_http(extra: &str, ssh_extra: &str, http: &str) -> SshEnv {
+        Self::with_config(TestConfig::new().top(extra).http(http), ssh_extra).await
+    }
+
+    /// With this config (its `[ssh]` gets the test's admin keys and
+    /// `ssh_extra`).
+    pub async fn with_config(cfg: TestConfig, ssh_extra: &str) -> SshEnv {
         // `RUST_LOG=debug cargo test …` shows the server's side.
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -93,12 +99,7 @@ impl SshEnv {
         } else {
             format!("{admin_keys}\n{ssh_extra}")
         };
-        let env = TestConfig::new()
-            .top(extra)
-            .ssh(&ssh_lines)
-            .http(http)
-            .open()
-            .await;
+        let env = cfg.ssh(&ssh_lines).open().await;
         let mut me = SshEnv {
             server: None,
             env,

@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::cluster::{InstanceUser, PgBin};
-use super::sandbox::{self, Confinement, SandboxError};
+use super::sandbox::{self, Confinement, Reach, SandboxError};
 
 /// Everything needed to (re)start one postmaster.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct PostmasterSpec {
     /// The box it runs in: its data directory, its port
     /// ([`sandbox`]).
     pub confinement: Confinement,
+    /// What its box reaches besides (a standby's primary; empty for the
+    /// rest).
+    pub reach: Reach,
 }
 
 /// Why a postmaster could not be started.
@@ -312,6 +315,7 @@ pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
         &spec.bin,
         &spec.datadir,
         spec.port,
+        &spec.reach,
     )?;
     let child = cmd.spawn().map_err(|source| {
         let program = spec.bin.postgres();
@@ -345,8 +349,9 @@ pub fn confine(
     bin: &PgBin,
     datadir: &Path,
     port: u16,
+    reach: &Reach,
 ) -> Result<(), SandboxError> {
-    let mut boxed = sandbox::prepare(confinement, datadir, &bin.dir, port)?;
+    let mut boxed = sandbox::prepare(confinement, datadir, &bin.dir, port, reach)?;
     // SAFETY: runs in the forked child before exec. setsid is
     // async-signal-safe; `Prepared::enter` makes two system calls (prctl,
     // landlock_restrict_self) and allocates nothing.

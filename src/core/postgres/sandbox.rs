@@ -132,14 +132,26 @@ const DEVICES: &[&str] = &[
     "/dev/full",
 ];
 
+/// What one box may reach beyond its own data directory. Empty for every
+/// instance and finalise; a source's standby reads its password file and
+/// connects to its primary's ports, nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Files it may read (not write or execute).
+    pub read_files: Vec<PathBuf>,
+    /// TCP ports it may connect to.
+    pub connect_ports: Vec<u16>,
+}
+
 /// Prepare the box for a postmaster of `datadir` whose binaries are in
-/// `bin_dir`, allowed to bind TCP `port` only. `None` when confinement is
-/// off.
+/// `bin_dir`, allowed to bind TCP `port` only, and to reach what `reach`
+/// names. `None` when confinement is off.
 pub fn prepare(
     confinement: Confinement,
     datadir: &Path,
     bin_dir: &Path,
     port: u16,
+    reach: &Reach,
 ) -> Result<Option<Prepared>, SandboxError> {
     if confinement == Confinement::None {
         return Ok(None);
@@ -182,6 +194,15 @@ pub fn prepare(
         })
         .and_then(|r| r.add_rules(path_beneath_rules([datadir], all_fs & !AccessFs::Execute)))
         .and_then(|r| r.add_rule(NetPort::new(port, AccessNet::BindTcp)))
+        .and_then(|r| r.add_rules(path_beneath_rules(&reach.read_files, AccessFs::ReadFile)))
+        .and_then(|r| {
+            r.add_rules(
+                reach
+                    .connect_ports
+                    .iter()
+                    .map(|p| Ok::<_, RulesetError>(NetPort::new(*p, AccessNet::ConnectTcp))),
+            )
+        })
         .map_err(err)?;
     Ok(Some(Prepared {
         ruleset: Some(ruleset),

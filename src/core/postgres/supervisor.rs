@@ -7,8 +7,9 @@
 //! `serving`); one that cannot — its port taken by another process on one
 //! address — is stopped, reported with the reason, and started again on
 //! its port with back-off for as long as that lasts (this never counts as
-//! a crash, so it comes back once the port is free). Instances are known
-//! by id only; the core turns the events into state changes.
+//! a crash, so it comes back once the port is free). Postmasters are known
+//! by key only — an instance's id, or a source's name for its standby —
+//! and the core turns the events into state changes.
 
 use crate::core::model::InstanceId;
 use std::collections::{HashMap, VecDeque};
@@ -23,19 +24,19 @@ use super::serving::{NotServing, ServingCheck};
 
 /// What the supervisor tells the core.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub enum Event<K = InstanceId> {
     /// The postmaster exited unexpectedly and was started again.
-    Restarted { id: InstanceId, pid: i32 },
+    Restarted { id: K, pid: i32 },
     /// Restarting failed too often; the instance is left stopped.
-    Failed { id: InstanceId, reason: String },
+    Failed { id: K, reason: String },
     /// The postmaster serves its clients on every address (after a
     /// restart, an adoption, or a spell of not serving).
-    Serving { id: InstanceId, pid: i32 },
+    Serving { id: K, pid: i32 },
     /// Clients cannot reach it (`reason`): it was stopped (`pid` None) and
     /// is started again on its port with back-off until they can, or it
     /// runs but has not answered yet (a long recovery) and is waited for.
     NotServing {
-        id: InstanceId,
+        id: K,
         pid: Option<i32>,
         reason: String,
     },
@@ -80,16 +81,20 @@ struct Watched {
     pid: Arc<Mutex<Option<i32>>>,
 }
 
+/// What a supervised postmaster is known by.
+pub trait Key: Clone + Eq + std::hash::Hash + std::fmt::Display + Send + Sync + 'static {}
+impl<K: Clone + Eq + std::hash::Hash + std::fmt::Display + Send + Sync + 'static> Key for K {}
+
 /// Cheap to clone; all clones share the watched set.
 #[derive(Clone)]
-pub struct Supervisor {
-    watched: Arc<Mutex<HashMap<InstanceId, Watched>>>,
-    events: mpsc::UnboundedSender<Event>,
+pub struct Supervisor<K: Key = InstanceId> {
+    watched: Arc<Mutex<HashMap<K, Watched>>>,
+    events: mpsc::UnboundedSender<Event<K>>,
     policy: RestartPolicy,
 }
 
-impl Supervisor {
-    pub fn new(policy: RestartPolicy) -> (Supervisor, mpsc::UnboundedReceiver<Event>) {
+impl<K: Key> Supervisor<K> {
+    pub fn new(policy: RestartPolicy) -> (Supervisor<K>, mpsc::UnboundedReceiver<Event<K>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Supervisor {
@@ -101,7 +106,7 @@ impl Supervisor {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Watched>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Watched>> {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -110,7 +115,7 @@ impl Supervisor {
     /// running).
     pub fn watch(
         &self,
-        id: InstanceId,
+        id: K,
         spec: PostmasterSpec,
         pm: Postmaster,
         check: Option<Arc<ServingCheck>>,
@@ -120,7 +125,7 @@ impl Supervisor {
         let pid = Arc::new(Mutex::new(pm.pid()));
         let task = tokio::spawn(watcher(
             Watch {
-                id,
+                id: id.clone(),
                 spec,
                 check,
                 events: self.events.clone(),
@@ -144,17 +149,17 @@ impl Supervisor {
     }
 
     /// The current PID of instance `id`'s postmaster, if watched.
-    pub fn pid(&self, id: InstanceId) -> Option<i32> {
+    pub fn pid(&self, id: &K) -> Option<i32> {
         let w = self.lock();
-        let pid = w.get(&id)?.pid.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = w.get(id)?.pid.lock().unwrap_or_else(|p| p.into_inner());
         *pid
     }
 
     /// Stop instance `id`'s postmaster the given way (immediate for an
     /// instance whose data is about to be deleted) and forget it. Returns
     /// when the process is gone.
-    pub async fn shutdown(&self, id: InstanceId, mode: Shutdown) {
-        let watched = self.lock().remove(&id);
+    pub async fn shutdown(&self, id: &K, mode: Shutdown) {
+        let watched = self.lock().remove(id);
         if let Some(w) = watched {
             let _ = w.stop.send(Some(mode));
             let _ = w.task.await;
@@ -180,16 +185,16 @@ pub fn log_says_disk_full(tail: &str) -> bool {
 }
 
 /// What a watcher task keeps.
-struct Watch {
-    id: InstanceId,
+struct Watch<K: Key> {
+    id: K,
     spec: PostmasterSpec,
     check: Option<Arc<ServingCheck>>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Event<K>>,
     policy: RestartPolicy,
     pid_slot: Arc<Mutex<Option<i32>>>,
 }
 
-impl Watch {
+impl<K: Key> Watch<K> {
     /// The back-off before attempt `n` (0-based) of a series.
     fn backoff(&self, n: usize) -> Duration {
         self.policy
@@ -206,7 +211,10 @@ impl Watch {
                 let pid = new.pid();
                 *self.pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
                 if let Some(pid) = pid {
-                    let _ = self.events.send(Event::Restarted { id: self.id, pid });
+                    let _ = self.events.send(Event::Restarted {
+                        id: self.id.clone(),
+                        pid,
+                    });
                 }
                 new
             }
@@ -230,7 +238,7 @@ impl Watch {
             tracing::warn!(instance = %self.id, reason = %why, "postmaster cannot serve its clients; retrying");
         }
         let _ = self.events.send(Event::NotServing {
-            id: self.id,
+            id: self.id.clone(),
             pid: None,
             reason: format!("{why}; retrying"),
         });
@@ -244,13 +252,13 @@ impl Watch {
     }
 }
 
-async fn watcher(
-    w: Watch,
+async fn watcher<K: Key>(
+    w: Watch<K>,
     mut pm: Postmaster,
     start: Start,
     mut stop: watch::Receiver<Option<Shutdown>>,
 ) {
-    let id = w.id;
+    let id = w.id.clone();
     let policy = &w.policy;
     let mut exits: VecDeque<Instant> = VecDeque::new();
     // Consecutive tries that could not serve (the back-off grows with it).
@@ -272,7 +280,10 @@ async fn watcher(
             match checked {
                 Ok(()) => {
                     if let Some(pid) = pm.pid() {
-                        let _ = w.events.send(Event::Serving { id, pid });
+                        let _ = w.events.send(Event::Serving {
+                            id: id.clone(),
+                            pid,
+                        });
                     }
                     if deaf_spell > 0 {
                         tracing::info!(instance = %id, "postmaster serves its clients again");
@@ -293,7 +304,7 @@ async fn watcher(
                     // waiting; it is never killed for being slow.
                     tracing::warn!(instance = %id, reason = %why, "postmaster not ready yet");
                     let _ = w.events.send(Event::NotServing {
-                        id,
+                        id: id.clone(),
                         pid: pm.pid(),
                         reason: format!("{why}; still waiting"),
                     });

@@ -32,6 +32,11 @@ impl Layout {
         self.root.join("instances")
     }
 
+    /// Sources' standbys (production data: no instance reaches them).
+    pub fn standbys(&self) -> PathBuf {
+        self.root.join("standbys")
+    }
+
     pub fn upload(&self, image_id: ImageId) -> PathBuf {
         self.uploads().join(image_id.to_string())
     }
@@ -48,7 +53,12 @@ impl Layout {
     /// instance user can traverse into its own data directories).
     pub fn create(&self) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        for dir in [self.uploads(), self.snapshots(), self.instances()] {
+        for dir in [
+            self.uploads(),
+            self.snapshots(),
+            self.instances(),
+            self.standbys(),
+        ] {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         }

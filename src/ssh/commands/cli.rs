@@ -33,6 +33,10 @@ Images
   reset-upload ID                let a failed upload start again (admins)
   destroy-image ID [--force]     delete an image (--force: and its instances) (admins)
 
+Following production
+  sources                        sources followed by a streaming standby: state, lag, last refresh
+  refresh-image NAME [--force]   a new image of a source's standby, as it is now (admins)
+
 Users and keys
   whoami                         who you are
   users                          list users (admins)
@@ -248,6 +252,25 @@ pub(super) enum Cmd {
         /// How much longer it lives (e.g. 4h, 30m, 2d).
         #[arg(value_name = "DURATION", value_parser = parse_duration)]
         by: std::time::Duration,
+    },
+    /// Production sources followed by a standby: state, lag, last refresh.
+    Sources {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new image from a source's standby as it is now: snapshot,
+    /// then the normal finalise (masking rules, leak scan, seal) (admins).
+    RefreshImage {
+        /// The source's name (`[sources.NAME]`; see `ssh draupnir sources`).
+        name: String,
+        /// Refresh even when the standby is further behind than max_lag or
+        /// its primary cannot be reached.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of progress.
+        #[arg(long)]
+        json: bool,
     },
     /// Image freshness: `stale` when no image became ready in time.
     Status {

@@ -284,11 +284,28 @@ pub(super) async fn finalise(
             }
         };
     }
+    let image = streamed(&mut *out, json, |progress| {
+        svc.finalise_image(&session.actor, id, progress)
+    })
+    .await?;
+    sealed(out, image, json).await
+}
+
+/// Run `work` (a finalise, a refresh), streaming its progress to `out`
+/// as it goes (not with `--json`).
+pub(super) async fn streamed<F>(
+    out: Out<'_>,
+    json: bool,
+    work: impl FnOnce(Option<crate::core::FinaliseProgress>) -> F,
+) -> Result<Image, Failure>
+where
+    F: std::future::Future<Output = crate::core::Result<Image>>,
+{
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let progress: crate::core::FinaliseProgress = Arc::new(move |p| {
         let _ = tx.send(p);
     });
-    let work = svc.finalise_image(&session.actor, id, if json { None } else { Some(progress) });
+    let work = work(if json { None } else { Some(progress) });
     tokio::pin!(work);
     let mut step = StepClock::default();
     let second = Duration::from_secs(1);
@@ -304,7 +321,12 @@ pub(super) async fn finalise(
         step.show(&mut *out, p).await?;
     }
     step.end(&mut *out).await?;
-    let image = result?;
+    Ok(result?)
+}
+
+/// The end of a finalise or refresh: the image, or why it is not ready.
+pub(super) async fn sealed(out: Out<'_>, image: Image, json: bool) -> Result<(), Failure> {
+    let id = image.id;
     if json {
         return say_json(out, &format::image_json(&image)).await;
     }

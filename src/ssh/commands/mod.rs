@@ -9,11 +9,13 @@
 //! the command to [`dispatch`] (one line per command), and turns a
 //! [`Failure`] into stderr and an exit status. The commands themselves
 //! live by noun: [`images`], [`instances`], [`users`] (users, keys,
-//! tokens) and [`status`] (status, version).
+//! tokens), [`sources`] (sources, refresh-image) and [`status`] (status,
+//! version).
 
 mod cli;
 mod images;
 mod instances;
+mod sources;
 mod status;
 mod users;
 
@@ -133,6 +135,10 @@ async fn dispatch(
         Cmd::Help { .. } => say(out, OVERVIEW).await,
         Cmd::Version => status::version(out).await,
         Cmd::Status { json } => status::status(s, json, out).await,
+        Cmd::Sources { json } => sources::list(s, json, out, err).await,
+        Cmd::RefreshImage { name, force, json } => {
+            sources::refresh(s, &name, force, json, out).await
+        }
         Cmd::Images { json } => images::list(s, json, out).await,
         Cmd::Image { id, json } => images::show(s, id, json, out).await,
         Cmd::NewImage {

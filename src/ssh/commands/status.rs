@@ -31,7 +31,19 @@ pub(super) async fn status(session: &Session, json: bool, out: Out<'_>) -> Resul
             st.warm_instances
         ),
     )
-    .await
+    .await?;
+    for s in &st.sources {
+        let lag = s
+            .lag_seconds
+            .map(|l| format!(", {l:.0}s behind"))
+            .unwrap_or_default();
+        say(
+            &mut *out,
+            format!("source     {} {}{lag}\n", s.name, s.state),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// `version`.

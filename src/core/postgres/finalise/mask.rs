@@ -327,6 +327,7 @@ impl Masked {
             tables: self.tables.clone(),
             scan,
             summary: self.summary.clone(),
+            source: None,
         }
     }
 }

@@ -377,8 +377,15 @@ fn boxed_tool(
         .uid(spec.user.uid)
         .gid(spec.user.gid)
         .stderr(std::process::Stdio::piped());
-    process::confine(&mut cmd, spec.confinement, bin, spec.datadir, SOCKET_PORT)
-        .map_err(|e| FinaliseError::Start(e.to_string()))?;
+    process::confine(
+        &mut cmd,
+        spec.confinement,
+        bin,
+        spec.datadir,
+        SOCKET_PORT,
+        &Default::default(),
+    )
+    .map_err(|e| FinaliseError::Start(e.to_string()))?;
     Ok(cmd)
 }
 
@@ -409,6 +416,7 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
         confinement: spec.confinement,
+        reach: Default::default(),
     }
 }
 

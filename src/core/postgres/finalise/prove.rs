@@ -66,6 +66,7 @@ pub(super) async fn prove(
         log_file: spec.log_file.clone(),
         user: spec.user.clone(),
         confinement: spec.confinement,
+        reach: Default::default(),
     };
     let mut pm = start(&pspec).await?;
     let res = prove_running(spec, &mut pm, port, &c, boot_role).await;
