@@ -77,9 +77,10 @@ async fn follows_a_primary_and_refreshes_masked_images() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let sections = format!(
+    let sections =
+        format!(
         "{}[sources.gone]\nprimary_conninfo = \"host=127.0.0.1 port={dead_port} user=nobody\"\n",
-        primary.source_section("prod", &passfile, "slot = \"draupnir_prod\"")
+        primary.source_section("prod", &passfile, "slot = \"draupnir_prod\"\nmax_lag = \"2s\"")
     );
     let cfg = TestConfig::new()
         .rules_file(RULES)
@@ -192,6 +193,40 @@ async fn follows_a_primary_and_refreshes_masked_images() {
         "{}",
         text(&st)
     );
+
+    // Far behind (replay paused on the standby, max_lag 2s): refused
+    // unless forced.
+    let standby_sql = |sql: &str| {
+        check(
+            Command::new(std::path::Path::new(PG_BIN).join("psql"))
+                .args(["-X", "-q", "-A", "-t", "-h"])
+                .arg(env.env.data().join("standbys/prod"))
+                .args(["-p", "5432", "-U", "postgres", "-d", "template1", "-c", sql]),
+        )
+    };
+    standby_sql("SELECT pg_wal_replay_pause()");
+    primary
+        .sql("INSERT INTO customers VALUES (1003, 'orig-paused@corp.example', 'paused')")
+        .unwrap();
+    let images_before = env.svc().list_images(&admin).unwrap().len();
+    let out = env.ssh(&env.admin_key, &["refresh-image", "prod"]).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the standby of source prod is")
+            && err.contains("behind its primary (max_lag 2s)")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(env.svc().list_images(&admin).unwrap().len(), images_before);
+    let out = env
+        .ssh(&env.admin_key, &["refresh-image", "prod", "--force"])
+        .await;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(said.contains("--force: taking the standby"), "{said}");
+    standby_sql("SELECT pg_wal_replay_resume()");
 
     // A source that cannot be reached: one line, nothing made.
     let before = subvolumes(&env.env);
@@ -361,6 +396,16 @@ async fn the_standby_survives_sigkill_of_the_daemon_and_is_adopted() {
     primary
         .sql("INSERT INTO customers VALUES (2001, 'orig-kill@corp.example', 'kill')")
         .unwrap();
+    // Only admins refresh; anyone may look.
+    let bob = env.user("bob");
+    let err = env
+        .svc()
+        .refresh_image(&bob, "prod", false, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin only"), "{err}");
+    assert_eq!(env.svc().sources(&bob).unwrap().len(), 1);
     // Without rules the refresh fails closed; the standby is unharmed.
     let err = env
         .svc()
@@ -375,4 +420,38 @@ async fn the_standby_survives_sigkill_of_the_daemon_and_is_adopted() {
         "a failed refresh left its snapshot"
     );
     assert!(draupnir::core::test_support::process::alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_refreshes_by_itself() {
+    let primary = Primary::new(PRIMARY_SQL);
+    let passfile = primary.passfile(primary.root.path());
+    let cfg = TestConfig::new()
+        .rules_file(RULES)
+        .masking("require_coverage = true")
+        .sections(&primary.source_section("prod", &passfile, "refresh_schedule = \"1m\""));
+    let env = cfg.open().await;
+    let admin = env.admin();
+    // The first refresh comes a minute after the daemon starts (no image
+    // from the source yet); nobody asks for it.
+    let start = std::time::Instant::now();
+    let image = loop {
+        let v = env.svc().sources(&admin).unwrap();
+        let s = v[0].summary();
+        assert!(s.last_refresh_failure.is_none(), "{s:?}");
+        assert_eq!(s.refresh_schedule.as_deref(), Some("every 60s"));
+        if let Some(i) = &v[0].last_refresh {
+            if i.state == draupnir::core::ImageState::Ready {
+                break i.clone();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "no scheduled refresh: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let m = image.manifest().unwrap();
+    assert_eq!(m.status.as_str(), "checked");
+    assert_eq!(m.source.unwrap().name, "prod");
 }

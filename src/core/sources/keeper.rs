@@ -112,9 +112,11 @@ pub(super) async fn keep(
             }
             observe(&f).await;
             if next_refresh.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                // On a task of its own: the standby is still watched while
+                // it runs (the refresh lock keeps refreshes one at a time).
                 tracing::info!(source = %name, "scheduled refresh");
-                refresher.refresh(name.clone()).await;
-                next_refresh = schedule_due(&f, &refresher);
+                tokio::spawn(refresher.refresh(name.clone()));
+                next_refresh = next_after_now(&f);
             }
         }
     }
@@ -129,6 +131,16 @@ fn schedule_due(f: &Followed, refresher: &Refresher) -> Option<tokio::time::Inst
         .as_secs();
     let wait = schedule.wait(now, refresher.last_refresh(&f.standby.name).or(Some(now)));
     Some(tokio::time::Instant::now() + wait)
+}
+
+/// The schedule's next time after one that just came.
+fn next_after_now(f: &Followed) -> Option<tokio::time::Instant> {
+    let schedule = f.standby.config.refresh_schedule?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Some(tokio::time::Instant::now() + schedule.wait(now, Some(now)))
 }
 
 /// Adopt the standby's postmaster if one runs, or start it; hand it to

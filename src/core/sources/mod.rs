@@ -268,7 +268,12 @@ impl Sources {
         }
         if let Some(user) = &user {
             for (name, c) in config {
-                if self.lock().contains_key(name) {
+                if let Some(kept) = self.get(name) {
+                    // A rotated password: libpq reads the copy at the next
+                    // connection attempt.
+                    if let Err(e) = kept.standby.copy_passfile() {
+                        tracing::warn!(source = %name, error = %e, "cannot copy the password file");
+                    }
                     continue;
                 }
                 let standby = Arc::new(self.standby(name, c, user));
