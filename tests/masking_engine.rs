@@ -723,7 +723,9 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
     shop.batch_execute("SET log_statement = 'all'; SET log_parameter_max_length = -1")
         .await
         .unwrap();
-    let findings = scan::scan(&shop, "shop", &cat, &originals).await.unwrap();
+    let (findings, _) = scan::scan_within(&shop, "shop", &cat, &originals, None)
+        .await
+        .unwrap();
     let got: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
     assert_eq!(
         got,
@@ -765,7 +767,7 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
     run::read_catalog(&latin, "latin", &mut latin_cat)
         .await
         .unwrap();
-    let found = scan::scan(&latin, "latin", &latin_cat, &originals)
+    let (found, _) = scan::scan_within(&latin, "latin", &latin_cat, &originals, None)
         .await
         .unwrap();
     let got: Vec<String> = found.iter().map(|f| f.to_string()).collect();
@@ -773,6 +775,37 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
         got,
         vec!["latin.public.t.x: 2 values equal an original value of a masked column"]
     );
+
+    // Within a budget: a table larger than it is searched in a sample of
+    // its pages (and named); one that fits is read whole.
+    shop.batch_execute(
+        "CREATE TABLE bigcopy (id int, v text, pad text);
+         INSERT INTO bigcopy SELECT g, 'note 17', repeat('x', 200) FROM generate_series(1, 20000) g;",
+    )
+    .await
+    .unwrap();
+    let mut big_cat = coverage::Catalog::default();
+    run::read_catalog(&shop, "shop", &mut big_cat)
+        .await
+        .unwrap();
+    let (found, sampled) = scan::scan_within(&shop, "shop", &big_cat, &originals, Some(256 << 10))
+        .await
+        .unwrap();
+    assert_eq!(sampled, vec![table("public", "bigcopy")]);
+    let big = found
+        .iter()
+        .find(|f| f.table.table == "bigcopy" && f.column == "v")
+        .expect("the sample finds a leak in every row");
+    assert!(big.count > 100 && big.count < 20000, "{big}");
+    assert!(found.iter().any(|f| f.table.table == "copies"), "{found:?}");
+    let (whole, none) = scan::scan_within(&shop, "shop", &big_cat, &originals, None)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(whole
+        .iter()
+        .any(|f| f.table.table == "bigcopy" && f.count == 20000));
+    shop.batch_execute("DROP TABLE bigcopy").await.unwrap();
 
     // A table gone since the catalog was read: one line, its name.
     shop.batch_execute("DROP TABLE copies").await.unwrap();
@@ -785,7 +818,7 @@ async fn suggested_rules_mask_and_the_leak_scan_finds_only_what_was_left() {
         e.to_string(),
         "scanning shop.public.copies: sampling values"
     );
-    let e = scan::scan(&shop, "shop", &cat, &originals)
+    let e = scan::scan_within(&shop, "shop", &cat, &originals, None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -837,7 +870,9 @@ async fn leak_scan_cost_on_a_million_rows() {
     .unwrap();
     let masking = t.elapsed();
     let t = Instant::now();
-    let findings = scan::scan(&db, "big", &cat, &originals).await.unwrap();
+    let (findings, _) = scan::scan_within(&db, "big", &cat, &originals, None)
+        .await
+        .unwrap();
     let scanning = t.elapsed();
     assert_eq!(findings, vec![]);
     eprintln!(

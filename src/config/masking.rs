@@ -28,6 +28,11 @@ config_section! {
         /// Refuse to seal an image while any column of any table has no
         /// rule (fail closed). `false` seals it anyway, marked `unchecked`.
         live require_coverage: bool,
+        /// The leak scan searches a table larger than this for originals in
+        /// a random sample of about this many bytes of its pages (so a
+        /// finalise or refresh does not read the whole database); 0
+        /// searches every row of every table.
+        live scan_sample_bytes: super::ByteSize,
     }
 }
 
@@ -37,6 +42,7 @@ impl Default for MaskingConfig {
             rules_file: None,
             rules: None,
             require_coverage: true,
+            scan_sample_bytes: super::ByteSize(64 << 20),
         }
     }
 }

@@ -652,6 +652,7 @@ impl Service {
                 .as_deref()
                 .is_some_and(|s| !s.trim().is_empty()),
             key_dir: cfg.state_path.clone(),
+            scan_budget: Some(cfg.masking.scan_sample_bytes.0).filter(|b| *b > 0),
         };
         FinaliseParts {
             upload: self.inner.layout.upload(image.id),

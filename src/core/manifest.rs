@@ -90,6 +90,10 @@ pub struct ScanManifest {
     pub originals_from_columns: usize,
     /// One line per finding (table, column, a count; never a value).
     pub findings: Vec<String>,
+    /// Tables larger than the scan's budget, searched for originals in a
+    /// random sample of their pages (`[masking] scan_sample_bytes`).
+    #[serde(default)]
+    pub sampled_tables: Vec<String>,
 }
 
 /// How an image was anonymised.
@@ -142,6 +146,7 @@ impl Manifest {
                 result: "skipped".into(),
                 originals_from_columns: 0,
                 findings: Vec::new(),
+                sampled_tables: Vec::new(),
             },
             summary: "sealed before anonymisation was checked".into(),
             source: None,

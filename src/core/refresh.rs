@@ -220,6 +220,10 @@ impl Service {
             .wait_for_replay(&followed, &name, target, max, force, &step)
             .await?;
         self.check_free_space("refresh")?;
+        step("restartpoint on the standby (less WAL for the copy to replay)".into());
+        if let Err(e) = followed.checkpoint().await {
+            tracing::warn!(source = %name, error = %e, "restartpoint on the standby failed; the copy replays more WAL");
+        }
         let image = self.inner.store.insert_image(&NewImage::default(), by)?;
         let id = image.id;
         let upload = self.inner.layout.upload(id);

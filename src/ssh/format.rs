@@ -181,12 +181,19 @@ pub fn manifest_lines(i: &Image) -> String {
         text.push_str("script    ran after the rules\n");
     }
     text.push_str(&format!(
-        "scan      {}{}\n",
+        "scan      {}{}{}\n",
         m.scan.result,
         if m.scan.findings.is_empty() {
             String::new()
         } else {
             format!(": {}", m.scan.findings.join("; "))
+        },
+        match m.scan.sampled_tables.len() {
+            0 => String::new(),
+            n => format!(
+                " (originals searched in a sample of {n} large table(s): {})",
+                m.scan.sampled_tables.join(", ")
+            ),
         }
     ));
     for t in &m.tables {

@@ -115,6 +115,12 @@ impl Followed {
         pos
     }
 
+    /// A restartpoint on the standby (see [`Standby::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<(), String> {
+        let mut su = self.superuser.lock().await;
+        self.standby.checkpoint(&mut su).await
+    }
+
     pub fn note_refresh_failure(&self, reason: Option<String>) {
         self.set(|l| l.last_failure = reason);
     }

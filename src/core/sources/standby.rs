@@ -340,8 +340,12 @@ impl Standby {
         })
     }
 
-    /// Read where the standby is, over its private socket.
-    pub async fn position(&self, superuser: &mut Option<String>) -> Result<Position, String> {
+    /// A session as the standby's bootstrap superuser over its private
+    /// socket (its name is read once, as the replication role).
+    async fn session(
+        &self,
+        superuser: &mut Option<String>,
+    ) -> Result<tokio_postgres::Client, String> {
         // The superuser's sessions load no library a role setting names;
         // the replication role may not set those, and needs no guard.
         let connect = |role: String, options: &'static str| async move {
@@ -372,11 +376,25 @@ impl Standby {
                 .map_err(|e| pgconn::error_message(&e))?;
             *superuser = Some(row.get(0));
         }
-        let c = connect(
+        connect(
             superuser.clone().unwrap_or_default(),
             "-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries=",
         )
-        .await?;
+        .await
+    }
+
+    /// A restartpoint now (at the last checkpoint the primary sent), so a
+    /// snapshot's first start has less WAL to replay.
+    pub async fn checkpoint(&self, superuser: &mut Option<String>) -> Result<(), String> {
+        let c = self.session(superuser).await?;
+        c.batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| pgconn::error_message(&e))
+    }
+
+    /// Read where the standby is, over its private socket.
+    pub async fn position(&self, superuser: &mut Option<String>) -> Result<Position, String> {
+        let c = self.session(superuser).await?;
         let row = c
             .query_one(
                 "SELECT pg_catalog.pg_is_in_recovery(),

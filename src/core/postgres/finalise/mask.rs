@@ -40,6 +40,9 @@ pub struct MaskingSpec {
     pub script: bool,
     /// Where the per-deployment key is (`state_path`).
     pub key_dir: std::path::PathBuf,
+    /// The leak scan searches a larger table in a sample of this many
+    /// bytes (`[masking] scan_sample_bytes`; None: every row).
+    pub scan_budget: Option<u64>,
 }
 
 impl MaskingSpec {
@@ -240,6 +243,7 @@ pub(super) async fn scan_everywhere(
             result: "skipped".into(),
             originals_from_columns: 0,
             findings: Vec::new(),
+            sampled_tables: Vec::new(),
         });
     }
     progress(Progress::Step(format!(
@@ -247,15 +251,22 @@ pub(super) async fn scan_everywhere(
         masked.originals.columns.len()
     )));
     let mut findings = Vec::new();
+    let mut sampled = Vec::new();
     for db in databases {
         // Read again: the script may have changed the schema.
         let mut catalog = Catalog::default();
         let c = read_catalog_of(spec, password, db, &mut catalog).await?;
-        findings.extend(
-            scan::scan(&c, db, &catalog, &masked.originals)
-                .await
-                .map_err(FinaliseError::from)?,
-        );
+        let (found, in_sample) = scan::scan_within(
+            &c,
+            db,
+            &catalog,
+            &masked.originals,
+            spec.masking.scan_budget,
+        )
+        .await
+        .map_err(FinaliseError::from)?;
+        findings.extend(found);
+        sampled.extend(in_sample.iter().map(|t| t.to_string()));
     }
     let findings: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
     if !findings.is_empty() {
@@ -275,6 +286,7 @@ pub(super) async fn scan_everywhere(
         .into(),
         originals_from_columns: masked.originals.columns.len(),
         findings,
+        sampled_tables: sampled,
     })
 }
 
