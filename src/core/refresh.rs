@@ -170,7 +170,11 @@ impl Service {
         let name = SourceName::parse(name)
             .map_err(|_| CoreError::NotFound(Missing::Source(name.to_owned())))?;
         let (svc, by) = (self.clone(), actor.id());
-        super::detached(async move { svc.refresh(name, force, Some(by), progress).await }).await
+        // Boxed: a finalise is a large future, kept off the caller's stack.
+        super::detached(Box::pin(async move {
+            svc.refresh(name, force, Some(by), progress).await
+        }))
+        .await
     }
 
     async fn refresh(

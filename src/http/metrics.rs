@@ -145,3 +145,61 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::SourceSummary;
+
+    #[test]
+    fn sources_have_their_lag_and_state() {
+        let source = |name: &str, state: &'static str, lag: Option<f64>| SourceSummary {
+            name: name.into(),
+            state,
+            reason: None,
+            primary: "db1:5432".into(),
+            slot: None,
+            refresh_schedule: None,
+            lag_bytes: lag.map(|_| 4096),
+            lag_seconds: lag,
+            replay_lsn: None,
+            last_refresh_image: None,
+            last_refresh_at: None,
+            last_refresh_failure: None,
+        };
+        let census = Census {
+            sources: vec![
+                source("prod", "streaming", Some(0.0)),
+                source("eu", "disconnected", None),
+            ],
+            ..Census::default()
+        };
+        let text = Metrics::default().render(&census);
+        assert!(
+            text.contains("# TYPE draupnir_source_lag_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("draupnir_source_lag_seconds{source=\"prod\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("draupnir_source_lag_seconds{source=\"eu\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("draupnir_source_lag_bytes{source=\"prod\"} 4096\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("draupnir_source_streaming{source=\"prod\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("draupnir_source_streaming{source=\"eu\"} 0\n"),
+            "{text}"
+        );
+        let none = Metrics::default().render(&Census::default());
+        assert!(!none.contains("draupnir_source"), "{none}");
+    }
+}

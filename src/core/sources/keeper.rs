@@ -185,7 +185,14 @@ async fn observe(f: &Followed) {
                 (SourceState::Disconnected, Some(why))
             };
             if f.live().state != state {
-                tracing::info!(source = %f.standby.name, state = state.as_str(), reason = reason.as_deref().unwrap_or(""), "source state");
+                let name = &f.standby.name;
+                let why = reason.as_deref().unwrap_or("");
+                match state {
+                    SourceState::Streaming => tracing::info!(source = %name, "source streaming"),
+                    _ => {
+                        tracing::warn!(source = %name, state = state.as_str(), reason = why, "source not streaming")
+                    }
+                }
             }
             f.set(|l| {
                 l.state = state;
