@@ -55,43 +55,31 @@ impl Metrics {
             census.image_bytes
         );
         if !census.sources.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP draupnir_source_lag_seconds How far each source's standby replays behind its primary (absent: unknown).\n# TYPE draupnir_source_lag_seconds gauge"
-            );
-            for s in &census.sources {
-                if let Some(lag) = s.lag_seconds {
-                    let _ = writeln!(
-                        out,
-                        "draupnir_source_lag_seconds{{source=\"{}\"}} {lag}",
-                        s.name
-                    );
+            type Value = fn(&crate::core::SourceSummary) -> Option<String>;
+            let per_source: [(&str, &str, Value); 3] = [
+                (
+                    "draupnir_source_lag_seconds",
+                    "How far each source's standby replays behind its primary (absent: unknown).",
+                    |s| s.lag_seconds.map(|v| v.to_string()),
+                ),
+                (
+                    "draupnir_source_lag_bytes",
+                    "WAL bytes each source's standby has not replayed yet.",
+                    |s| s.lag_bytes.map(|v| v.to_string()),
+                ),
+                (
+                    "draupnir_source_streaming",
+                    "1 when the source's standby is connected to its primary and within 10s of it.",
+                    |s| Some(u8::from(s.state == "streaming").to_string()),
+                ),
+            ];
+            for (metric, help, value) in per_source {
+                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+                for s in &census.sources {
+                    if let Some(v) = value(s) {
+                        let _ = writeln!(out, "{metric}{{source=\"{}\"}} {v}", s.name);
+                    }
                 }
-            }
-            let _ = writeln!(
-                out,
-                "# HELP draupnir_source_lag_bytes WAL bytes each source's standby has not replayed yet.\n# TYPE draupnir_source_lag_bytes gauge"
-            );
-            for s in &census.sources {
-                if let Some(lag) = s.lag_bytes {
-                    let _ = writeln!(
-                        out,
-                        "draupnir_source_lag_bytes{{source=\"{}\"}} {lag}",
-                        s.name
-                    );
-                }
-            }
-            let _ = writeln!(
-                out,
-                "# HELP draupnir_source_streaming 1 when the source's standby is connected to its primary and within 10s of it.\n# TYPE draupnir_source_streaming gauge"
-            );
-            for s in &census.sources {
-                let up = u8::from(s.state == "streaming");
-                let _ = writeln!(
-                    out,
-                    "draupnir_source_streaming{{source=\"{}\"}} {up}",
-                    s.name
-                );
             }
         }
         if let Some(age) = census.newest_ready_image_age_seconds {

@@ -749,3 +749,14 @@ pub fn fs_used(path: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(path).unwrap();
     (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64
 }
+
+/// Stop a postgres we started ourselves: fast shutdown (SIGINT), waited for.
+pub fn stop_fast(pg: &mut Option<std::process::Child>) {
+    if let Some(mut pg) = pg.take() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pg.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = pg.wait();
+    }
+}

@@ -103,13 +103,7 @@ impl Planted {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut pg) = self.pg.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pg.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = pg.wait();
-        }
+        stop_fast(&mut self.pg);
     }
 }
 

@@ -251,13 +251,7 @@ impl Standby {
     /// rules, certificates), then `standby.signal`, last.
     fn configure(&self, bin: &PgBin) -> Result<(), StandbyError> {
         cluster::neutralise(&self.datadir, &self.user)?;
-        let conf = self.conf_text(bin)?;
-        cluster::write_owned(
-            &self.datadir,
-            "postgresql.conf",
-            conf.as_bytes(),
-            &self.user,
-        )?;
+        self.write_conf(bin)?;
         // Only root, through the socket in this 0700 directory, connects.
         cluster::write_owned(
             &self.datadir,
@@ -310,7 +304,11 @@ impl Standby {
         let major = cluster::read_major(&self.datadir)?;
         let bin = cluster::find_bin(&self.bin_root, major)?;
         self.copy_passfile()?;
-        let conf = self.conf_text(&bin)?;
+        self.write_conf(&bin)
+    }
+
+    fn write_conf(&self, bin: &PgBin) -> Result<(), StandbyError> {
+        let conf = self.conf_text(bin)?;
         cluster::write_owned(
             &self.datadir,
             "postgresql.conf",
@@ -501,28 +499,24 @@ fn primary_minimums(bin: &PgBin, datadir: &Path) -> Result<Vec<(&'static str, u6
 /// `user`: a refresh's writable snapshot of the standby, handed to the
 /// finalise, which runs as the instance user.
 pub fn chown_tree(dir: &Path, user: &InstanceUser) -> std::io::Result<()> {
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
+    let own = |path: &Path| {
         rustix::fs::chownat(
             rustix::fs::CWD,
-            &d,
+            path,
             Some(rustix::fs::Uid::from_raw(user.uid)),
             Some(rustix::fs::Gid::from_raw(user.gid)),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        )
+    };
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        own(&d)?;
         for e in std::fs::read_dir(&d)? {
             let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
+            if e.file_type()?.is_dir() {
                 todo.push(e.path());
             } else {
-                rustix::fs::chownat(
-                    rustix::fs::CWD,
-                    e.path(),
-                    Some(rustix::fs::Uid::from_raw(user.uid)),
-                    Some(rustix::fs::Gid::from_raw(user.gid)),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                own(&e.path())?;
             }
         }
     }
