@@ -220,6 +220,16 @@ async fn follows_a_primary_and_refreshes_masked_images() {
         "{err}"
     );
     assert_eq!(env.svc().list_images(&admin).unwrap().len(), images_before);
+    // Connected but not replaying: `catching up`, with its lag.
+    let behind = wait_state(&env, "prod", "catching up", 60).await;
+    assert!(
+        behind["lag_seconds"].as_f64().is_some_and(|s| s > 10.0),
+        "{behind}"
+    );
+    assert!(
+        behind["lag_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{behind}"
+    );
     let out = env
         .ssh(&env.admin_key, &["refresh-image", "prod", "--force"])
         .await;

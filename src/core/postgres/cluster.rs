@@ -175,15 +175,27 @@ impl InstanceUser {
         let user = match lookup(name)? {
             Some(u) => u,
             None => {
-                let out = std::process::Command::new("useradd")
-                    .args(["--system", "--user-group", "--no-create-home"])
-                    .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
-                    .arg(name)
-                    .output()
-                    .map_err(|e| ClusterError::User {
-                        name: name.into(),
-                        message: format!("cannot run useradd: {e}"),
-                    })?;
+                let useradd = || {
+                    std::process::Command::new("useradd")
+                        .args(["--system", "--user-group", "--no-create-home"])
+                        .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+                        .arg(name)
+                        .output()
+                        .map_err(|e| ClusterError::User {
+                            name: name.into(),
+                            message: format!("cannot run useradd: {e}"),
+                        })
+                };
+                let mut out = useradd()?;
+                // Another process adding users at the same moment holds
+                // /etc/passwd's lock: try again briefly.
+                for _ in 0..20 {
+                    if out.status.success() || lookup(name)?.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    out = useradd()?;
+                }
                 if !out.status.success() && lookup(name)?.is_none() {
                     return Err(ClusterError::User {
                         name: name.into(),
