@@ -62,7 +62,14 @@ pub(super) async fn keep(
         });
         tracing::info!(source = %name, primary = %f.standby.config.primary_conninfo.target(), "making the standby: copying the primary");
         let say = |s: String| tracing::info!(source = %name, "{s}");
-        match f.standby.make(&say).await {
+        // A stop (the source removed or changed, the daemon going down)
+        // ends a copy under way: pg_basebackup is killed with it, and the
+        // next keeper starts the copy afresh.
+        let made = tokio::select! {
+            r = f.standby.make(&say) => r,
+            _ = stop.changed() => return,
+        };
+        match made {
             Ok(()) => tracing::info!(source = %name, "standby copied; starting it"),
             Err(e) => {
                 let wait = backoff(tries);
