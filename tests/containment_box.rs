@@ -145,6 +145,17 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
     }
     let pid = pid.expect("the finalise postmaster");
     assert_eq!(open_inside(pid, &upload.join("PG_VERSION")), Ok(()));
+    // It serves its socket only: no TCP port to listen on, not even the
+    // number that names its socket (raw production data must not be
+    // served to the network from here).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for port in [5432, free] {
+        assert_eq!(listen_tcp_inside(pid, port), EACCES, "listened on {port}");
+    }
     for target in [dir_a.join("server.key"), dir_a.join("PG_VERSION")] {
         assert_eq!(
             open_inside(pid, &target),
