@@ -8,51 +8,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
+use common::inside::*;
 use common::*;
 use draupnir::core::test_support::process;
 use draupnir::core::InstanceRef;
-
-/// What `gdb` printed for each `print` expression run inside `pid`
-/// (`$1 = …`, `$2 = …`), as integers. A call that a signal interrupts
-/// (the postmaster gets SIGUSR1 from its children) is unwound by gdb and
-/// tried again.
-fn in_process(pid: i32, exprs: &[String]) -> Vec<i64> {
-    let mut last = String::new();
-    for _ in 0..10 {
-        let mut cmd = Command::new("gdb");
-        cmd.args(["-p", &pid.to_string(), "-batch", "-nx", "-q"]);
-        // Only libc's symbols (open, system): loading every library the
-        // postmaster links is most of gdb's time.
-        cmd.args([
-            "-iex",
-            "set auto-solib-add off",
-            "-iex",
-            "set debuginfod enabled off",
-        ]);
-        cmd.args(["-ex", "sharedlibrary libc\\.so", "-ex", "set confirm off"]);
-        cmd.args(["-ex", "set unwindonsignal on"]);
-        for e in exprs {
-            cmd.args(["-ex", &format!("print {e}")]);
-        }
-        let out = cmd.output().expect("gdb runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let values: Vec<i64> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix('$'))
-            .filter_map(|l| l.split_once(" = "))
-            .filter_map(|(_, v)| v.trim().parse().ok())
-            .collect();
-        if values.len() == exprs.len() {
-            return values;
-        }
-        last = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    panic!("gdb could not run {exprs:?} in {pid}:\n{last}");
-}
 
 /// Does `pid` have child processes (a postmaster that is up has its
 /// checkpointer and others; single-user mode has none)?
@@ -64,55 +25,6 @@ fn has_children(pid: i32) -> bool {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .any(|p| process::parent_pid(p) == Some(pid))
 }
-
-/// `open(path, O_RDONLY)` inside `pid`: `Ok(())` when it opened (the
-/// descriptor is closed again), `Err(errno)` otherwise.
-fn open_inside(pid: i32, path: &Path) -> Result<(), i64> {
-    let path = path.display();
-    // close(-1) after a refused open is harmless.
-    let v = in_process(
-        pid,
-        &[
-            format!("(int) open(\"{path}\", 0)"),
-            "*(int *) __errno_location()".into(),
-            "(int) close($1)".into(),
-        ],
-    );
-    if v[0] >= 0 {
-        Ok(())
-    } else {
-        Err(v[1])
-    }
-}
-
-/// Exit status of `sh -c cmd` run by `system()` inside `pid`.
-fn shell_inside(pid: i32, cmd: &str) -> i64 {
-    assert!(!cmd.contains('"') && !cmd.contains('\\'));
-    let status = in_process(pid, &[format!("(int) system(\"{cmd}\")")])[0];
-    // A wait status: the exit code is in the second byte.
-    (status >> 8) & 0xff
-}
-
-/// A world-readable file in /tmp: file modes let the instance user read
-/// it, so only the box can refuse it.
-struct Canary(std::path::PathBuf);
-
-impl Canary {
-    fn new() -> Canary {
-        let p = std::env::temp_dir().join(format!("draupnir-canary-{}", rand::random::<u64>()));
-        std::fs::write(&p, "canary").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Canary(p)
-    }
-}
-
-impl Drop for Canary {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-const EACCES: i64 = 13;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_postmaster_reaches_only_its_own_files() {
@@ -233,6 +145,17 @@ async fn the_finalise_postmaster_is_boxed_to_its_upload() {
     }
     let pid = pid.expect("the finalise postmaster");
     assert_eq!(open_inside(pid, &upload.join("PG_VERSION")), Ok(()));
+    // It serves its socket only: no TCP port to listen on, not even the
+    // number that names its socket (raw production data must not be
+    // served to the network from here).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for port in [5432, free] {
+        assert_eq!(listen_tcp_inside(pid, port), EACCES, "listened on {port}");
+    }
     for target in [dir_a.join("server.key"), dir_a.join("PG_VERSION")] {
         assert_eq!(
             open_inside(pid, &target),

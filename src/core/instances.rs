@@ -112,6 +112,7 @@ impl Service {
         Ok(PostmasterSpec {
             bin,
             port,
+            tcp: true,
             settings,
             datadir,
             log_file: self.log_file("instance", id),

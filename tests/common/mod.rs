@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod inside;
 pub mod planted;
 pub mod primary;
 pub mod shared;

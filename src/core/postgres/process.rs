@@ -22,7 +22,12 @@ use super::sandbox::{self, Confinement, Reach, SandboxError};
 pub struct PostmasterSpec {
     pub bin: PgBin,
     pub datadir: PathBuf,
+    /// Its `-p`: the TCP port it listens on, and the name of its socket.
     pub port: u16,
+    /// Does it listen on TCP at all? Only then may its box bind `port`;
+    /// one that serves its Unix socket only (a finalise's first start, a
+    /// source's standby) binds no port.
+    pub tcp: bool,
     /// `-c name=value` pairs.
     pub settings: Vec<(String, String)>,
     pub log_file: PathBuf,
@@ -314,7 +319,7 @@ pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
         spec.confinement,
         &spec.bin,
         &spec.datadir,
-        spec.port,
+        spec.tcp.then_some(spec.port),
         &spec.reach,
     )?;
     let child = cmd.spawn().map_err(|source| {
@@ -340,18 +345,19 @@ pub fn spawn(spec: &PostmasterSpec) -> Result<Postmaster, SpawnError> {
     Ok(Postmaster::Child(child))
 }
 
-/// Make `cmd` start in a new session, boxed to `datadir` and TCP `port`
-/// ([`sandbox`]). For every `postgres` run on data Draupnir did not make
-/// (postmasters and single-user mode alike).
+/// Make `cmd` start in a new session, boxed to `datadir` and to binding
+/// TCP port `listen` (`None`: none) ([`sandbox`]). For every `postgres`
+/// run on data Draupnir did not make (postmasters and single-user mode
+/// alike).
 pub fn confine(
     cmd: &mut tokio::process::Command,
     confinement: Confinement,
     bin: &PgBin,
     datadir: &Path,
-    port: u16,
+    listen: Option<u16>,
     reach: &Reach,
 ) -> Result<(), SandboxError> {
-    let mut boxed = sandbox::prepare(confinement, datadir, &bin.dir, port, reach)?;
+    let mut boxed = sandbox::prepare(confinement, datadir, &bin.dir, listen, reach)?;
     // SAFETY: runs in the forked child before exec. setsid is
     // async-signal-safe; `Prepared::enter` makes two system calls (prctl,
     // landlock_restrict_self) and allocates nothing.

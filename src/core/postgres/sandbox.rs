@@ -13,7 +13,8 @@
 //!   zones, `/etc`): read and execute;
 //! * a few device nodes (`/dev/null`, `/dev/zero`, `/dev/urandom`,
 //!   `/dev/random`) and read-only `/proc` and `/sys/devices/system/cpu`;
-//! * TCP: binding its own port only, connecting nowhere;
+//! * TCP: binding its own port only (none for a postmaster that serves its
+//!   Unix socket only), connecting nowhere;
 //! * signals and abstract Unix sockets: only within its own box.
 //!
 //! Not `/tmp`, not `/dev/shm` (postmasters use `dynamic_shared_memory_type
@@ -144,13 +145,13 @@ pub struct Reach {
 }
 
 /// Prepare the box for a postmaster of `datadir` whose binaries are in
-/// `bin_dir`, allowed to bind TCP `port` only, and to reach what `reach`
-/// names. `None` when confinement is off.
+/// `bin_dir`, allowed to bind TCP port `listen` only (`None`: no port at
+/// all), and to reach what `reach` names. `None` when confinement is off.
 pub fn prepare(
     confinement: Confinement,
     datadir: &Path,
     bin_dir: &Path,
-    port: u16,
+    listen: Option<u16>,
     reach: &Reach,
 ) -> Result<Option<Prepared>, SandboxError> {
     if confinement == Confinement::None {
@@ -193,7 +194,9 @@ pub fn prepare(
             ))
         })
         .and_then(|r| r.add_rules(path_beneath_rules([datadir], all_fs & !AccessFs::Execute)))
-        .and_then(|r| r.add_rule(NetPort::new(port, AccessNet::BindTcp)))
+        .and_then(|r| {
+            r.add_rules(listen.map(|p| Ok::<_, RulesetError>(NetPort::new(p, AccessNet::BindTcp))))
+        })
         .and_then(|r| r.add_rules(path_beneath_rules(&reach.read_files, AccessFs::ReadFile)))
         .and_then(|r| {
             r.add_rules(

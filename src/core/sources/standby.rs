@@ -226,7 +226,7 @@ impl Standby {
             self.confinement,
             bin,
             &self.datadir,
-            SOCKET_PORT,
+            None,
             &self.reach(),
         )?;
         let out = cmd
@@ -327,6 +327,7 @@ impl Standby {
             bin,
             datadir: self.datadir.clone(),
             port: SOCKET_PORT,
+            tcp: false,
             settings: vec![(
                 "unix_socket_directories".into(),
                 self.datadir.display().to_string(),

@@ -382,7 +382,7 @@ fn boxed_tool(
         spec.confinement,
         bin,
         spec.datadir,
-        SOCKET_PORT,
+        None,
         &Default::default(),
     )
     .map_err(|e| FinaliseError::Start(e.to_string()))?;
@@ -394,6 +394,7 @@ fn first_start_spec(spec: &FinaliseSpec<'_>, bin: &PgBin) -> PostmasterSpec {
         bin: bin.clone(),
         datadir: spec.datadir.to_owned(),
         port: SOCKET_PORT,
+        tcp: false,
         settings: vec![
             ("listen_addresses".into(), String::new()),
             (

@@ -46,6 +46,7 @@ pub(super) async fn prove(
         bin: bin.clone(),
         datadir: spec.datadir.to_owned(),
         port,
+        tcp: true,
         settings: vec![
             ("listen_addresses".into(), "127.0.0.1".into()),
             (
