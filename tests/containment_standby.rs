@@ -277,7 +277,7 @@ async fn no_instance_reaches_the_standby() {
             format!("ls {} >/dev/null", standby.display()),
             format!("cat {} >/dev/null", w.standby_pgpass().display()),
             format!("cat {} >/dev/null", standby.join("PG_VERSION").display()),
-            // What COPY … PROGRAM would try: the trusting socket.
+            // What COPY … PROGRAM would try: the standby's socket (peer: root only).
             format!(
                 "{PG_BIN}/psql -X -h {} -p {SOCKET_PORT} -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1",
                 standby.display()

@@ -345,7 +345,9 @@ impl Drop for ChildDaemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_survives_sigkill_of_the_daemon_and_is_adopted() {
-    let primary = Primary::new(PRIMARY_SQL);
+    // Its bootstrap superuser is not `postgres`: the daemon maps root to it
+    // on the standby once it has read its name.
+    let primary = Primary::with_superuser(PRIMARY_SQL, "boss");
     let passfile = primary.passfile(primary.root.path());
     let cfg = TestConfig::new().sections(&primary.source_section("prod", &passfile, ""));
     // The world's own core is closed: the child daemon is the daemon.

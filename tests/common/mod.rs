@@ -71,12 +71,17 @@ pub fn as_instance_user(prog: &str) -> Command {
 /// A new data directory at `data` (which must not exist), owned by the
 /// instance user: `initdb` with a `postgres` superuser, trust, UTF8, C.
 pub fn initdb(data: &Path) {
+    initdb_as(data, "postgres")
+}
+
+/// [`initdb`] with another bootstrap superuser.
+pub fn initdb_as(data: &Path, superuser: &str) {
     let (uid, gid) = instance_ids();
     std::fs::create_dir(data).expect("mkdir data directory");
     std::os::unix::fs::chown(data, Some(uid), Some(gid)).expect("chown data directory");
     check(
         as_instance_user("initdb")
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .args(["-U", superuser, "--auth=trust", "-E", "UTF8"])
             .args(["--locale=C", "-D"])
             .arg(data),
     );

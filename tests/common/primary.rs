@@ -17,6 +17,8 @@ pub struct Primary {
     pub root: tempfile::TempDir,
     pub data: PathBuf,
     pub port: u16,
+    /// Its bootstrap superuser.
+    pub superuser: String,
     pg: Option<Child>,
 }
 
@@ -28,13 +30,18 @@ fn free_port() -> u16 {
 impl Primary {
     /// A running primary with the replication role and `sql` planted.
     pub fn new(sql: &str) -> Primary {
+        Self::with_superuser(sql, "postgres")
+    }
+
+    /// A primary whose bootstrap superuser is `superuser`.
+    pub fn with_superuser(sql: &str, superuser: &str) -> Primary {
         let root = tempfile::Builder::new()
             .prefix("drp-primary-")
             .tempdir_in("/tmp")
             .expect("tempdir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = root.path().join("pgdata");
-        initdb(&data);
+        initdb_as(&data, superuser);
         let hba =
             "local all all trust\nhost replication draupnir_replica 127.0.0.1/32 scram-sha-256\n";
         std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
@@ -42,6 +49,7 @@ impl Primary {
             root,
             data,
             port: free_port(),
+            superuser: superuser.to_string(),
             pg: None,
         };
         p.start();
@@ -107,7 +115,7 @@ impl Primary {
                 "-p",
                 &self.port.to_string(),
                 "-U",
-                "postgres",
+                &self.superuser,
                 "-d",
                 "postgres",
                 "-c",

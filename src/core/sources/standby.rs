@@ -252,15 +252,33 @@ impl Standby {
     fn configure(&self, bin: &PgBin) -> Result<(), StandbyError> {
         cluster::neutralise(&self.datadir, &self.user)?;
         self.write_conf(bin)?;
-        // Only root, through the socket in this 0700 directory, connects.
+        cluster::write_owned(&self.datadir, "standby.signal", b"", &self.user)?;
+        Ok(())
+    }
+
+    /// Who may connect: only root (the daemon), by peer authentication,
+    /// through the socket in this 0700 directory, as the replication role
+    /// or the bootstrap superuser (`superuser`, once known; `postgres`
+    /// until then).
+    fn write_access(&self, superuser: Option<&str>) -> Result<(), StandbyError> {
         cluster::write_owned(
             &self.datadir,
             "pg_hba.conf",
-            b"# Written by Draupnir: only the daemon, through the private socket.\nlocal all all trust\n",
+            b"# Written by Draupnir: only the daemon (root), through the private socket.\nlocal all all peer map=draupnir\n",
             &self.user,
         )?;
-        cluster::write_owned(&self.datadir, "pg_ident.conf", b"", &self.user)?;
-        cluster::write_owned(&self.datadir, "standby.signal", b"", &self.user)?;
+        let mut ident = String::from("# Written by Draupnir.\n");
+        for role in [
+            self.config.primary_conninfo.user(),
+            superuser.unwrap_or("postgres"),
+        ] {
+            // A name pg_ident.conf cannot hold is left out (the daemon then
+            // cannot read that standby's position, and says so).
+            if !role.is_empty() && !role.contains(['"', '\n', '\r']) {
+                ident.push_str(&format!("draupnir root \"{role}\"\n"));
+            }
+        }
+        cluster::write_owned(&self.datadir, "pg_ident.conf", ident.as_bytes(), &self.user)?;
         Ok(())
     }
 
@@ -308,6 +326,7 @@ impl Standby {
     }
 
     fn write_conf(&self, bin: &PgBin) -> Result<(), StandbyError> {
+        self.write_access(None)?;
         let conf = self.conf_text(bin)?;
         cluster::write_owned(
             &self.datadir,
@@ -373,13 +392,35 @@ impl Standby {
                 )
                 .await
                 .map_err(|e| pgconn::error_message(&e))?;
-            *superuser = Some(row.get(0));
+            let name: String = row.get(0);
+            if name != "postgres" {
+                // Map root to it too, and have the running standby read
+                // its files again.
+                self.write_access(Some(&name)).map_err(|e| e.to_string())?;
+                if let Some(pid) = process::running_postmaster(&self.datadir) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGHUP,
+                    );
+                }
+            }
+            *superuser = Some(name);
         }
-        connect(
-            superuser.clone().unwrap_or_default(),
-            "-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries=",
-        )
-        .await
+        let su = superuser.clone().unwrap_or_default();
+        let mut tries = 0;
+        loop {
+            let options =
+                "-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries=";
+            match connect(su.clone(), options).await {
+                // A reload just asked for may not have been read yet.
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "standby session, retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A restartpoint now (at the last checkpoint the primary sent), so a
