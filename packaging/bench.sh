@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of BENCHMARKS.md as root: all of them, or the ones
-# named (instances, upload, finalise, density, masking). Each sets up and tears down
+# named (instances, upload, finalise, density, masking, refresh). Each sets up and tears down
 # its own btrfs loop mount, SSH servers and daemon, prints a table
 # (baseline, Draupnir, ratio, target) and writes docs/bench/NAME.{txt,json,svg}.
 #
