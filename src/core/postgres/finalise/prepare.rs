@@ -33,8 +33,11 @@ pub(super) async fn prepare_and_anonymise(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(String, String, Manifest), FinaliseError> {
     let step = |s: &str| progress(Progress::Step(s.to_string()));
-    step("creating roles");
+    // Until postgres accepts connections: for a refresh's snapshot of a
+    // standby, the replay of the WAL it copied.
+    step("waiting for postgres to accept connections (replaying the copied WAL)");
     let admin = superuser_session(spec, bin, first, pm, password).await?;
+    step("creating roles");
     let (boot, database) = create_client_role(spec, &admin).await?;
     step(&match database.1 {
         Chosen::OnlyOne => format!(
