@@ -46,6 +46,7 @@ use draupnir::core::test_support::cluster::CLIENT_ROLE;
 use draupnir::core::test_support::{pgconn, process};
 use serde_json::Value;
 use support::chart::Chart;
+use support::procfs::{parents, proc_kib};
 use support::{Bench, Row, Stats, Target, Unit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_draupnir");
@@ -289,17 +290,6 @@ fn status_kib(pid: i32, key: &str) -> u64 {
     proc_kib(pid, "status", key)
 }
 
-/// The KiB figure of line `key` in `/proc/PID/FILE` (0 when missing).
-fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Open file descriptors of a process.
 fn fds(pid: i32) -> f64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -340,20 +330,6 @@ fn cpu_percent(pids: &[i32], span: Duration) -> f64 {
 /// One field of a process's `smaps_rollup` (`Pss:`, `Pss_Shmem:`…), KiB.
 fn smaps_kib(pid: i32, key: &str) -> u64 {
     proc_kib(pid, "smaps_rollup", key)
-}
-
-/// Every process's parent.
-fn parents() -> HashMap<i32, i32> {
-    let mut map = HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some(ppid) = draupnir::core::test_support::process::parent_pid(pid) {
-            map.insert(pid, ppid);
-        }
-    }
-    map
 }
 
 /// Each instance's processes: its postmaster and every descendant.

@@ -55,6 +55,7 @@ use common::{as_instance_user, TestConfig, PG_BIN};
 use draupnir::core::test_support::sync_fs;
 use draupnir::core::{Actor, FinaliseProgress, ImageId, ImageState, NewImage, Progress, Service};
 use support::chart::Chart;
+use support::procfs::{parents, proc_kib};
 use support::{Bench, Row, Stats, Target, Unit};
 use tokio::io::AsyncBufReadExt;
 
@@ -475,20 +476,6 @@ fn grow(primary: &Primary, have: u64, want: u64) {
     primary.sql("CHECKPOINT").expect("checkpoint");
 }
 
-/// Every process's parent.
-fn parents() -> HashMap<i32, i32> {
-    let mut map = HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some(ppid) = draupnir::core::test_support::process::parent_pid(pid) {
-            map.insert(pid, ppid);
-        }
-    }
-    map
-}
-
 /// The postmaster `pm` and every descendant.
 fn family(pm: i32) -> Vec<i32> {
     let parents = parents();
@@ -536,17 +523,6 @@ fn cpu_percent(before: &HashMap<i32, u64>, after: &HashMap<i32, u64>, span: Dura
         .map(|(p, t)| t.saturating_sub(before.get(p).copied().unwrap_or(0)))
         .sum();
     ticks as f64 / hz / span.as_secs_f64() * 100.0
-}
-
-/// A KiB line of `/proc/PID/FILE`.
-fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// (PSS, RSS) of the family, MiB.

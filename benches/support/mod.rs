@@ -12,6 +12,7 @@
 
 pub mod chart;
 pub mod pg;
+pub mod procfs;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
