@@ -116,6 +116,24 @@ async fn follows_a_primary_and_refreshes_masked_images() {
         table.contains("gone") && table.contains("initialising"),
         "{table}"
     );
+    // `draupnir doctor` asks each primary (read-only) and says which answers.
+    let out = Command::new(env!("CARGO_BIN_EXE_draupnir"))
+        .args(["doctor", "--config"])
+        .arg(env.env.dir.path().join("config.toml"))
+        .output()
+        .expect("doctor runs");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |name: &str| {
+        said.lines()
+            .find(|l| l.contains(&format!("source {name} ")))
+            .unwrap_or_else(|| panic!("no line for source {name}: {said}"))
+            .to_string()
+    };
+    let ok = line("prod");
+    assert!(ok.starts_with("ok") && ok.contains("PostgreSQL 15"), "{ok}");
+    let bad = line("gone");
+    assert!(bad.starts_with("FAIL") && bad.contains("fix:"), "{bad}");
+    assert!(!said.contains(REPL_PASSWORD), "{said}");
     // Nothing of the standby is anyone's to see: not a password, not its files.
     let logs = std::fs::read_dir(env.env.config.state_path.join("logs"))
         .unwrap()

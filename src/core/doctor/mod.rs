@@ -5,7 +5,7 @@
 //! changes the firewall: the SQLite file is opened read-only and the
 //! allow-list is compared with a dry-run reconcile. The CLI only formats
 //! the [`Report`]. The checks themselves are grouped by what they look at:
-//! `storage`, `pg`, `state`, `ports` and `host`.
+//! `storage`, `pg`, `state`, `ports`, `sources` and `host`.
 
 use std::path::Path;
 
@@ -16,6 +16,7 @@ use crate::config::Config;
 mod host;
 mod pg;
 mod ports;
+mod sources;
 mod state;
 mod storage;
 
@@ -140,6 +141,7 @@ pub fn run_with(config: &Config, config_path: &Path) -> Vec<Check> {
             config_path,
         ));
     }
+    checks.extend(sources::sources(config));
     checks.push(host_key(config));
     checks.push(clock());
     checks

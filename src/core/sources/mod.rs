@@ -12,7 +12,7 @@
 
 mod keeper;
 pub mod lsn;
-mod primary;
+pub mod primary;
 pub mod standby;
 
 use std::collections::BTreeMap;
