@@ -122,8 +122,12 @@ impl Standby {
             return Ok(());
         };
         let text = std::fs::read(src).map_err(io("cannot read passfile", src))?;
-        let _ = std::fs::remove_file(&self.passfile);
-        let tmp = self.passfile.with_extension("tmp");
+        // Written aside and renamed over the old copy: a connection attempt
+        // meanwhile reads the old one or the new one, never none. Its own
+        // temporary name: a reload may copy while the keeper does.
+        let tmp = self
+            .passfile
+            .with_extension(format!("tmp{:08x}", rand::random::<u32>()));
         let _ = std::fs::remove_file(&tmp);
         {
             use std::io::Write;
