@@ -63,7 +63,7 @@ remove() {
       if [[ "$p" =~ ^[0-9]+$ ]] && kill -0 "$p" 2>/dev/null; then pids+=("$p"); fi
     done < <(find "$data" -maxdepth 4 -name postmaster.pid 2>/dev/null)
     if [ "${#pids[@]}" -gt 0 ]; then
-      echo "dev-serve: stopping ${#pids[@]} instance postgres"
+      echo "dev-serve: stopping ${#pids[@]} postgres (instances, standbys)"
       kill -INT "${pids[@]}" 2>/dev/null || true
       for _ in $(seq 100); do
         local alive=0
@@ -83,10 +83,13 @@ remove() {
     parent="$(dirname -- "$d")"
     rmdir -- "$parent" 2>/dev/null || true
   done
-  if [ -n "$user" ] && getent passwd "$user" >/dev/null; then
-    userdel "$user" 2>/dev/null || true
-    getent group "$user" >/dev/null && groupdel "$user" 2>/dev/null || true
-  fi
+  # The instance user, and the user of sources' standbys if one was made.
+  for u in "$user" draupnir-standby; do
+    if [ -n "$u" ] && getent passwd "$u" >/dev/null; then
+      userdel "$u" 2>/dev/null || true
+      getent group "$u" >/dev/null && groupdel "$u" 2>/dev/null || true
+    fi
+  done
   # The SSH host key the daemon generated (relative: to the repository).
   hostkey="$(conf ssh host_key_path)"
   if [ -n "$hostkey" ]; then rm -f -- "$hostkey" "$hostkey.pub"; fi
