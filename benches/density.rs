@@ -46,7 +46,7 @@ use draupnir::core::test_support::cluster::CLIENT_ROLE;
 use draupnir::core::test_support::{pgconn, process};
 use serde_json::Value;
 use support::chart::Chart;
-use support::procfs::{parents, proc_kib};
+use support::procfs::{family_of, parents, proc_kib};
 use support::{Bench, Row, Stats, Target, Unit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_draupnir");
@@ -337,14 +337,7 @@ fn instance_families(instances_dir: &Path) -> Vec<Vec<i32>> {
     let parents = parents();
     let mut families = Vec::new();
     for (pm, _) in process::postmasters_beneath(instances_dir) {
-        let mut family = vec![pm];
-        let mut i = 0;
-        while i < family.len() {
-            let p = family[i];
-            family.extend(parents.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
-            i += 1;
-        }
-        families.push(family);
+        families.push(family_of(pm, &parents));
     }
     families
 }

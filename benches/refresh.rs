@@ -55,7 +55,7 @@ use common::{as_instance_user, TestConfig, PG_BIN};
 use draupnir::core::test_support::sync_fs;
 use draupnir::core::{Actor, FinaliseProgress, ImageId, ImageState, NewImage, Progress, Service};
 use support::chart::Chart;
-use support::procfs::{parents, proc_kib};
+use support::procfs::{family_of, parents, proc_kib};
 use support::{Bench, Row, Stats, Target, Unit};
 use tokio::io::AsyncBufReadExt;
 
@@ -478,15 +478,7 @@ fn grow(primary: &Primary, have: u64, want: u64) {
 
 /// The postmaster `pm` and every descendant.
 fn family(pm: i32) -> Vec<i32> {
-    let parents = parents();
-    let mut family = vec![pm];
-    let mut i = 0;
-    while i < family.len() {
-        let p = family[i];
-        family.extend(parents.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    family
+    family_of(pm, &parents())
 }
 
 /// CPU ticks of each process: utime + stime, and for `pm` also the

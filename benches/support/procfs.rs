@@ -15,6 +15,18 @@ pub fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `pm` and every descendant, given every process's parent.
+pub fn family_of(pm: i32, parents: &HashMap<i32, i32>) -> Vec<i32> {
+    let mut family = vec![pm];
+    let mut i = 0;
+    while i < family.len() {
+        let p = family[i];
+        family.extend(parents.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    family
+}
+
 /// Every process's parent.
 pub fn parents() -> HashMap<i32, i32> {
     let mut map = HashMap::new();

@@ -756,6 +756,28 @@ pub fn fs_used(path: &Path) -> u64 {
     (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64
 }
 
+/// Run `sql` with `psql` as the instance user through the socket in
+/// `socket_dir`: its output, trimmed, or its error.
+pub fn psql_socket(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let out = as_instance_user("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", user, "-d", db, "-c", sql])
+        .output()
+        .expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// Stop a postgres we started ourselves: fast shutdown (SIGINT), waited for.
 pub fn stop_fast(pg: &mut Option<std::process::Child>) {
     if let Some(mut pg) = pg.take() {

@@ -77,17 +77,7 @@ impl Planted {
 
     /// Run `sql` as `postgres` in `db` through the socket.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = as_instance_user("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.data)
-            .args(["-p", "5432", "-U", &self.superuser, "-d", db, "-c", sql])
-            .output()
-            .expect("psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        psql_socket(&self.data, 5432, &self.superuser, db, sql)
     }
 
     pub fn plant(&self, db: &str, sql: &str) {

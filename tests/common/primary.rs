@@ -108,26 +108,7 @@ impl Primary {
 
     /// Run `sql` as its superuser in `postgres`.
     pub fn sql(&self, sql: &str) -> Result<String, String> {
-        let out = as_instance_user("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.data)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                &self.superuser,
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        psql_socket(&self.data, self.port, &self.superuser, "postgres", sql)
     }
 
     /// Fast shutdown, waited for.
